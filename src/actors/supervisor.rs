@@ -1,0 +1,161 @@
+//! Supervisor: the single owner of the pool → PoolActor map; routes run messages to pools.
+
+use super::Deps;
+use super::pool::{
+    self, Cancel, CancelError, GetStats, LiveStats, PoolActor, Resume, Retire, Submit,
+    UpdateRuntime,
+};
+use crate::domain::ids::{JobId, PoolName};
+use crate::domain::run::RunRecord;
+use crate::scheduler::PoolRuntime;
+use actix::prelude::*;
+use std::collections::HashMap;
+use tokio::sync::oneshot;
+
+/// Start a pool, or swap the manifest of a running one.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct UpsertPool(pub PoolRuntime);
+
+/// The pool was deleted.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RemovePool(pub PoolName);
+
+/// Hand a committed `queued` run to its pool.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct SubmitRun(pub RunRecord);
+
+/// Hand reloaded unfinished runs to their pools. Answers the runs whose pool is unknown.
+#[derive(Message)]
+#[rtype(result = "Vec<RunRecord>")]
+pub struct ResumeRuns(pub Vec<RunRecord>);
+
+/// Cancel a live run.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CancelRunOf {
+    /// Its pool.
+    pub pool: PoolName,
+    /// The run.
+    pub job_id: JobId,
+    /// Where the answer goes.
+    pub reply: oneshot::Sender<Result<RunRecord, CancelError>>,
+}
+
+/// Read a pool's live counts (`None` when the pool has no actor).
+#[derive(Message)]
+#[rtype(result = "Option<LiveStats>")]
+pub struct PoolStats(pub PoolName);
+
+/// The supervisor actor.
+pub struct Supervisor {
+    deps: Deps,
+    pools: HashMap<PoolName, Addr<PoolActor>>,
+}
+
+impl Supervisor {
+    /// A supervisor with no pools yet.
+    pub fn new(deps: Deps) -> Self {
+        Self {
+            deps,
+            pools: HashMap::new(),
+        }
+    }
+}
+
+impl Actor for Supervisor {
+    type Context = Context<Self>;
+}
+
+impl Handler<UpsertPool> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: UpsertPool, _ctx: &mut Self::Context) {
+        let name = msg.0.name.clone();
+        match self.pools.get(&name).filter(|addr| addr.connected()) {
+            Some(addr) => addr.do_send(UpdateRuntime(msg.0)),
+            None => {
+                let addr = PoolActor::new(msg.0, self.deps.clone()).start();
+                self.pools.insert(name, addr);
+            }
+        }
+    }
+}
+
+impl Handler<RemovePool> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: RemovePool, _ctx: &mut Self::Context) {
+        if let Some(addr) = self.pools.remove(&msg.0) {
+            addr.do_send(Retire);
+        }
+    }
+}
+
+impl Handler<SubmitRun> for Supervisor {
+    type Result = bool;
+
+    fn handle(&mut self, msg: SubmitRun, _ctx: &mut Self::Context) -> bool {
+        match self.pools.get(&msg.0.pool) {
+            Some(addr) => {
+                addr.do_send(Submit(msg.0));
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl Handler<ResumeRuns> for Supervisor {
+    type Result = MessageResult<ResumeRuns>;
+
+    fn handle(&mut self, msg: ResumeRuns, _ctx: &mut Self::Context) -> Self::Result {
+        let mut by_pool: HashMap<PoolName, Vec<RunRecord>> = HashMap::new();
+        let mut orphans = Vec::new();
+        for run in msg.0 {
+            if self.pools.contains_key(&run.pool) {
+                by_pool.entry(run.pool.clone()).or_default().push(run);
+            } else {
+                orphans.push(run);
+            }
+        }
+        for (pool, runs) in by_pool {
+            if let Some(addr) = self.pools.get(&pool) {
+                addr.do_send(Resume(runs));
+            }
+        }
+        MessageResult(orphans)
+    }
+}
+
+impl Handler<CancelRunOf> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: CancelRunOf, _ctx: &mut Self::Context) {
+        match self.pools.get(&msg.pool) {
+            Some(addr) => addr.do_send(Cancel {
+                job_id: msg.job_id,
+                reply: msg.reply,
+            }),
+            None => {
+                let _ = msg.reply.send(Err(pool::CancelError::NotLive));
+            }
+        }
+    }
+}
+
+impl Handler<PoolStats> for Supervisor {
+    type Result = ResponseFuture<Option<LiveStats>>;
+
+    fn handle(&mut self, msg: PoolStats, _ctx: &mut Self::Context) -> Self::Result {
+        let addr = self.pools.get(&msg.0).cloned();
+        Box::pin(async move {
+            match addr {
+                Some(addr) => addr.send(GetStats).await.ok(),
+                None => None,
+            }
+        })
+    }
+}

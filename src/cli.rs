@@ -1,0 +1,285 @@
+//! The command line: `serve`, `migrate`, `local-pool`, `demo`, `manifest validate|render`.
+
+use crate::app::{Application, Secrets};
+use crate::config::Settings;
+use crate::domain::secrets::SecretBundle;
+use crate::localpool::{LocalPool, LocalPoolConfig};
+use crate::manifest::{Manifest, OpKind, RenderInput};
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// cattery: a runner-pool gateway.
+#[derive(Debug, Parser)]
+#[command(name = "cattery", version, about)]
+pub struct Cli {
+    /// A configuration file layered over config/default.yaml.
+    #[arg(long, global = true, env = "CATTERY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway.
+    Serve,
+    /// Apply the database migrations and exit.
+    Migrate,
+    /// Run the built-in local scheduler alone.
+    LocalPool {
+        /// Listen address.
+        #[arg(long, default_value = "127.0.0.1:7071")]
+        bind: String,
+        /// Require this bearer token on every call but /health.
+        #[arg(long, env = "CATTERY_LOCAL_POOL_TOKEN")]
+        token: Option<String>,
+        /// The program run for each job (argv); default: the built-in sample job.
+        #[arg(long, num_args = 1.., allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+    /// Start a throw-away gateway with the local pool, run sample jobs, show their progress.
+    Demo {
+        /// How many sample jobs to run.
+        #[arg(long, default_value_t = 6)]
+        jobs: u32,
+    },
+    /// Work with manifest files.
+    Manifest {
+        /// What to do.
+        #[command(subcommand)]
+        action: ManifestCommand,
+    },
+    /// The built-in sample job (reads the job on stdin; used by the local pool).
+    #[command(hide = true)]
+    SampleJob,
+}
+
+/// `manifest` sub-commands.
+#[derive(Debug, Subcommand)]
+pub enum ManifestCommand {
+    /// Validate manifests; prints every problem with its path; exit 1 on any.
+    Validate {
+        /// Manifest files (YAML or JSON).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Print the exact HTTP request an operation would send (secrets masked).
+    Render {
+        /// The manifest file.
+        file: PathBuf,
+        /// The operation.
+        #[arg(long, value_enum)]
+        op: Op,
+        /// A JSON file with the job object.
+        #[arg(long)]
+        job: Option<PathBuf>,
+        /// The job id to render with.
+        #[arg(long, default_value = "example-job-1")]
+        job_id: String,
+        /// The job kind to render with.
+        #[arg(long)]
+        kind: Option<String>,
+    },
+}
+
+/// A manifest operation on the command line.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Op {
+    /// dispatch
+    Dispatch,
+    /// poll
+    Poll,
+    /// release
+    Release,
+}
+
+/// Parses the command line and runs it.
+pub async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn settings(cli: &Cli) -> anyhow::Result<Settings> {
+    Settings::load(cli.config.as_deref(), std::env::vars()).context("cannot load the configuration")
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match &cli.command {
+        Command::Serve => {
+            let settings = settings(&cli)?;
+            crate::telemetry::init(&settings.logging);
+            let app = Application::build(settings, Secrets::from_env()).await?;
+            app.run_until_stopped().await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate => {
+            let settings = settings(&cli)?;
+            crate::telemetry::init(&settings.logging);
+            std::fs::create_dir_all(&settings.data_dir)?;
+            let store = crate::store::Store::connect(&settings.database_url(), 1).await?;
+            store.migrate().await?;
+            say(&format!("migrations applied ({})", store.backend_name()));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::LocalPool {
+            bind,
+            token,
+            command,
+        } => {
+            let settings = settings(&cli)?;
+            crate::telemetry::init(&settings.logging);
+            let mut config = LocalPoolConfig {
+                token: token.clone(),
+                ..LocalPoolConfig::default()
+            };
+            if !command.is_empty() {
+                config.command = command.clone();
+            }
+            let pool = LocalPool::start(bind, config).await?;
+            tracing::info!(address = %pool.base_url(), "local pool listening");
+            pool.wait().await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { jobs } => crate::demo::run(*jobs).await,
+        Command::Manifest { action } => manifest_command(&cli, action),
+        Command::SampleJob => {
+            let mut input = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut input)?;
+            let code = crate::localpool::run_sample_job(
+                &input,
+                &mut std::io::stdout(),
+                &mut std::io::stderr(),
+            );
+            Ok(ExitCode::from(
+                u8::try_from(code.clamp(0, 255)).unwrap_or(1),
+            ))
+        }
+    }
+}
+
+fn manifest_command(cli: &Cli, action: &ManifestCommand) -> anyhow::Result<ExitCode> {
+    let settings = settings(cli)?;
+    let defaults = crate::app::defaults_of(&settings);
+    match action {
+        ManifestCommand::Validate { files } => {
+            let mut failed = false;
+            for file in files {
+                let text = std::fs::read_to_string(file)
+                    .with_context(|| format!("cannot read {}", file.display()))?;
+                match Manifest::parse(&text, &defaults) {
+                    Ok(manifest) => {
+                        say(&format!("{}: ok", file.display()));
+                        for warning in &manifest.warnings {
+                            say(&format!("  warning {}: {}", warning.code, warning.message));
+                        }
+                    }
+                    Err(e) => {
+                        failed = true;
+                        say(&format!(
+                            "{}: {} problem(s)",
+                            file.display(),
+                            e.problems.len()
+                        ));
+                        for problem in &e.problems {
+                            let path = if problem.path.is_empty() {
+                                "(document)"
+                            } else {
+                                &problem.path
+                            };
+                            say(&format!("  {path}: {}", problem.message));
+                        }
+                    }
+                }
+            }
+            Ok(if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        ManifestCommand::Render {
+            file,
+            op,
+            job,
+            job_id,
+            kind,
+        } => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let manifest = match Manifest::parse(&text, &defaults) {
+                Ok(manifest) => manifest,
+                Err(e) => {
+                    for problem in &e.problems {
+                        say(&format!("{}: {}", problem.path, problem.message));
+                    }
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            let job_value = match job {
+                Some(path) => serde_json::from_str(
+                    &std::fs::read_to_string(path)
+                        .with_context(|| format!("cannot read {}", path.display()))?,
+                )
+                .with_context(|| format!("{} is not JSON", path.display()))?,
+                None => serde_json::json!({}),
+            };
+            let op = match op {
+                Op::Dispatch => OpKind::Dispatch,
+                Op::Poll => OpKind::Poll,
+                Op::Release => OpKind::Release,
+            };
+            // Every secret renders as *** so the output can be shared.
+            let masked = SecretBundle::from_map(
+                manifest
+                    .secret_keys()
+                    .iter()
+                    .map(|key| (key.clone(), "***".to_owned()))
+                    .collect(),
+            );
+            let input = RenderInput {
+                job_id: job_id.clone(),
+                kind: kind.clone(),
+                job: job_value,
+                labels: serde_json::Map::new(),
+                dispatch_id: job_id.clone(),
+                attempt: 1,
+                captures: serde_json::Map::new(),
+                pool_name: "example".to_owned(),
+            };
+            let request = manifest
+                .render(op, &input, &masked)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            say(&format!("{} {}", request.method.as_str(), request.url));
+            if let crate::manifest::Auth::OAuth2ClientCredentials { .. } = manifest.auth {
+                say("authorization: Bearer *** (OAuth2 client credentials)");
+            }
+            for (name, value) in &request.headers {
+                say(&format!("{name}: {value}"));
+            }
+            if let Some(content_type) = &request.content_type {
+                say(&format!("content-type: {content_type}"));
+            }
+            if let Some(body) = &request.body {
+                say("");
+                say(&String::from_utf8_lossy(body));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Writes one line to stdout.
+pub fn say(line: &str) {
+    let _ = writeln!(std::io::stdout(), "{line}");
+}

@@ -1,0 +1,32 @@
+//! cattery: a runner-pool gateway.
+//!
+//! Layout (one module, one job):
+//! - [`config`], [`telemetry`], [`app`], [`cli`], [`demo`]: settings, logs, wiring, commands;
+//! - [`domain`]: ids, states, the run and pool records, secrets;
+//! - [`manifest`], [`template`]: the manifest model, compiled templates and JMESPath mapping;
+//! - [`scheduler`]: the generic adapter (render → send → classify);
+//! - [`lifecycle`], [`backoff`]: the pure run state machine and its timing;
+//! - [`actors`]: Supervisor → PoolActor → RunActor;
+//! - [`store`], [`crypto`]: persistence (SQLite, PostgreSQL) and encryption at rest;
+//! - [`service`]: the use cases; [`routes`], [`error`]: the HTTP API; [`bus`]: live changes;
+//! - [`localpool`]: the built-in local scheduler.
+
+pub mod actors;
+pub mod app;
+pub mod backoff;
+pub mod bus;
+pub mod cli;
+pub mod config;
+pub mod crypto;
+pub mod demo;
+pub mod domain;
+pub mod error;
+pub mod lifecycle;
+pub mod localpool;
+pub mod manifest;
+pub mod routes;
+pub mod scheduler;
+pub mod service;
+pub mod store;
+pub mod telemetry;
+pub mod template;

@@ -1,0 +1,404 @@
+//! The walk of one operation (`dispatch`, `poll`, `release`, and the shape of `pollMany`).
+
+use super::walk::{Fields, Problems, join, kind_of};
+use super::{Method, NotFound, OpKind, Operation};
+use crate::domain::state::MappedState;
+use crate::template::{
+    BodySource, Captures, Engine, Expr, RequestSource, RequestTemplate, Scope, Stage, StateMapping,
+    mapping,
+};
+use serde_json::{Map, Value};
+use std::collections::BTreeSet;
+
+/// The most milliseconds a timeout may be (one hour).
+pub(crate) const MAX_TIMEOUT_MS: u64 = 3_600_000;
+
+/// What every operation of a manifest shares while it is read.
+pub(crate) struct OpEnv<'a> {
+    /// The engine the templates are registered in.
+    pub(crate) engine: &'a mut Engine,
+    /// The manifest's `vars`.
+    pub(crate) vars: &'a Map<String, Value>,
+    /// Names declared in `dispatch.capture`.
+    pub(crate) captures: &'a BTreeSet<String>,
+    /// Header names the auth scheme sets.
+    pub(crate) auth_headers: &'a [String],
+}
+
+/// Fields that exist on some operations only, with where they belong.
+const OP_SPECIFIC: &[(&str, &str)] = &[
+    ("alreadyExists", "dispatch"),
+    ("capture", "dispatch"),
+    ("notFound", "poll and release"),
+    ("map", "poll"),
+];
+
+fn op_fields(kind: OpKind) -> &'static [&'static str] {
+    match kind {
+        OpKind::Dispatch => &["request", "expect", "alreadyExists", "timeoutMs", "capture"],
+        OpKind::Poll => &["request", "expect", "notFound", "timeoutMs", "map"],
+        OpKind::Release => &["request", "expect", "notFound", "timeoutMs"],
+    }
+}
+
+/// Reads one operation at `kind.as_str()`.
+pub(crate) fn parse(
+    kind: OpKind,
+    value: &Value,
+    env: &mut OpEnv<'_>,
+    problems: &mut Problems,
+) -> Option<Operation> {
+    let at = kind.as_str();
+    let fields = Fields::new(value, at, problems)?;
+    let allowed = op_fields(kind);
+    for (name, belongs) in OP_SPECIFIC {
+        if fields.map().contains_key(*name) && !allowed.contains(name) {
+            problems.add(
+                fields.child(name),
+                format!("`{name}` is only allowed in {belongs}, not in {at}"),
+            );
+        }
+    }
+    let all: Vec<&str> = allowed
+        .iter()
+        .copied()
+        .chain(OP_SPECIFIC.iter().map(|(name, _)| *name))
+        .collect();
+    fields.deny_unknown(&all, problems);
+    let before = problems.len();
+
+    let scope = Scope {
+        stage: Stage::Operation(kind),
+        captures: env.captures,
+        vars: env.vars,
+    };
+    let request = fields
+        .required("request", problems)
+        .and_then(|v| read_request(v, &join(at, "request"), problems))
+        .and_then(|source| {
+            RequestTemplate::compile(
+                env.engine,
+                &source,
+                &scope,
+                env.auth_headers,
+                problems.list_mut(),
+            )
+            .map(|t| (source.method, t))
+        });
+
+    let expect = fields.statuses("expect", problems);
+    let already_exists = if kind == OpKind::Dispatch {
+        fields
+            .statuses("alreadyExists", problems)
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    if let Some(expect) = &expect {
+        let both: Vec<String> = already_exists
+            .iter()
+            .filter(|s| expect.contains(s))
+            .map(u16::to_string)
+            .collect();
+        if !both.is_empty() {
+            problems.add(
+                fields.child("alreadyExists"),
+                format!(
+                    "status {} is in both expect and alreadyExists; keep it in one",
+                    both.join(", ")
+                ),
+            );
+        }
+    }
+    let not_found = read_not_found(kind, &fields, problems);
+    let timeout_ms = fields.int("timeoutMs", 1, MAX_TIMEOUT_MS, problems);
+    let captures = if kind == OpKind::Dispatch {
+        read_captures(&fields, problems)
+    } else {
+        Captures::default()
+    };
+    let map = if kind == OpKind::Poll {
+        fields
+            .object("map", problems)
+            .and_then(|(path, v)| read_map(v, &path, problems))
+    } else {
+        None
+    };
+
+    let (method, request) = request?;
+    (problems.len() == before).then_some(Operation {
+        kind,
+        method,
+        expect,
+        already_exists,
+        not_found,
+        timeout_ms,
+        request,
+        map,
+        captures,
+    })
+}
+
+/// The names declared in `dispatch.capture`, read before the operations so that poll and
+/// release templates can be checked against them.
+pub(crate) fn declared_captures(doc: &Value) -> BTreeSet<String> {
+    doc.get("dispatch")
+        .and_then(|d| d.get("capture"))
+        .and_then(Value::as_object)
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+fn read_not_found(kind: OpKind, fields: &Fields<'_>, problems: &mut Problems) -> NotFound {
+    let path = fields.child("notFound");
+    let default = match kind {
+        OpKind::Dispatch => NotFound::Reject,
+        OpKind::Poll => NotFound::Lost,
+        OpKind::Release => NotFound::Success,
+    };
+    if kind == OpKind::Dispatch {
+        return default;
+    }
+    let Some(word) = fields.str("notFound", problems) else {
+        return default;
+    };
+    match (kind, word) {
+        (OpKind::Poll, "lost") => NotFound::Lost,
+        (OpKind::Poll, "retry") => NotFound::Retry,
+        (OpKind::Release, "success") => NotFound::Success,
+        (OpKind::Release, "fail") => NotFound::Reject,
+        (OpKind::Poll, other) => {
+            problems.add(
+                path,
+                format!(
+                    "{other:?} is not a poll notFound; use lost (the scheduler lost the job; \
+                     the default) or retry (count it as an unreadable poll)"
+                ),
+            );
+            default
+        }
+        (_, other) => {
+            problems.add(
+                path,
+                format!(
+                    "{other:?} is not a release notFound; use success (the job is gone \
+                     already; the default) or fail (retry like any other rejection)"
+                ),
+            );
+            default
+        }
+    }
+}
+
+/// Reads `request` into its raw parts; `None` when the shape is unusable.
+pub(crate) fn read_request<'a>(
+    value: &'a Value,
+    at: &str,
+    problems: &mut Problems,
+) -> Option<RequestSource<'a>> {
+    let fields = Fields::new(value, at, problems)?;
+    fields.deny_unknown(
+        &["method", "path", "query", "headers", "body", "bodyTemplate"],
+        problems,
+    );
+    let method = fields.required_str("method", problems).and_then(|m| {
+        let method = match m {
+            "GET" => Some(Method::Get),
+            "POST" => Some(Method::Post),
+            "PUT" => Some(Method::Put),
+            "PATCH" => Some(Method::Patch),
+            "DELETE" => Some(Method::Delete),
+            _ => None,
+        };
+        if method.is_none() {
+            problems.add(
+                fields.child("method"),
+                format!("{m:?} is not a supported method; use GET, POST, PUT, PATCH or DELETE (upper case)"),
+            );
+        }
+        method
+    });
+    let path = fields.required_str("path", problems);
+    let query = scalar_map(&fields, "query", problems);
+    let headers = scalar_map(&fields, "headers", problems);
+    let body = fields.get("body");
+    let body_template = fields.str("bodyTemplate", problems);
+    let body = match (body, body_template) {
+        (Some(_), Some(_)) => {
+            problems.add(
+                fields.child("bodyTemplate"),
+                "use either body (a tree) or bodyTemplate (one text template), not both",
+            );
+            BodySource::None
+        }
+        (Some(tree), None) => BodySource::Tree(tree),
+        (None, Some(text)) => BodySource::Template(text),
+        (None, None) => BodySource::None,
+    };
+    if let (
+        Some(method @ (Method::Get | Method::Delete)),
+        BodySource::Tree(_) | BodySource::Template(_),
+    ) = (method, body)
+    {
+        let field = if matches!(body, BodySource::Tree(_)) {
+            "body"
+        } else {
+            "bodyTemplate"
+        };
+        problems.add(
+            fields.child(field),
+            format!(
+                "a {} request cannot have a body; remove it or use POST, PUT or PATCH",
+                method.as_str()
+            ),
+        );
+    }
+    // A bad method is already a problem; the templates are still checked so that every
+    // problem is reported at once.
+    Some(RequestSource {
+        at: at.to_owned(),
+        method: method.unwrap_or(Method::Post),
+        path,
+        query,
+        headers,
+        body,
+    })
+}
+
+/// A map of name → template text; numbers and booleans are taken as their literal text.
+fn scalar_map(fields: &Fields<'_>, key: &str, problems: &mut Problems) -> Vec<(String, String)> {
+    let Some((path, value)) = fields.object(key, problems) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (name, v) in value.as_object().into_iter().flatten() {
+        match v {
+            Value::String(s) => out.push((name.clone(), s.clone())),
+            Value::Number(_) | Value::Bool(_) => out.push((name.clone(), v.to_string())),
+            other => problems.add(
+                join(&path, name),
+                format!("must be a string (a template), not {}", kind_of(other)),
+            ),
+        }
+    }
+    out
+}
+
+fn read_captures(fields: &Fields<'_>, problems: &mut Problems) -> Captures {
+    let Some(entries) = fields.string_map("capture", problems) else {
+        return Captures::default();
+    };
+    let mut out = Vec::with_capacity(entries.len());
+    for (name, source) in entries {
+        let path = join(&fields.child("capture"), &name);
+        let valid = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            problems.add(
+                path.clone(),
+                format!(
+                    "capture name {name:?} must start with a letter or _ and use only letters, \
+                     digits and _ (templates read it as capture.<name>)"
+                ),
+            );
+        }
+        if let Some(expr) = mapping::compile(&path, source, problems.list_mut()) {
+            out.push((name, expr));
+        }
+    }
+    Captures(out)
+}
+
+/// Reads a `map` (poll, and each item of pollMany).
+pub(crate) fn read_map(value: &Value, at: &str, problems: &mut Problems) -> Option<StateMapping> {
+    let fields = Fields::new(value, at, problems)?;
+    fields.deny_unknown(
+        &[
+            "state",
+            "statusMap",
+            "progress",
+            "result",
+            "error",
+            "failureCause",
+            "detail",
+            "heartbeat",
+            "externalId",
+        ],
+        problems,
+    );
+    let expr = |key: &str, problems: &mut Problems| -> Option<Expr> {
+        let source = fields.str(key, problems)?;
+        mapping::compile(&fields.child(key), source, problems.list_mut())
+    };
+    let mut mapping = StateMapping {
+        state: expr("state", problems),
+        result: expr("result", problems),
+        error: expr("error", problems),
+        failure_cause: expr("failureCause", problems),
+        detail: expr("detail", problems),
+        heartbeat: expr("heartbeat", problems),
+        external_id: expr("externalId", problems),
+        ..StateMapping::default()
+    };
+    if let Some((path, value)) = fields.object("statusMap", problems) {
+        for (word, target) in value.as_object().into_iter().flatten() {
+            let entry_path = join(&path, word);
+            match target.as_str().and_then(MappedState::parse) {
+                Some(state) => mapping.status_map.push((word.clone(), state)),
+                None => problems.add(
+                    entry_path,
+                    format!(
+                        "maps to {}, which is not a state; use pending, running, done, failed, \
+                         cancelled or lost",
+                        super::walk::show(target)
+                    ),
+                ),
+            }
+        }
+    }
+    if let Some((path, value)) = fields.object("progress", problems)
+        && let Some(progress) = Fields::new(value, &path, problems)
+    {
+        progress.deny_unknown(&["completed", "inProgress", "total"], problems);
+        let expr = |key: &str, problems: &mut Problems| -> Option<Expr> {
+            let source = progress.str(key, problems)?;
+            mapping::compile(&progress.child(key), source, problems.list_mut())
+        };
+        mapping.completed = expr("completed", problems);
+        mapping.in_progress = expr("inProgress", problems);
+        mapping.total = expr("total", problems);
+    }
+    Some(mapping)
+}
+
+/// Validates the shape of `pollMany` (`{request, items, id, map}`); the result is not used.
+pub(crate) fn check_poll_many(value: &Value, vars: &Map<String, Value>, problems: &mut Problems) {
+    let Some(fields) = Fields::new(value, "pollMany", problems) else {
+        return;
+    };
+    fields.deny_unknown(&["request", "items", "id", "map"], problems);
+    let mut engine = Engine::new();
+    let captures = BTreeSet::new();
+    let scope = Scope {
+        stage: Stage::PollMany,
+        captures: &captures,
+        vars,
+    };
+    if let Some(source) = fields
+        .required("request", problems)
+        .and_then(|v| read_request(v, "pollMany.request", problems))
+    {
+        RequestTemplate::compile(&mut engine, &source, &scope, &[], problems.list_mut());
+    }
+    for key in ["items", "id"] {
+        if let Some(source) = fields.required_str(key, problems) {
+            mapping::compile(&fields.child(key), source, problems.list_mut());
+        }
+    }
+    if let Some(map) = fields.required("map", problems) {
+        read_map(map, "pollMany.map", problems);
+    }
+}

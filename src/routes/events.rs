@@ -1,0 +1,188 @@
+//! `GET /v1/events`: a server-sent event per run change, resumable from the persisted log.
+//!
+//! The stream subscribes to the live bus first, then replays the log after `Last-Event-ID`,
+//! then forwards live changes it has not sent yet. A subscriber that falls behind the bus
+//! re-reads the log, so no committed change is skipped.
+
+use super::auth::{Caller, Role};
+use super::dto::RunView;
+use super::parse_id;
+use crate::domain::ids::{JobId, PoolName};
+use crate::domain::run::{EventRecord, RunRecord};
+use crate::error::ApiError;
+use crate::service::Gateway;
+use actix_web::{HttpRequest, HttpResponse, get, web};
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc};
+
+/// Events read from the log per page while replaying.
+const REPLAY_PAGE: u32 = 500;
+/// A comment line is sent this often so that proxies keep the connection open.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// Query of `GET /v1/events`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct StreamQuery {
+    pool: Option<String>,
+    job_id: Option<String>,
+}
+
+/// `GET /v1/events?pool=&jobId=`
+#[get("/events")]
+pub async fn stream(
+    caller: Caller,
+    gateway: web::Data<Gateway>,
+    query: web::Query<StreamQuery>,
+    request: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Role::Reader)?;
+    let pool = query
+        .pool
+        .as_deref()
+        .map(|p| parse_id(p, "pool", PoolName::parse))
+        .transpose()?;
+    let job_id = query
+        .job_id
+        .as_deref()
+        .map(|j| parse_id(j, "jobId", JobId::parse))
+        .transpose()?;
+    let last_seen = match request.headers().get("last-event-id") {
+        None => 0,
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .ok_or_else(|| {
+                ApiError::validation(vec![crate::manifest::Problem {
+                    path: "Last-Event-ID".into(),
+                    message: "must be the id of an event this stream sent".into(),
+                }])
+            })?,
+    };
+    let (sender, receiver) = mpsc::channel::<web::Bytes>(64);
+    let filter = Filter { pool, job_id };
+    actix_web::rt::spawn(pump(gateway.into_inner(), filter, last_seen, sender));
+    let body = futures_util::stream::unfold(receiver, |mut receiver| async move {
+        receiver
+            .recv()
+            .await
+            .map(|bytes| (Ok::<_, actix_web::Error>(bytes), receiver))
+    });
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("Cache-Control", "no-cache"))
+        .streaming(body))
+}
+
+struct Filter {
+    pool: Option<PoolName>,
+    job_id: Option<JobId>,
+}
+
+impl Filter {
+    fn matches(&self, pool: &PoolName, job_id: &JobId) -> bool {
+        self.pool.as_ref().is_none_or(|p| p == pool)
+            && self.job_id.as_ref().is_none_or(|j| j == job_id)
+    }
+}
+
+fn frame(seq: i64, run: &RunRecord) -> web::Bytes {
+    let data = serde_json::to_string(&RunView::from(run)).unwrap_or_default();
+    web::Bytes::from(format!("id: {seq}\nevent: run\ndata: {data}\n\n"))
+}
+
+/// Feeds one client until it goes away.
+async fn pump(
+    gateway: std::sync::Arc<Gateway>,
+    filter: Filter,
+    mut last_seen: i64,
+    sender: mpsc::Sender<web::Bytes>,
+) {
+    let mut live = gateway.deps.bus.subscribe();
+    loop {
+        // Catch up from the log.
+        match replay(&gateway, &filter, last_seen, &sender).await {
+            Some(seq) => last_seen = seq,
+            None => return,
+        }
+        // Then follow the bus until we fall behind it.
+        loop {
+            let next = tokio::time::timeout(KEEP_ALIVE, live.recv()).await;
+            match next {
+                Err(_) => {
+                    if sender
+                        .send(web::Bytes::from_static(b": keep-alive\n\n"))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Ok(Ok(change)) => {
+                    let Some(last) = change.events.iter().map(|e| e.seq).max() else {
+                        continue;
+                    };
+                    if last <= last_seen {
+                        continue;
+                    }
+                    last_seen = last;
+                    if filter.matches(&change.run.pool, &change.run.job_id)
+                        && sender.send(frame(last, &change.run)).await.is_err()
+                    {
+                        return;
+                    }
+                }
+                Ok(Err(broadcast::error::RecvError::Lagged(_))) => break,
+                Ok(Err(broadcast::error::RecvError::Closed)) => return,
+            }
+        }
+    }
+}
+
+/// Sends every logged change after `after`; returns the last sequence number seen, or `None`
+/// when the client is gone or the log cannot be read.
+async fn replay(
+    gateway: &Gateway,
+    filter: &Filter,
+    mut after: i64,
+    sender: &mpsc::Sender<web::Bytes>,
+) -> Option<i64> {
+    loop {
+        let events: Vec<EventRecord> = gateway
+            .deps
+            .store
+            .events_after(
+                after,
+                filter.pool.as_ref(),
+                filter.job_id.as_ref(),
+                REPLAY_PAGE,
+            )
+            .await
+            .ok()?;
+        let Some(last) = events.last().map(|e| e.seq) else {
+            return Some(after);
+        };
+        // One frame per run: the newest event of each run in this page, in log order, so the
+        // last frame carries the page's last id.
+        let mut seen = std::collections::HashSet::new();
+        let mut newest: Vec<&EventRecord> = events
+            .iter()
+            .rev()
+            .filter(|event| seen.insert(event.event.job_id.clone()))
+            .collect();
+        newest.reverse();
+        for event in newest {
+            let run = gateway.deps.store.get_run(&event.event.job_id).await;
+            if let Ok(Some(run)) = run
+                && sender.send(frame(event.seq, &run)).await.is_err()
+            {
+                return None;
+            }
+        }
+        after = last;
+        if events.len() < REPLAY_PAGE as usize {
+            return Some(after);
+        }
+    }
+}

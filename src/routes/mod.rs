@@ -1,0 +1,60 @@
+//! The HTTP surface: the whole route table in one place.
+
+pub mod auth;
+pub mod body;
+pub mod dto;
+pub mod events;
+pub mod ops;
+pub mod pools;
+pub mod runs;
+
+use crate::error::ApiError;
+use actix_web::http::StatusCode;
+use actix_web::web;
+
+/// Request limits shared by the handlers.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit(pub usize);
+
+/// Registers every route.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(ops::healthz)
+        .service(ops::readyz)
+        .service(
+            web::scope("/v1")
+                .service(pools::list)
+                .service(pools::get)
+                .service(pools::put)
+                .service(pools::put_secrets)
+                .service(pools::delete)
+                .service(runs::dispatch)
+                .service(runs::list)
+                .service(runs::get)
+                .service(runs::cancel)
+                .service(runs::history)
+                .service(events::stream),
+        )
+        .default_service(web::to(not_found));
+}
+
+async fn not_found() -> Result<actix_web::HttpResponse, ApiError> {
+    Err(ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such route",
+    ))
+}
+
+/// Parses a path segment into a typed id, or answers 422 naming the segment.
+pub fn parse_id<T>(
+    value: &str,
+    field: &str,
+    parse: impl Fn(&str) -> Result<T, crate::domain::ids::InvalidId>,
+) -> Result<T, ApiError> {
+    parse(value).map_err(|e| {
+        ApiError::validation(vec![crate::manifest::Problem {
+            path: field.to_owned(),
+            message: e.to_string(),
+        }])
+    })
+}

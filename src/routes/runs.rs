@@ -1,0 +1,146 @@
+//! `/v1/pools/{pool}/runs` and `/v1/runs…`: dispatch, read, list, cancel, history.
+
+use super::auth::{Caller, Role};
+use super::body::{parse_json, read_limited};
+use super::dto::{EventView, RunView};
+use super::{BodyLimit, parse_id};
+use crate::domain::ids::{JobId, PoolName};
+use crate::domain::state::RunState;
+use crate::error::ApiError;
+use crate::manifest::Problem;
+use crate::service::Gateway;
+use crate::service::runs::Submission;
+use crate::store::RunFilter;
+use actix_web::{HttpResponse, get, post, web};
+use serde_json::json;
+
+fn job_id(raw: &str) -> Result<JobId, ApiError> {
+    parse_id(raw, "jobId", JobId::parse)
+}
+
+/// `POST /v1/pools/{pool}/runs`: 202 when created, 200 for an identical repeat.
+#[post("/pools/{pool}/runs")]
+pub async fn dispatch(
+    caller: Caller,
+    gateway: web::Data<Gateway>,
+    limit: web::Data<BodyLimit>,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Role::Dispatcher)?;
+    let pool = parse_id(&path, "pool", PoolName::parse)?;
+    let body = parse_json(&read_limited(payload, limit.0).await?)?;
+    let submission = Submission::parse(&body).map_err(ApiError::validation)?;
+    let (run, created) = gateway.submit_run(&pool, submission).await?;
+    let view = RunView::from(&run);
+    Ok(if created {
+        HttpResponse::Accepted().json(view)
+    } else {
+        HttpResponse::Ok().json(view)
+    })
+}
+
+/// `GET /v1/runs/{jobId}`
+#[get("/runs/{job_id}")]
+pub async fn get(
+    caller: Caller,
+    gateway: web::Data<Gateway>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Role::Reader)?;
+    let run = gateway.run(&job_id(&path)?).await?;
+    Ok(HttpResponse::Ok().json(RunView::from(&run)))
+}
+
+/// Query of `GET /v1/runs`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    pool: Option<String>,
+    state: Option<String>,
+    limit: Option<u32>,
+    after: Option<String>,
+}
+
+/// `GET /v1/runs?pool=&state=&limit=&after=`: newest first.
+#[get("/runs")]
+pub async fn list(
+    caller: Caller,
+    gateway: web::Data<Gateway>,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Role::Reader)?;
+    let query = query.into_inner();
+    let mut problems = Vec::new();
+    let pool = match query.pool.as_deref() {
+        Some(raw) => match PoolName::parse(raw) {
+            Ok(pool) => Some(pool),
+            Err(e) => {
+                problems.push(Problem {
+                    path: "pool".into(),
+                    message: e.to_string(),
+                });
+                None
+            }
+        },
+        None => None,
+    };
+    let state = match query.state.as_deref() {
+        Some(raw) => match raw.parse::<RunState>() {
+            Ok(state) => Some(state),
+            Err(e) => {
+                problems.push(Problem {
+                    path: "state".into(),
+                    message: e.to_string(),
+                });
+                None
+            }
+        },
+        None => None,
+    };
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        problems.push(Problem {
+            path: "limit".into(),
+            message: "must be from 1 to 1000".into(),
+        });
+    }
+    if !problems.is_empty() {
+        return Err(ApiError::validation(problems));
+    }
+    let page = gateway
+        .list_runs(RunFilter {
+            pool,
+            state,
+            limit,
+            after: query.after,
+        })
+        .await?;
+    let runs: Vec<RunView> = page.runs.iter().map(RunView::from).collect();
+    Ok(HttpResponse::Ok().json(json!({ "runs": runs, "next": page.next })))
+}
+
+/// `POST /v1/runs/{jobId}/cancel`: 202 with the run; 409 when finished.
+#[post("/runs/{job_id}/cancel")]
+pub async fn cancel(
+    caller: Caller,
+    gateway: web::Data<Gateway>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Role::Dispatcher)?;
+    let run = gateway.cancel_run(&job_id(&path)?).await?;
+    Ok(HttpResponse::Accepted().json(RunView::from(&run)))
+}
+
+/// `GET /v1/runs/{jobId}/events`: the persisted history.
+#[get("/runs/{job_id}/events")]
+pub async fn history(
+    caller: Caller,
+    gateway: web::Data<Gateway>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Role::Reader)?;
+    let events = gateway.run_events(&job_id(&path)?).await?;
+    let views: Vec<EventView> = events.iter().map(EventView::from).collect();
+    Ok(HttpResponse::Ok().json(json!({ "events": views })))
+}

@@ -1,0 +1,180 @@
+//! The generic adapter: render a manifest operation, send it, classify the answer.
+//!
+//! This is the only code that talks to schedulers. [`Adapter::call`] renders the operation of
+//! a [`PoolRuntime`] for one run, adds OAuth2 tokens, sends the request with the operation's
+//! timeout, reads the answer under a size cap and turns it into a lifecycle [`CallOutcome`]:
+//! success (with captures or an observation), already-exists, not-found, retryable or rejected.
+
+pub mod auth;
+pub mod classify;
+pub mod http;
+
+use crate::domain::ids::PoolName;
+use crate::domain::secrets::SecretBundle;
+use crate::lifecycle::CallOutcome;
+use crate::manifest::{Auth, Manifest, OpKind, RenderInput, RenderedRequest};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Largest scheduler answer read (bytes); a larger one is an unreadable answer.
+pub const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
+
+/// A registered pool as the adapter needs it: the compiled manifest, its secrets, its client.
+#[derive(Debug, Clone)]
+pub struct PoolRuntime {
+    /// The pool's name.
+    pub name: PoolName,
+    /// The manifest revision.
+    pub revision: i64,
+    /// The compiled manifest.
+    pub manifest: Arc<Manifest>,
+    /// The decrypted secret bundle (kept in memory only).
+    pub secrets: SecretBundle,
+    /// The HTTP client built for this manifest (its TLS roots, no redirects).
+    pub client: reqwest::Client,
+}
+
+impl PoolRuntime {
+    /// Builds the runtime of a pool, with its own HTTP client.
+    ///
+    /// # Errors
+    /// When the manifest's TLS settings cannot be used.
+    pub fn new(
+        name: PoolName,
+        revision: i64,
+        manifest: Arc<Manifest>,
+        secrets: SecretBundle,
+    ) -> Result<Self, http::ClientError> {
+        let client = http::build_client(&manifest)?;
+        Ok(Self {
+            name,
+            revision,
+            manifest,
+            secrets,
+            client,
+        })
+    }
+}
+
+/// The adapter: stateless but for the OAuth2 token cache shared by all pools.
+#[derive(Debug, Default)]
+pub struct Adapter {
+    tokens: auth::TokenCache,
+}
+
+/// What was sent and what came back, before classification.
+struct Exchange {
+    status: u16,
+    retry_after_ms: Option<u64>,
+    body: Result<Vec<u8>, String>,
+}
+
+impl Adapter {
+    /// A new adapter with an empty token cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Renders and sends `op` of `pool` for one run and classifies the answer.
+    pub async fn call(&self, pool: &PoolRuntime, op: OpKind, input: &RenderInput) -> CallOutcome {
+        let manifest = &pool.manifest;
+        let Some(operation) = manifest.operation(op) else {
+            return CallOutcome::Rejected {
+                message: format!("the manifest has no {} operation", op.as_str()),
+            };
+        };
+        let request = match manifest.render(op, input, &pool.secrets) {
+            Ok(request) => request,
+            Err(e) => {
+                return CallOutcome::Rejected {
+                    message: e.to_string(),
+                };
+            }
+        };
+        let timeout =
+            Duration::from_millis(operation.timeout_ms.unwrap_or(manifest.limits.timeout_ms));
+        let exchange = match self.send(pool, request, timeout).await {
+            Ok(exchange) => exchange,
+            Err(outcome) => return outcome,
+        };
+        if exchange.status == 401 && matches!(manifest.auth, Auth::OAuth2ClientCredentials { .. }) {
+            // The token may have expired or been revoked: drop it and try again with a new one.
+            self.tokens
+                .invalidate(&pool.name, &manifest.auth, &pool.secrets)
+                .await;
+            return CallOutcome::Retryable {
+                message: format!(
+                    "{} → 401: the OAuth2 token was refused; fetching a new one",
+                    op.as_str()
+                ),
+                retry_after_ms: None,
+                unreadable: false,
+            };
+        }
+        classify::classify(
+            operation,
+            exchange.status,
+            exchange.retry_after_ms,
+            exchange.body,
+        )
+    }
+
+    async fn send(
+        &self,
+        pool: &PoolRuntime,
+        request: RenderedRequest,
+        timeout: Duration,
+    ) -> Result<Exchange, CallOutcome> {
+        let method =
+            reqwest::Method::from_bytes(request.method.as_str().as_bytes()).map_err(|_| {
+                CallOutcome::Rejected {
+                    message: "unsupported method".to_owned(),
+                }
+            })?;
+        let mut builder = pool
+            .client
+            .request(method, request.url.clone())
+            .timeout(timeout)
+            .header(reqwest::header::ACCEPT, "application/json");
+        if let Auth::OAuth2ClientCredentials { .. } = pool.manifest.auth {
+            let token = self
+                .tokens
+                .token(
+                    &pool.name,
+                    &pool.manifest.auth,
+                    &pool.secrets,
+                    &pool.client,
+                    timeout,
+                )
+                .await
+                .map_err(|e| CallOutcome::Retryable {
+                    message: e.to_string(),
+                    retry_after_ms: None,
+                    unreadable: false,
+                })?;
+            builder = builder.bearer_auth(token.expose());
+        }
+        for (name, value) in &request.headers {
+            builder = builder.header(name.as_str(), value.as_str());
+        }
+        if let Some(body) = request.body {
+            if let Some(content_type) = &request.content_type {
+                builder = builder.header(reqwest::header::CONTENT_TYPE, content_type.as_str());
+            }
+            builder = builder.body(body);
+        }
+        let response = builder.send().await.map_err(|e| CallOutcome::Retryable {
+            message: http::describe_transport_error(&e),
+            retry_after_ms: None,
+            unreadable: false,
+        })?;
+        let status = response.status().as_u16();
+        let retry_after_ms = http::retry_after_ms(response.headers(), chrono::Utc::now());
+        let body = http::read_capped(response, MAX_RESPONSE_BYTES).await;
+        Ok(Exchange {
+            status,
+            retry_after_ms,
+            body,
+        })
+    }
+}

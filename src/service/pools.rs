@@ -1,0 +1,341 @@
+//! Pool use cases: register or replace a manifest, rotate secrets, read, delete, and load at start.
+
+use super::{Gateway, ServiceError, canonical_json, problem};
+use crate::actors::supervisor::{CancelRunOf, PoolStats, RemovePool, UpsertPool};
+use crate::crypto::{binding, sha256_hex};
+use crate::domain::ids::{JobId, PoolName, SecretKey};
+use crate::domain::pool::PoolRecord;
+use crate::domain::run::now_millis;
+use crate::domain::secrets::SecretBundle;
+use crate::manifest::{Manifest, Warning};
+use crate::scheduler::PoolRuntime;
+use crate::store::{PoolStats as StoredStats, RunFilter};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+/// A manifest as a client sent it: a JSON document, or YAML/JSON text.
+#[derive(Debug, Clone)]
+pub enum ManifestInput {
+    /// A JSON object.
+    Document(serde_json::Value),
+    /// YAML or JSON text.
+    Text(String),
+}
+
+/// A registered pool with its counts, for the pool view.
+#[derive(Debug, Clone)]
+pub struct PoolSummary {
+    /// The stored pool.
+    pub record: PoolRecord,
+    /// Counts by state.
+    pub stats: StoredStats,
+}
+
+impl Gateway {
+    /// Parses and validates a manifest with the configured defaults.
+    ///
+    /// # Errors
+    /// [`ServiceError::Validation`] listing every problem.
+    pub fn compile_manifest(&self, input: &ManifestInput) -> Result<Manifest, ServiceError> {
+        let compiled = match input {
+            ManifestInput::Document(doc) => Manifest::from_value(doc, &self.defaults),
+            ManifestInput::Text(text) => Manifest::parse(text, &self.defaults),
+        };
+        compiled.map_err(|e| {
+            ServiceError::Validation(
+                e.problems
+                    .into_iter()
+                    .map(|p| problem(&prefixed("manifest", &p.path), p.message))
+                    .collect(),
+            )
+        })
+    }
+
+    /// Registers a pool, or replaces its manifest (and its secrets when given).
+    /// Returns the stored record and whether it was created.
+    ///
+    /// # Errors
+    /// Validation problems, missing secrets, or an internal failure.
+    pub async fn register_pool(
+        &self,
+        name: PoolName,
+        input: ManifestInput,
+        secrets: Option<BTreeMap<String, String>>,
+    ) -> Result<(PoolRecord, bool), ServiceError> {
+        let manifest = self.compile_manifest(&input)?;
+        let existing = self.deps.store.get_pool(&name).await?;
+        let bundle = match (secrets, &existing) {
+            (Some(given), _) => parse_secrets(given)?,
+            (None, Some(stored)) => self.open_secrets(stored)?,
+            (None, None) => SecretBundle::default(),
+        };
+        check_secrets(&manifest, &bundle)?;
+        let now = now_millis();
+        let source = manifest.source().clone();
+        let record = PoolRecord {
+            name: name.clone(),
+            revision: 1,
+            digest: sha256_hex(canonical_json(&source).as_bytes()),
+            format: manifest.format.as_str().to_owned(),
+            manifest: source.to_string(),
+            secrets_sealed: self.deps.sealer.seal(
+                &bundle.to_json_bytes(),
+                &binding::pool_secrets(name.as_str()),
+            )?,
+            secret_keys: bundle.keys().map(str::to_owned).collect(),
+            warnings: serde_json::to_string(&manifest.warnings).unwrap_or_else(|_| "[]".to_owned()),
+            created_at: now,
+            updated_at: now,
+        };
+        let stored = self.deps.store.put_pool(record).await?;
+        let runtime = PoolRuntime::new(name.clone(), stored.revision, Arc::new(manifest), bundle)
+            .map_err(|e| {
+            ServiceError::Validation(vec![problem("manifest.tls.caCertPem", e.to_string())])
+        })?;
+        self.supervisor
+            .send(UpsertPool(runtime))
+            .await
+            .map_err(|_| ServiceError::Unavailable)?;
+        tracing::info!(pool = %name, revision = stored.revision, "pool registered");
+        Ok((stored, existing.is_none()))
+    }
+
+    /// Replaces a pool's whole secret bundle.
+    ///
+    /// # Errors
+    /// Unknown pool, missing secrets, or an internal failure.
+    pub async fn set_secrets(
+        &self,
+        name: &PoolName,
+        secrets: BTreeMap<String, String>,
+    ) -> Result<PoolRecord, ServiceError> {
+        let stored = self.pool(name).await?;
+        let manifest = self.compile_manifest(&stored_manifest(&stored)?)?;
+        let bundle = parse_secrets(secrets)?;
+        check_secrets(&manifest, &bundle)?;
+        let sealed = self.deps.sealer.seal(
+            &bundle.to_json_bytes(),
+            &binding::pool_secrets(name.as_str()),
+        )?;
+        let keys = bundle.keys().map(str::to_owned).collect();
+        let updated = self
+            .deps
+            .store
+            .put_pool_secrets(name, sealed, keys, now_millis())
+            .await?
+            .ok_or_else(|| ServiceError::PoolNotFound(name.to_string()))?;
+        let runtime = PoolRuntime::new(name.clone(), updated.revision, Arc::new(manifest), bundle)
+            .map_err(|e| {
+                ServiceError::Validation(vec![problem("manifest.tls.caCertPem", e.to_string())])
+            })?;
+        self.supervisor
+            .send(UpsertPool(runtime))
+            .await
+            .map_err(|_| ServiceError::Unavailable)?;
+        Ok(updated)
+    }
+
+    /// A stored pool.
+    ///
+    /// # Errors
+    /// [`ServiceError::PoolNotFound`].
+    pub async fn pool(&self, name: &PoolName) -> Result<PoolRecord, ServiceError> {
+        self.deps
+            .store
+            .get_pool(name)
+            .await?
+            .ok_or_else(|| ServiceError::PoolNotFound(name.to_string()))
+    }
+
+    /// A stored pool with its counts.
+    ///
+    /// # Errors
+    /// [`ServiceError::PoolNotFound`] or an internal failure.
+    pub async fn pool_summary(&self, record: PoolRecord) -> Result<PoolSummary, ServiceError> {
+        let stats = self.deps.store.pool_stats(&record.name).await?;
+        Ok(PoolSummary { record, stats })
+    }
+
+    /// Every stored pool with its counts.
+    ///
+    /// # Errors
+    /// An internal failure.
+    pub async fn list_pools(&self) -> Result<Vec<PoolSummary>, ServiceError> {
+        let mut out = Vec::new();
+        for record in self.deps.store.list_pools().await? {
+            out.push(self.pool_summary(record).await?);
+        }
+        Ok(out)
+    }
+
+    /// Deletes a pool. With unfinished runs: refused, unless `force`, which cancels them first
+    /// (their releases still go out through the retiring pool actor).
+    ///
+    /// # Errors
+    /// Unknown pool, a pool with unfinished runs, or an internal failure.
+    pub async fn delete_pool(&self, name: &PoolName, force: bool) -> Result<(), ServiceError> {
+        self.pool(name).await?;
+        let unfinished = self.unfinished_runs(name).await?;
+        if !unfinished.is_empty() {
+            if !force {
+                return Err(ServiceError::PoolBusy(name.to_string()));
+            }
+            for job_id in unfinished {
+                let (reply, answer) = oneshot::channel();
+                self.supervisor
+                    .send(CancelRunOf {
+                        pool: name.clone(),
+                        job_id,
+                        reply,
+                    })
+                    .await
+                    .map_err(|_| ServiceError::Unavailable)?;
+                // A run that finished meanwhile needs no cancel.
+                let _ = answer.await;
+            }
+        }
+        self.deps.store.delete_pool(name).await?;
+        self.supervisor
+            .send(RemovePool(name.clone()))
+            .await
+            .map_err(|_| ServiceError::Unavailable)?;
+        tracing::info!(pool = %name, force, "pool deleted");
+        Ok(())
+    }
+
+    async fn unfinished_runs(&self, name: &PoolName) -> Result<Vec<JobId>, ServiceError> {
+        let mut ids = Vec::new();
+        for state in crate::domain::state::RunState::ALL
+            .into_iter()
+            .filter(|s| !s.is_final())
+        {
+            let mut after = None;
+            loop {
+                let page = self
+                    .deps
+                    .store
+                    .list_runs(RunFilter {
+                        pool: Some(name.clone()),
+                        state: Some(state),
+                        limit: 1000,
+                        after,
+                    })
+                    .await?;
+                ids.extend(page.runs.into_iter().map(|run| run.job_id));
+                match page.next {
+                    Some(next) => after = Some(next),
+                    None => break,
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    /// The live counts of a pool (queue length, slots held); `None` when it has no actor.
+    pub async fn live_stats(&self, name: &PoolName) -> Option<crate::actors::pool::LiveStats> {
+        self.supervisor
+            .send(PoolStats(name.clone()))
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Loads every stored pool into the actors. Pools that no longer compile (for example
+    /// after an upgrade) are logged and skipped; their runs wait.
+    ///
+    /// # Errors
+    /// An internal failure reading the store.
+    pub async fn load_pools(&self) -> Result<usize, ServiceError> {
+        let mut loaded = 0;
+        for record in self.deps.store.list_pools().await? {
+            match self.runtime_of(&record) {
+                Ok(runtime) => {
+                    self.supervisor
+                        .send(UpsertPool(runtime))
+                        .await
+                        .map_err(|_| ServiceError::Unavailable)?;
+                    loaded += 1;
+                }
+                Err(e) => {
+                    tracing::error!(pool = %record.name, error = %e, "cannot load a stored pool")
+                }
+            }
+        }
+        Ok(loaded)
+    }
+
+    fn runtime_of(&self, record: &PoolRecord) -> Result<PoolRuntime, ServiceError> {
+        let manifest = self.compile_manifest(&stored_manifest(record)?)?;
+        let bundle = self.open_secrets(record)?;
+        PoolRuntime::new(
+            record.name.clone(),
+            record.revision,
+            Arc::new(manifest),
+            bundle,
+        )
+        .map_err(|e| ServiceError::Internal(e.into()))
+    }
+
+    fn open_secrets(&self, record: &PoolRecord) -> Result<SecretBundle, ServiceError> {
+        let clear = self.deps.sealer.open(
+            &record.secrets_sealed,
+            &binding::pool_secrets(record.name.as_str()),
+        )?;
+        SecretBundle::from_json_bytes(&clear).ok_or_else(|| {
+            ServiceError::Internal(anyhow::anyhow!("a stored secret bundle is not readable"))
+        })
+    }
+}
+
+/// The warnings stored with a pool.
+pub fn stored_warnings(record: &PoolRecord) -> Vec<Warning> {
+    serde_json::from_str(&record.warnings).unwrap_or_default()
+}
+
+fn stored_manifest(record: &PoolRecord) -> Result<ManifestInput, ServiceError> {
+    serde_json::from_str(&record.manifest)
+        .map(ManifestInput::Document)
+        .map_err(|_| ServiceError::Internal(anyhow::anyhow!("a stored manifest is not JSON")))
+}
+
+fn prefixed(prefix: &str, path: &str) -> String {
+    if path.is_empty() {
+        prefix.to_owned()
+    } else {
+        format!("{prefix}.{path}")
+    }
+}
+
+fn parse_secrets(given: BTreeMap<String, String>) -> Result<SecretBundle, ServiceError> {
+    let mut problems = Vec::new();
+    for (key, value) in &given {
+        if let Err(e) = SecretKey::parse(key) {
+            problems.push(problem(&format!("secrets.{key}"), e.to_string()));
+        } else if value.is_empty() {
+            problems.push(problem(
+                &format!("secrets.{key}"),
+                "a secret value must not be empty",
+            ));
+        }
+    }
+    if problems.is_empty() {
+        Ok(SecretBundle::from_map(given))
+    } else {
+        Err(ServiceError::Validation(problems))
+    }
+}
+
+fn check_secrets(manifest: &Manifest, bundle: &SecretBundle) -> Result<(), ServiceError> {
+    let missing: Vec<String> = manifest
+        .secret_keys()
+        .iter()
+        .filter(|key| !bundle.contains(key))
+        .cloned()
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(ServiceError::MissingSecrets(missing))
+    }
+}

@@ -1,0 +1,416 @@
+//! Run use cases: submit (idempotent by jobId), read, list, cancel, history, and resume at start.
+
+use super::{Gateway, ServiceError, canonical_json, problem};
+use crate::actors::supervisor::{CancelRunOf, ResumeRuns, SubmitRun};
+use crate::crypto::{binding, sha256_hex};
+use crate::domain::ids::{JobId, PoolName};
+use crate::domain::run::{Attempts, EventRecord, NewEvent, ReleaseState, RunRecord, now_millis};
+use crate::domain::state::RunState;
+use crate::manifest::Problem;
+use crate::store::{InsertOutcome, RunFilter, RunPage};
+use serde_json::{Map, Value};
+use tokio::sync::oneshot;
+
+/// Largest accepted job body, as JSON text.
+pub const MAX_JOB_BYTES: usize = 1024 * 1024;
+/// Longest accepted deadline (30 days).
+const MAX_DEADLINE_SECONDS: u64 = 30 * 24 * 3600;
+
+/// A validated run submission.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Submission {
+    /// The caller's id.
+    pub job_id: JobId,
+    /// The job kind.
+    pub kind: Option<String>,
+    /// The job body (an object).
+    pub job: Option<Map<String, Value>>,
+    /// Labels (string values).
+    pub labels: Map<String, Value>,
+    /// The run's deadline.
+    pub deadline_seconds: Option<u64>,
+}
+
+impl Submission {
+    /// Validates a submission body, reporting every problem.
+    ///
+    /// # Errors
+    /// Every problem with its path.
+    pub fn parse(body: &Value) -> Result<Submission, Vec<Problem>> {
+        let mut problems = Vec::new();
+        let Some(object) = body.as_object() else {
+            return Err(vec![problem("", "the body must be a JSON object")]);
+        };
+        for key in object.keys() {
+            if ![
+                "jobId",
+                "kind",
+                "job",
+                "labels",
+                "deadlineSeconds",
+                "callbackUrl",
+            ]
+            .contains(&key.as_str())
+            {
+                problems.push(problem(
+                    key,
+                    "unknown field; expected jobId, kind, job, labels, deadlineSeconds",
+                ));
+            }
+        }
+        let job_id = match object.get("jobId") {
+            Some(Value::String(id)) => match JobId::parse(id) {
+                Ok(id) => Some(id),
+                Err(e) => {
+                    problems.push(problem("jobId", e.to_string()));
+                    None
+                }
+            },
+            Some(_) => {
+                problems.push(problem("jobId", "must be a string"));
+                None
+            }
+            None => {
+                problems.push(problem("jobId", "is required"));
+                None
+            }
+        };
+        let kind = match object.get("kind") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(kind))
+                if !kind.is_empty() && kind.len() <= 100 && !kind.chars().any(char::is_control) =>
+            {
+                Some(kind.clone())
+            }
+            Some(_) => {
+                problems.push(problem(
+                    "kind",
+                    "must be a string of 1-100 printable characters",
+                ));
+                None
+            }
+        };
+        let job = match object.get("job") {
+            None | Some(Value::Null) => None,
+            Some(Value::Object(job)) => {
+                if serde_json::to_vec(job).map_or(0, |bytes| bytes.len()) > MAX_JOB_BYTES {
+                    problems.push(problem("job", "must be at most 1 MiB of JSON"));
+                }
+                Some(job.clone())
+            }
+            Some(_) => {
+                problems.push(problem("job", "must be a JSON object"));
+                None
+            }
+        };
+        let labels = match object.get("labels") {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(labels)) => {
+                for (key, value) in labels {
+                    if !value.is_string() {
+                        problems.push(problem(
+                            &format!("labels.{key}"),
+                            "label values must be strings",
+                        ));
+                    }
+                }
+                labels.clone()
+            }
+            Some(_) => {
+                problems.push(problem("labels", "must be an object of strings"));
+                Map::new()
+            }
+        };
+        let deadline_seconds = match object.get("deadlineSeconds") {
+            None | Some(Value::Null) => None,
+            Some(value) => match value.as_u64() {
+                Some(seconds) if (1..=MAX_DEADLINE_SECONDS).contains(&seconds) => Some(seconds),
+                _ => {
+                    problems.push(problem(
+                        "deadlineSeconds",
+                        format!(
+                            "must be a whole number of seconds from 1 to {MAX_DEADLINE_SECONDS}"
+                        ),
+                    ));
+                    None
+                }
+            },
+        };
+        if object.get("callbackUrl").is_some_and(|v| !v.is_null()) {
+            problems.push(problem(
+                "callbackUrl",
+                "callbacks are not supported by this version; poll GET /v1/runs/{jobId} or stream GET /v1/events",
+            ));
+        }
+        match job_id {
+            Some(job_id) if problems.is_empty() => Ok(Submission {
+                job_id,
+                kind,
+                job,
+                labels,
+                deadline_seconds,
+            }),
+            _ => Err(problems),
+        }
+    }
+
+    /// The idempotency digest: equal submissions to the same pool have equal digests.
+    pub fn digest(&self, pool: &PoolName) -> String {
+        let document = serde_json::json!({
+            "pool": pool.as_str(),
+            "kind": self.kind,
+            "job": self.job,
+            "labels": self.labels,
+            "deadlineSeconds": self.deadline_seconds,
+        });
+        sha256_hex(canonical_json(&document).as_bytes())
+    }
+}
+
+impl Gateway {
+    /// Submits a run. Returns the run and whether it was created (false: an identical
+    /// submission existed already).
+    ///
+    /// # Errors
+    /// Unknown pool, a conflicting jobId, a saturated pool, shutdown, or an internal failure.
+    pub async fn submit_run(
+        &self,
+        pool: &PoolName,
+        submission: Submission,
+    ) -> Result<(RunRecord, bool), ServiceError> {
+        if self.is_shutting_down() {
+            return Err(ServiceError::ShuttingDown);
+        }
+        let digest = submission.digest(pool);
+        if let Some(existing) = self.deps.store.get_run(&submission.job_id).await? {
+            return same_submission(existing, pool, &digest);
+        }
+        self.pool(pool).await?;
+        let live = self
+            .live_stats(pool)
+            .await
+            .ok_or(ServiceError::Unavailable)?;
+        if live.queued >= live.max_queued {
+            return Err(ServiceError::Saturated {
+                pool: pool.to_string(),
+                queued: live.queued,
+            });
+        }
+        let now = now_millis();
+        let deadline = submission.deadline_seconds.or(live.deadline_seconds);
+        let run = RunRecord {
+            job_id: submission.job_id.clone(),
+            pool: pool.clone(),
+            kind: submission.kind.clone(),
+            labels: submission.labels.clone(),
+            request_digest: digest.clone(),
+            deadline_at: deadline.map(|seconds| {
+                now.saturating_add(i64::try_from(seconds.saturating_mul(1000)).unwrap_or(i64::MAX))
+            }),
+            callback_url: None,
+            state: RunState::Queued,
+            scheduler_state: None,
+            external_id: None,
+            dispatch_id: submission.job_id.to_string(),
+            captures: Map::new(),
+            progress: None,
+            result: None,
+            error: None,
+            failure_cause: None,
+            detail: None,
+            heartbeat_at: None,
+            cancel_requested: false,
+            release: ReleaseState::NotYet,
+            attempts: Attempts::default(),
+            poll_errors: 0,
+            poll_interval_ms: 0,
+            next_at: None,
+            unmapped_seen: false,
+            manifest_revision: live.revision,
+            created_at: now,
+            dispatched_at: None,
+            finished_at: None,
+            updated_at: now,
+        };
+        let job = Value::Object(submission.job.unwrap_or_default());
+        let clear = serde_json::to_vec(&job).map_err(|e| ServiceError::Internal(e.into()))?;
+        let sealed = self
+            .deps
+            .sealer
+            .seal(&clear, &binding::run_job(run.job_id.as_str()))?;
+        let created = NewEvent {
+            job_id: run.job_id.clone(),
+            at: now,
+            kind: "transition".to_owned(),
+            from: None,
+            to: Some(RunState::Queued),
+            detail: Some(format!("accepted for pool {pool}")),
+        };
+        match self
+            .deps
+            .store
+            .insert_run(run.clone(), Some(sealed), created)
+            .await?
+        {
+            InsertOutcome::Existing(existing) => same_submission(existing, pool, &digest),
+            InsertOutcome::Inserted(event) => {
+                self.deps.bus.publish(vec![event], &run);
+                let accepted = self
+                    .supervisor
+                    .send(SubmitRun(run.clone()))
+                    .await
+                    .map_err(|_| ServiceError::Unavailable)?;
+                if !accepted {
+                    // Committed but the pool actor is gone (deleted meanwhile): the run waits in
+                    // the store and resumes when the pool is registered again.
+                    tracing::warn!(job_id = %run.job_id, pool = %pool, "a run was accepted for a pool without an actor");
+                }
+                Ok((run, true))
+            }
+        }
+    }
+
+    /// A run.
+    ///
+    /// # Errors
+    /// [`ServiceError::RunNotFound`] or an internal failure.
+    pub async fn run(&self, job_id: &JobId) -> Result<RunRecord, ServiceError> {
+        self.deps
+            .store
+            .get_run(job_id)
+            .await?
+            .ok_or_else(|| ServiceError::RunNotFound(job_id.to_string()))
+    }
+
+    /// A page of runs, newest first.
+    ///
+    /// # Errors
+    /// A bad cursor or an internal failure.
+    pub async fn list_runs(&self, filter: RunFilter) -> Result<RunPage, ServiceError> {
+        self.deps
+            .store
+            .list_runs(filter)
+            .await
+            .map_err(|e| match e {
+                crate::store::StoreError::BadCursor => ServiceError::Validation(vec![problem(
+                    "after",
+                    "not a cursor returned by this API",
+                )]),
+                other => other.into(),
+            })
+    }
+
+    /// Cancels a run: at once when queued, else through its actor (release follows).
+    ///
+    /// # Errors
+    /// Unknown run, a finished run, or an internal failure.
+    pub async fn cancel_run(&self, job_id: &JobId) -> Result<RunRecord, ServiceError> {
+        let run = self.run(job_id).await?;
+        if run.state.is_final() {
+            return Err(ServiceError::RunFinished(job_id.to_string()));
+        }
+        let (reply, answer) = oneshot::channel();
+        self.supervisor
+            .send(CancelRunOf {
+                pool: run.pool.clone(),
+                job_id: job_id.clone(),
+                reply,
+            })
+            .await
+            .map_err(|_| ServiceError::Unavailable)?;
+        match answer.await {
+            Ok(Ok(run)) => Ok(run),
+            Ok(Err(crate::actors::pool::CancelError::Store)) => Err(ServiceError::Unavailable),
+            Ok(Err(crate::actors::pool::CancelError::NotLive)) | Err(_) => {
+                let now = self.run(job_id).await?;
+                if now.state.is_final() {
+                    Err(ServiceError::RunFinished(job_id.to_string()))
+                } else {
+                    Err(ServiceError::Unavailable)
+                }
+            }
+        }
+    }
+
+    /// A run's persisted history.
+    ///
+    /// # Errors
+    /// Unknown run or an internal failure.
+    pub async fn run_events(&self, job_id: &JobId) -> Result<Vec<EventRecord>, ServiceError> {
+        self.run(job_id).await?;
+        Ok(self.deps.store.run_events(job_id).await?)
+    }
+
+    /// Hands every unfinished run in the store to its pool. Returns (resumed, orphaned).
+    ///
+    /// # Errors
+    /// An internal failure reading the store.
+    pub async fn resume_runs(&self) -> Result<(usize, usize), ServiceError> {
+        let runs = self.deps.store.load_unfinished().await?;
+        let total = runs.len();
+        let orphans = self
+            .supervisor
+            .send(ResumeRuns(runs))
+            .await
+            .map_err(|_| ServiceError::Unavailable)?;
+        for run in &orphans {
+            tracing::warn!(job_id = %run.job_id, pool = %run.pool, "an unfinished run belongs to a pool that is not loaded; it waits");
+        }
+        Ok((total - orphans.len(), orphans.len()))
+    }
+}
+
+fn same_submission(
+    existing: RunRecord,
+    pool: &PoolName,
+    digest: &str,
+) -> Result<(RunRecord, bool), ServiceError> {
+    if &existing.pool == pool && existing.request_digest == digest {
+        Ok((existing, false))
+    } else {
+        Err(ServiceError::JobIdConflict(existing.job_id.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_valid_submission_parses() {
+        let parsed = Submission::parse(&json!({
+            "jobId": "exec-1", "kind": "agent", "job": {"a": 1}, "labels": {"team": "x"}, "deadlineSeconds": 60
+        }))
+        .unwrap();
+        assert_eq!(parsed.job_id.as_str(), "exec-1");
+        assert_eq!(parsed.kind.as_deref(), Some("agent"));
+        assert_eq!(parsed.deadline_seconds, Some(60));
+    }
+
+    #[test]
+    fn every_problem_of_a_submission_is_reported_with_its_path() {
+        let problems = Submission::parse(&json!({
+            "jobId": "bad id", "job": [1], "labels": {"n": 1}, "deadlineSeconds": -1, "extra": true
+        }))
+        .unwrap_err();
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        for expected in ["extra", "jobId", "job", "labels.n", "deadlineSeconds"] {
+            assert!(
+                paths.contains(&expected),
+                "{expected} missing from {paths:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn digests_ignore_key_order_but_not_content_or_pool() {
+        let pool = PoolName::parse("p").unwrap();
+        let a = Submission::parse(&json!({"jobId": "j", "job": {"x": 1, "y": 2}})).unwrap();
+        let b = Submission::parse(&json!({"job": {"y": 2, "x": 1}, "jobId": "j"})).unwrap();
+        let c = Submission::parse(&json!({"jobId": "j", "job": {"x": 1, "y": 3}})).unwrap();
+        assert_eq!(a.digest(&pool), b.digest(&pool));
+        assert_ne!(a.digest(&pool), c.digest(&pool));
+        assert_ne!(a.digest(&pool), a.digest(&PoolName::parse("q").unwrap()));
+    }
+}

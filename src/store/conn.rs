@@ -1,0 +1,319 @@
+//! Database connections: the two-backend connection enum, its r2d2 pool, and write transactions.
+
+use super::StoreError;
+use diesel::connection::SimpleConnection as _;
+use diesel::connection::{AnsiTransactionManager, TransactionManager};
+use diesel::prelude::*;
+use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
+use diesel::r2d2::{CustomizeConnection, ManageConnection, Pool, R2D2Connection};
+use diesel::sql_types::{BigInt, Binary, Bool, Nullable, Text};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// One connection to either backend. `Sqlite` is last because it accepts any path (diesel's
+/// `establish` tries variants in order); [`DbManager`] picks the variant explicitly anyway.
+#[derive(diesel::MultiConnection)]
+pub(crate) enum DbConn {
+    /// A PostgreSQL connection.
+    Pg(PgConnection),
+    /// A SQLite connection.
+    Sqlite(SqliteConnection),
+}
+
+/// The backend shared by both variants (diesel's generated multi-backend).
+pub(crate) type Db = <DbConn as Connection>::Backend;
+
+/// The pool of connections.
+pub(crate) type DbPool = Pool<DbManager>;
+
+/// A connection checked out of the pool.
+pub(crate) type PooledConn = diesel::r2d2::PooledConnection<DbManager>;
+
+/// Which database a URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Backend {
+    /// PostgreSQL.
+    Postgres,
+    /// SQLite.
+    Sqlite,
+}
+
+impl Backend {
+    /// The backend's short name.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Backend::Postgres => "postgres",
+            Backend::Sqlite => "sqlite",
+        }
+    }
+}
+
+/// A parsed database URL.
+#[derive(Debug, Clone)]
+pub(crate) enum Target {
+    /// A `postgres://` or `postgresql://` URL, passed to libpq as is.
+    Postgres(String),
+    /// A SQLite database file.
+    Sqlite(PathBuf),
+}
+
+impl Target {
+    /// Parses `postgres://…`, `postgresql://…`, `sqlite://path` or a bare path.
+    pub(crate) fn parse(url: &str) -> Result<Self, StoreError> {
+        let url = url.trim();
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(Target::Postgres(url.to_owned()));
+        }
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .unwrap_or(url);
+        if path.is_empty() {
+            return Err(StoreError::InvalidUrl {
+                reason: "the SQLite URL names no file; use sqlite://path/to/cattery.db".to_owned(),
+            });
+        }
+        if path == ":memory:" || path.starts_with("file:") || path.contains("mode=memory") {
+            return Err(StoreError::InvalidUrl {
+                reason: "an in-memory SQLite database is not shared between connections; use a file such as sqlite://data/cattery.db".to_owned(),
+            });
+        }
+        if url.contains("://") && !url.starts_with("sqlite://") {
+            return Err(StoreError::InvalidUrl {
+                reason: "unsupported database URL scheme; use sqlite://path or postgres://…"
+                    .to_owned(),
+            });
+        }
+        Ok(Target::Sqlite(PathBuf::from(path)))
+    }
+
+    /// The backend this target uses.
+    pub(crate) fn backend(&self) -> Backend {
+        match self {
+            Target::Postgres(_) => Backend::Postgres,
+            Target::Sqlite(_) => Backend::Sqlite,
+        }
+    }
+}
+
+/// Opens connections of the variant the URL named (never guessing from the string).
+#[derive(Debug)]
+pub(crate) struct DbManager {
+    target: Target,
+}
+
+impl ManageConnection for DbManager {
+    type Connection = DbConn;
+    type Error = diesel::r2d2::Error;
+
+    fn connect(&self) -> Result<DbConn, Self::Error> {
+        match &self.target {
+            Target::Postgres(url) => PgConnection::establish(url).map(DbConn::Pg),
+            Target::Sqlite(path) => {
+                SqliteConnection::establish(&path.to_string_lossy()).map(DbConn::Sqlite)
+            }
+        }
+        .map_err(diesel::r2d2::Error::ConnectionError)
+    }
+
+    fn is_valid(&self, conn: &mut DbConn) -> Result<(), Self::Error> {
+        conn.ping().map_err(diesel::r2d2::Error::QueryError)
+    }
+
+    fn has_broken(&self, conn: &mut DbConn) -> bool {
+        std::thread::panicking() || conn.is_broken()
+    }
+}
+
+/// Per-connection SQLite settings, applied when the pool opens a connection.
+///
+/// `journal_mode=WAL` with `synchronous=NORMAL`: a committed transaction is in the WAL file before
+/// `COMMIT` returns, so it survives `kill -9` of the process (the durability contract of
+/// SPEC §7). It is not fsynced on every commit, so a power loss or kernel crash may lose the last
+/// transactions; `synchronous=FULL` would cover that at a large cost per commit, and is not what
+/// the contract asks. `busy_timeout` makes a second writer (another process, or a reader
+/// upgrading) wait instead of failing at once; `foreign_keys` enforces `run_events → runs`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SqlitePragmas;
+
+/// The pragmas [`SqlitePragmas`] runs.
+/// `busy_timeout` comes first so that switching to WAL waits for a concurrent writer too.
+const SQLITE_PRAGMAS: &str = "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; \
+     PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;";
+
+impl CustomizeConnection<DbConn, diesel::r2d2::Error> for SqlitePragmas {
+    fn on_acquire(&self, conn: &mut DbConn) -> Result<(), diesel::r2d2::Error> {
+        match conn {
+            DbConn::Sqlite(sqlite) => sqlite
+                .batch_execute(SQLITE_PRAGMAS)
+                .map_err(diesel::r2d2::Error::QueryError),
+            DbConn::Pg(_) => Ok(()),
+        }
+    }
+}
+
+/// How long a caller waits for a free connection before the store reports it unreachable.
+const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Builds the pool; fails when the first connection cannot be opened.
+pub(crate) fn build_pool(target: &Target, size: u32) -> Result<DbPool, StoreError> {
+    if let Target::Sqlite(path) = target {
+        create_parent_dir(path)?;
+    }
+    let backend = target.backend().name();
+    Pool::builder()
+        .max_size(size.max(1))
+        .min_idle(Some(1))
+        .connection_timeout(CHECKOUT_TIMEOUT)
+        .connection_customizer(Box::new(SqlitePragmas))
+        .build(DbManager {
+            target: target.clone(),
+        })
+        .map_err(|source| StoreError::Connect {
+            backend,
+            source: Box::new(source),
+        })
+}
+
+fn create_parent_dir(path: &Path) -> Result<(), StoreError> {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::Connect {
+                backend: Backend::Sqlite.name(),
+                source: Box::new(source),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Runs `f` in a write transaction: `BEGIN IMMEDIATE` on SQLite (so a transaction that reads
+/// before it writes takes the write lock up front and cannot fail half-way with `SQLITE_BUSY`),
+/// a plain `BEGIN` on PostgreSQL. Commits on `Ok`, rolls back on `Err`.
+pub(crate) fn write_tx<T, E, F>(conn: &mut DbConn, f: F) -> Result<T, E>
+where
+    F: FnOnce(&mut DbConn) -> Result<T, E>,
+    E: From<diesel::result::Error>,
+{
+    match conn {
+        DbConn::Sqlite(sqlite) => {
+            AnsiTransactionManager::begin_transaction_sql(sqlite, "BEGIN IMMEDIATE")?;
+        }
+        DbConn::Pg(_) => <DbConn as TransactionManager<DbConn>>::begin_transaction(conn)?,
+    }
+    match f(conn) {
+        Ok(value) => {
+            <DbConn as TransactionManager<DbConn>>::commit_transaction(conn)?;
+            Ok(value)
+        }
+        Err(err) => match <DbConn as TransactionManager<DbConn>>::rollback_transaction(conn) {
+            Ok(()) | Err(diesel::result::Error::BrokenTransactionManager) => Err(err),
+            Err(rollback) => Err(rollback.into()),
+        },
+    }
+}
+
+/// A value bound to a raw query.
+#[derive(Debug, Clone)]
+pub(crate) enum Bind {
+    /// `Text`.
+    Text(String),
+    /// `Nullable<Text>`.
+    OptText(Option<String>),
+    /// `BigInt`.
+    BigInt(i64),
+    /// `Nullable<BigInt>`.
+    OptBigInt(Option<i64>),
+    /// `Bool`.
+    Bool(bool),
+    /// `Binary`.
+    Binary(Vec<u8>),
+    /// `Nullable<Binary>`.
+    OptBinary(Option<Vec<u8>>),
+}
+
+/// A raw query over both backends: `sql` uses `?` placeholders, rewritten to `$1, $2, …` for
+/// PostgreSQL; `binds` are applied in order. The SQL must not contain `?` anywhere else.
+pub(crate) fn raw_query(
+    conn: &DbConn,
+    sql: &str,
+    binds: Vec<Bind>,
+) -> BoxedSqlQuery<'static, Db, SqlQuery> {
+    let sql = match conn {
+        DbConn::Pg(_) => numbered_placeholders(sql),
+        DbConn::Sqlite(_) => sql.to_owned(),
+    };
+    binds.into_iter().fold(
+        diesel::sql_query(sql).into_boxed::<Db>(),
+        |q, bind| match bind {
+            Bind::Text(v) => q.bind::<Text, _>(v),
+            Bind::OptText(v) => q.bind::<Nullable<Text>, _>(v),
+            Bind::BigInt(v) => q.bind::<BigInt, _>(v),
+            Bind::OptBigInt(v) => q.bind::<Nullable<BigInt>, _>(v),
+            Bind::Bool(v) => q.bind::<Bool, _>(v),
+            Bind::Binary(v) => q.bind::<Binary, _>(v),
+            Bind::OptBinary(v) => q.bind::<Nullable<Binary>, _>(v),
+        },
+    )
+}
+
+fn numbered_placeholders(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut n = 0;
+    for c in sql.chars() {
+        if c == '?' {
+            n += 1;
+            out.push('$');
+            out.push_str(&n.to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_urls_name_their_backend() {
+        assert!(matches!(
+            Target::parse("postgres://u@h/db").unwrap(),
+            Target::Postgres(_)
+        ));
+        assert!(matches!(
+            Target::parse("postgresql://u@h/db").unwrap(),
+            Target::Postgres(_)
+        ));
+        match Target::parse("sqlite://data/cattery.db").unwrap() {
+            Target::Sqlite(path) => assert_eq!(path, PathBuf::from("data/cattery.db")),
+            other => panic!("{other:?}"),
+        }
+        match Target::parse("sqlite:///var/lib/cattery.db").unwrap() {
+            Target::Sqlite(path) => assert_eq!(path, PathBuf::from("/var/lib/cattery.db")),
+            other => panic!("{other:?}"),
+        }
+        match Target::parse("./x.db").unwrap() {
+            Target::Sqlite(path) => assert_eq!(path, PathBuf::from("./x.db")),
+            other => panic!("{other:?}"),
+        }
+        for bad in [
+            "",
+            "sqlite://",
+            "sqlite://:memory:",
+            ":memory:",
+            "mysql://h/db",
+        ] {
+            assert!(Target::parse(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn postgres_placeholders_are_numbered_in_order() {
+        assert_eq!(
+            numbered_placeholders("a = ? AND (b < ? OR c = ?)"),
+            "a = $1 AND (b < $2 OR c = $3)"
+        );
+    }
+}

@@ -1,0 +1,567 @@
+//! Persistence: pools, runs and run events in SQLite or PostgreSQL, behind one async `Store`.
+//!
+//! This is the only module that names diesel. Every method runs its blocking database work off
+//! the async threads: reads and pool writes on tokio's blocking pool, run inserts and commits on
+//! the single writer thread (`store/writer.rs`), which group-commits them.
+//!
+//! Layout: `conn` (connection enum, pool, write transactions), `schema` (hand-written
+//! `table!`s), `models` (rows ↔ domain types), `migrate` (embedded migrations), `pools`, `runs`,
+//! `events` (queries), `writer` (group commit), `testing` (throw-away databases for tests).
+
+mod conn;
+mod events;
+mod migrate;
+mod models;
+mod pools;
+mod runs;
+mod schema;
+pub mod testing;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+use crate::domain::ids::{JobId, PoolName};
+use crate::domain::pool::PoolRecord;
+use crate::domain::run::{EventRecord, Millis, NewEvent, RunRecord};
+use crate::domain::state::RunState;
+use conn::{Backend, DbConn, DbPool, PooledConn, Target};
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use tokio::sync::{mpsc, oneshot};
+use writer::{WriteRequest, WriterStats};
+
+/// The largest page of runs or events one call returns.
+pub const MAX_PAGE: u32 = 1000;
+
+/// A boxed error from a lower layer (connection, pool, migration).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a store operation failed. Messages name records by id only: never secrets or job bodies.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database URL cannot be used.
+    #[error("the database URL is not usable: {reason}")]
+    InvalidUrl {
+        /// What is wrong and what to write instead.
+        reason: String,
+    },
+    /// The database cannot be reached (at start, or no connection became free in time).
+    #[error("cannot connect to the {backend} database")]
+    Connect {
+        /// `sqlite` or `postgres`.
+        backend: &'static str,
+        /// The cause.
+        #[source]
+        source: BoxError,
+    },
+    /// Applying the migrations failed.
+    #[error("the database migrations failed")]
+    Migrate {
+        /// The cause.
+        #[source]
+        source: BoxError,
+    },
+    /// A query failed.
+    #[error("a database query failed")]
+    Query {
+        /// The cause.
+        #[from]
+        source: diesel::result::Error,
+    },
+    /// A stored row does not parse back into a domain value.
+    #[error("stored data is corrupt: {what}")]
+    Corrupt {
+        /// Which row and column.
+        what: String,
+    },
+    /// A write kept losing races with concurrent writers.
+    #[error("{what} was changed concurrently; try again")]
+    Conflict {
+        /// Which record.
+        what: String,
+    },
+    /// The record to change does not exist.
+    #[error("{what} does not exist")]
+    NotFound {
+        /// Which record.
+        what: String,
+    },
+    /// A list cursor this store did not issue.
+    #[error("the page cursor is not valid; use the `next` value of a previous page")]
+    BadCursor,
+    /// The caller asked for something inconsistent (a bug in the caller).
+    #[error("invalid store request: {what}")]
+    Invalid {
+        /// What was inconsistent.
+        what: String,
+    },
+    /// The writer thread or a blocking task stopped.
+    #[error("the store is shutting down or its worker stopped")]
+    Closed,
+}
+
+impl StoreError {
+    /// True when the cause is a unique-key violation.
+    pub fn is_unique_violation(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Query {
+                source: diesel::result::Error::DatabaseError(
+                    diesel::result::DatabaseErrorKind::UniqueViolation,
+                    _
+                )
+            }
+        )
+    }
+}
+
+/// Run counts of one pool, by state group.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Runs waiting for a slot.
+    pub queued: i64,
+    /// Runs in `dispatching`, `pending` or `running`.
+    pub in_flight: i64,
+    /// Finished successfully.
+    pub done: i64,
+    /// Finished unsuccessfully.
+    pub failed: i64,
+    /// Cancelled.
+    pub cancelled: i64,
+}
+
+impl PoolStats {
+    fn from_counts(counts: &[(RunState, i64)]) -> Self {
+        counts
+            .iter()
+            .fold(PoolStats::default(), |mut stats, &(state, n)| {
+                match state {
+                    RunState::Queued => stats.queued += n,
+                    RunState::Dispatching | RunState::Pending | RunState::Running => {
+                        stats.in_flight += n;
+                    }
+                    RunState::Done => stats.done += n,
+                    RunState::Failed => stats.failed += n,
+                    RunState::Cancelled => stats.cancelled += n,
+                }
+                stats
+            })
+    }
+}
+
+/// Which runs [`Store::list_runs`] returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunFilter {
+    /// Only this pool's runs.
+    pub pool: Option<PoolName>,
+    /// Only runs in this state.
+    pub state: Option<RunState>,
+    /// Page size, clamped to `1..=1000`.
+    pub limit: u32,
+    /// The `next` cursor of the previous page.
+    pub after: Option<String>,
+}
+
+impl Default for RunFilter {
+    fn default() -> Self {
+        Self {
+            pool: None,
+            state: None,
+            limit: 100,
+            after: None,
+        }
+    }
+}
+
+/// One page of runs, newest first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunPage {
+    /// The runs, by `(created_at, job_id)` descending.
+    pub runs: Vec<RunRecord>,
+    /// The cursor of the next page; None on the last page.
+    pub next: Option<String>,
+}
+
+/// What [`Store::insert_run`] did.
+#[derive(Debug, Clone, PartialEq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one value per insert, matched at once and never stored in bulk"
+)]
+pub enum InsertOutcome {
+    /// The run was new: it is stored with its first event.
+    Inserted(EventRecord),
+    /// A run with this `jobId` already exists; nothing was written. The caller compares it.
+    Existing(RunRecord),
+}
+
+/// The persistence handle: cheap to clone, safe to share.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: DbPool,
+    backend: Backend,
+    /// Requests for the single writer thread; the thread ends when the last `Store` drops this.
+    writer: mpsc::UnboundedSender<WriteRequest>,
+    stats: Arc<WriterStats>,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.inner.backend.name())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Checks a connection out of the pool.
+fn checkout(pool: &DbPool, backend: Backend) -> Result<PooledConn, StoreError> {
+    pool.get().map_err(|source| StoreError::Connect {
+        backend: backend.name(),
+        source: Box::new(source),
+    })
+}
+
+impl Store {
+    /// Connects to `url` (`sqlite://path`, a bare path, or `postgres://…`) with up to
+    /// `pool_size` connections, and applies pending migrations. A SQLite file's directory is
+    /// created when missing.
+    ///
+    /// # Errors
+    /// [`StoreError::InvalidUrl`], [`StoreError::Connect`], [`StoreError::Migrate`].
+    pub async fn connect(url: &str, pool_size: u32) -> Result<Store, StoreError> {
+        let target = Target::parse(url)?;
+        let backend = target.backend();
+        let pool = blocking(move || conn::build_pool(&target, pool_size)).await?;
+        let stats = Arc::new(WriterStats::default());
+        let writer = writer::spawn(pool.clone(), backend, stats.clone())?;
+        let store = Store {
+            inner: Arc::new(Inner {
+                pool,
+                backend,
+                writer,
+                stats,
+            }),
+        };
+        let applied = store.migrate().await?;
+        if applied > 0 {
+            tracing::info!(
+                db.backend = backend.name(),
+                migrations = applied,
+                "applied {applied} database migrations"
+            );
+        }
+        Ok(store)
+    }
+
+    /// Applies pending migrations (already done by [`Store::connect`]); returns how many ran.
+    ///
+    /// # Errors
+    /// [`StoreError::Migrate`] or [`StoreError::Connect`].
+    pub async fn migrate(&self) -> Result<usize, StoreError> {
+        self.with_conn(migrate::run_pending).await
+    }
+
+    /// `"sqlite"` or `"postgres"`.
+    pub fn backend_name(&self) -> &'static str {
+        self.inner.backend.name()
+    }
+
+    /// Checks that the database answers (for `/readyz`).
+    ///
+    /// # Errors
+    /// [`StoreError::Connect`] or [`StoreError::Query`].
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.with_conn(|conn| {
+            use diesel::RunQueryDsl as _;
+            diesel::sql_query("SELECT 1").execute(conn)?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// How many transactions the writer has committed (each holds one or more inserts/commits).
+    pub fn write_transactions(&self) -> u64 {
+        self.inner.stats.transactions.load(Ordering::Relaxed)
+    }
+
+    /// How many inserts and commits the writer has completed.
+    pub fn writes(&self) -> u64 {
+        self.inner.stats.writes.load(Ordering::Relaxed)
+    }
+
+    // ---- pools ----
+
+    /// Inserts or replaces a pool and returns it as stored. On insert, `revision` is 1 and
+    /// `created_at` is the record's `updated_at`; on replace, `created_at` is kept and `revision`
+    /// goes up by one only when `digest` changed. The caller's `revision` and `created_at` are
+    /// ignored: the store decides them atomically.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`], or [`StoreError::Conflict`] after repeated concurrent replaces.
+    pub async fn put_pool(&self, record: PoolRecord) -> Result<PoolRecord, StoreError> {
+        self.with_conn(move |conn| pools::put(conn, record)).await
+    }
+
+    /// Replaces a pool's sealed secret bundle and key list; None when the pool does not exist.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn put_pool_secrets(
+        &self,
+        name: &PoolName,
+        sealed: Vec<u8>,
+        keys: Vec<String>,
+        updated_at: Millis,
+    ) -> Result<Option<PoolRecord>, StoreError> {
+        let name = name.clone();
+        self.with_conn(move |conn| pools::put_secrets(conn, &name, sealed, &keys, updated_at))
+            .await
+    }
+
+    /// Replaces a pool's sealed bundle with `new` only if it is still `old` (for key rotation);
+    /// true when replaced.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn replace_pool_secrets_sealed(
+        &self,
+        name: &PoolName,
+        old: Vec<u8>,
+        new: Vec<u8>,
+    ) -> Result<bool, StoreError> {
+        let name = name.clone();
+        self.with_conn(move |conn| pools::replace_secrets_sealed(conn, &name, old, new))
+            .await
+    }
+
+    /// One pool.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`] or [`StoreError::Corrupt`].
+    pub async fn get_pool(&self, name: &PoolName) -> Result<Option<PoolRecord>, StoreError> {
+        let name = name.clone();
+        self.with_conn(move |conn| pools::get(conn, &name)).await
+    }
+
+    /// Every pool, by name.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`] or [`StoreError::Corrupt`].
+    pub async fn list_pools(&self) -> Result<Vec<PoolRecord>, StoreError> {
+        self.with_conn(pools::list).await
+    }
+
+    /// Deletes a pool (its runs and their events stay); true when it existed.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn delete_pool(&self, name: &PoolName) -> Result<bool, StoreError> {
+        let name = name.clone();
+        self.with_conn(move |conn| pools::delete(conn, &name)).await
+    }
+
+    /// Run counts of a pool by state group.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`] or [`StoreError::Corrupt`].
+    pub async fn pool_stats(&self, name: &PoolName) -> Result<PoolStats, StoreError> {
+        let name = name.clone();
+        let counts = self
+            .with_conn(move |conn| runs::count_by_state(conn, &name))
+            .await?;
+        Ok(PoolStats::from_counts(&counts))
+    }
+
+    // ---- runs ----
+
+    /// Stores a new run with its sealed job body and its first event, atomically, once the
+    /// transaction has committed. When a run with this `jobId` exists, returns it and writes
+    /// nothing. Goes through the group-committing writer, like [`Store::commit`].
+    ///
+    /// # Errors
+    /// [`StoreError::Query`], [`StoreError::Invalid`] when the event belongs to another run,
+    /// [`StoreError::Closed`].
+    pub async fn insert_run(
+        &self,
+        run: RunRecord,
+        job_sealed: Option<Vec<u8>>,
+        event: NewEvent,
+    ) -> Result<InsertOutcome, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(WriteRequest::Insert {
+            run,
+            job_sealed,
+            event,
+            reply,
+        })?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// One run.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`] or [`StoreError::Corrupt`].
+    pub async fn get_run(&self, job_id: &JobId) -> Result<Option<RunRecord>, StoreError> {
+        let job_id = job_id.clone();
+        self.with_conn(move |conn| runs::get(conn, &job_id)).await
+    }
+
+    /// A run's sealed job body; None when the run is unknown or its body was dropped.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn get_job_sealed(&self, job_id: &JobId) -> Result<Option<Vec<u8>>, StoreError> {
+        let job_id = job_id.clone();
+        self.with_conn(move |conn| runs::job_sealed(conn, &job_id))
+            .await
+    }
+
+    /// Drops a run's job body once nothing needs it (no further dispatch can happen).
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn clear_job_sealed(&self, job_id: &JobId) -> Result<(), StoreError> {
+        let job_id = job_id.clone();
+        self.with_conn(move |conn| runs::clear_job_sealed(conn, &job_id))
+            .await
+    }
+
+    /// Replaces a run's job body with `new` only if it is still `old` (for key rotation); true
+    /// when replaced.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn replace_job_sealed(
+        &self,
+        job_id: &JobId,
+        old: Vec<u8>,
+        new: Vec<u8>,
+    ) -> Result<bool, StoreError> {
+        let job_id = job_id.clone();
+        self.with_conn(move |conn| runs::replace_job_sealed(conn, &job_id, old, new))
+            .await
+    }
+
+    /// Ids of the runs that still hold a job body (for key rotation).
+    ///
+    /// # Errors
+    /// [`StoreError::Query`] or [`StoreError::Corrupt`].
+    pub async fn sealed_job_ids(&self) -> Result<Vec<JobId>, StoreError> {
+        self.with_conn(runs::sealed_job_ids).await
+    }
+
+    /// A page of runs, newest first by `(created_at, job_id)`.
+    ///
+    /// # Errors
+    /// [`StoreError::BadCursor`] for a cursor this store did not issue; [`StoreError::Query`],
+    /// [`StoreError::Corrupt`].
+    pub async fn list_runs(&self, filter: RunFilter) -> Result<RunPage, StoreError> {
+        self.with_conn(move |conn| runs::list(conn, &filter)).await
+    }
+
+    /// Runs that still need work (state not final, or release pending), oldest first.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`] or [`StoreError::Corrupt`].
+    pub async fn load_unfinished(&self) -> Result<Vec<RunRecord>, StoreError> {
+        self.with_conn(runs::load_unfinished).await
+    }
+
+    /// `(queued, in flight)` run counts of a pool; in flight is dispatching + pending + running.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`] or [`StoreError::Corrupt`].
+    pub async fn count_active(&self, pool: &PoolName) -> Result<(i64, i64), StoreError> {
+        let stats = self.pool_stats(pool).await?;
+        Ok((stats.queued, stats.in_flight))
+    }
+
+    /// Overwrites a run (all columns but its id, creation time and job body) and appends its
+    /// events, atomically; answers once the transaction has committed. Concurrent commits are
+    /// grouped into few transactions by the writer thread. Event sequence numbers increase in
+    /// commit order.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] when the run does not exist, [`StoreError::Invalid`] when an
+    /// event belongs to another run, [`StoreError::Query`], [`StoreError::Closed`].
+    pub async fn commit(
+        &self,
+        run: RunRecord,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(WriteRequest::Commit { run, events, reply })?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// A run's events, by sequence number.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`] or [`StoreError::Corrupt`].
+    pub async fn run_events(&self, job_id: &JobId) -> Result<Vec<EventRecord>, StoreError> {
+        let job_id = job_id.clone();
+        self.with_conn(move |conn| events::of_run(conn, &job_id))
+            .await
+    }
+
+    /// Up to `limit` (clamped to `1..=1000`) events with `seq > after_seq`, optionally of one
+    /// pool and/or one run, by sequence number (for the event stream and `Last-Event-ID`).
+    ///
+    /// # Errors
+    /// [`StoreError::Query`] or [`StoreError::Corrupt`].
+    pub async fn events_after(
+        &self,
+        after_seq: i64,
+        pool: Option<&PoolName>,
+        job_id: Option<&JobId>,
+        limit: u32,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        let pool = pool.cloned();
+        let job_id = job_id.cloned();
+        self.with_conn(move |conn| {
+            events::after(conn, after_seq, pool.as_ref(), job_id.as_ref(), limit)
+        })
+        .await
+    }
+
+    // ---- plumbing ----
+
+    fn send(&self, request: WriteRequest) -> Result<(), StoreError> {
+        self.inner
+            .writer
+            .send(request)
+            .map_err(|_| StoreError::Closed)
+    }
+
+    /// Runs `f` with a pooled connection on tokio's blocking pool.
+    async fn with_conn<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConn) -> Result<T, StoreError> + Send + 'static,
+    {
+        let pool = self.inner.pool.clone();
+        let backend = self.inner.backend;
+        blocking(move || {
+            let mut conn = checkout(&pool, backend)?;
+            f(&mut conn)
+        })
+        .await
+    }
+}
+
+/// Runs blocking work on tokio's blocking pool.
+async fn blocking<T, F>(f: F) -> Result<T, StoreError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, StoreError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| StoreError::Closed)?
+}

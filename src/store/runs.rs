@@ -1,0 +1,340 @@
+//! Queries on the `runs` table (raw SQL over both backends; see `schema.rs` for why).
+
+use super::conn::{Bind, DbConn, raw_query};
+use super::models::{JobIdRow, JobSealedRow, RunRow, StateCount, parse_job_id, parse_state};
+use super::{RunFilter, RunPage, StoreError};
+use crate::domain::ids::{JobId, PoolName};
+use crate::domain::run::{ReleaseState, RunRecord};
+use crate::domain::state::RunState;
+use base64::Engine as _;
+use diesel::RunQueryDsl as _;
+use std::sync::LazyLock;
+
+/// Every column of `runs` except `job_sealed`, in the order of [`RunRow`]'s fields and of
+/// [`run_binds`]. Keep it in step with `migrations/*/…/up.sql`.
+pub(crate) const RUN_COLUMNS: [&str; 33] = [
+    "job_id",
+    "pool",
+    "kind",
+    "labels",
+    "request_digest",
+    "deadline_at",
+    "callback_url",
+    "state",
+    "scheduler_state",
+    "external_id",
+    "dispatch_id",
+    "captures",
+    "progress",
+    "result",
+    "error",
+    "failure_cause",
+    "detail",
+    "heartbeat_at",
+    "cancel_requested",
+    "release_state",
+    "attempts_dispatch",
+    "attempts_poll",
+    "attempts_release",
+    "attempts_redispatch",
+    "poll_errors",
+    "poll_interval_ms",
+    "next_at",
+    "unmapped_seen",
+    "manifest_revision",
+    "created_at",
+    "dispatched_at",
+    "finished_at",
+    "updated_at",
+];
+
+/// Columns a commit never changes: the key and the creation time (the list order depends on it).
+const IMMUTABLE: [&str; 2] = ["job_id", "created_at"];
+
+/// The binds of a row, in [`RUN_COLUMNS`] order.
+fn run_binds(row: RunRow) -> Vec<Bind> {
+    vec![
+        Bind::Text(row.job_id),
+        Bind::Text(row.pool),
+        Bind::OptText(row.kind),
+        Bind::Text(row.labels),
+        Bind::Text(row.request_digest),
+        Bind::OptBigInt(row.deadline_at),
+        Bind::OptText(row.callback_url),
+        Bind::Text(row.state),
+        Bind::OptText(row.scheduler_state),
+        Bind::OptText(row.external_id),
+        Bind::Text(row.dispatch_id),
+        Bind::Text(row.captures),
+        Bind::OptText(row.progress),
+        Bind::OptText(row.result),
+        Bind::OptText(row.error),
+        Bind::OptText(row.failure_cause),
+        Bind::OptText(row.detail),
+        Bind::OptText(row.heartbeat_at),
+        Bind::Bool(row.cancel_requested),
+        Bind::Text(row.release_state),
+        Bind::BigInt(row.attempts_dispatch),
+        Bind::BigInt(row.attempts_poll),
+        Bind::BigInt(row.attempts_release),
+        Bind::BigInt(row.attempts_redispatch),
+        Bind::BigInt(row.poll_errors),
+        Bind::BigInt(row.poll_interval_ms),
+        Bind::OptBigInt(row.next_at),
+        Bind::Bool(row.unmapped_seen),
+        Bind::BigInt(row.manifest_revision),
+        Bind::BigInt(row.created_at),
+        Bind::OptBigInt(row.dispatched_at),
+        Bind::OptBigInt(row.finished_at),
+        Bind::BigInt(row.updated_at),
+    ]
+}
+
+static SELECT: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT {} FROM runs", RUN_COLUMNS.join(", ")));
+
+static INSERT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO runs ({}, job_sealed) VALUES ({}?)",
+        RUN_COLUMNS.join(", "),
+        "?, ".repeat(RUN_COLUMNS.len())
+    )
+});
+
+static UPDATE: LazyLock<String> = LazyLock::new(|| {
+    let sets: Vec<String> = RUN_COLUMNS
+        .iter()
+        .map(|c| {
+            if IMMUTABLE.contains(c) {
+                // Keeps the bind order of RUN_COLUMNS; the column keeps its value.
+                format!("{c} = {c}")
+            } else {
+                format!("{c} = ?")
+            }
+        })
+        .collect();
+    format!("UPDATE runs SET {} WHERE job_id = ?", sets.join(", "))
+});
+
+/// `'queued', 'dispatching', 'pending', 'running'`, for SQL.
+static UNFINISHED_STATES: LazyLock<String> = LazyLock::new(|| {
+    RunState::ALL
+        .iter()
+        .filter(|s| !s.is_final())
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
+});
+
+fn load(conn: &mut DbConn, sql: &str, binds: Vec<Bind>) -> Result<Vec<RunRecord>, StoreError> {
+    let rows: Vec<RunRow> = raw_query(conn, sql, binds).load(conn)?;
+    rows.into_iter().map(RunRow::into_record).collect()
+}
+
+/// Inserts a new run with its sealed job body.
+pub(crate) fn insert(
+    conn: &mut DbConn,
+    run: &RunRecord,
+    job_sealed: Option<Vec<u8>>,
+) -> Result<(), StoreError> {
+    let mut binds = run_binds(RunRow::from_record(run));
+    binds.push(Bind::OptBinary(job_sealed));
+    raw_query(conn, &INSERT, binds).execute(conn)?;
+    Ok(())
+}
+
+/// Overwrites every column of an existing run except its key, creation time and job body.
+/// Returns false when the run does not exist.
+pub(crate) fn update(conn: &mut DbConn, run: &RunRecord) -> Result<bool, StoreError> {
+    let binds: Vec<Bind> = run_binds(RunRow::from_record(run))
+        .into_iter()
+        .zip(RUN_COLUMNS)
+        .filter(|(_, column)| !IMMUTABLE.contains(column))
+        .map(|(bind, _)| bind)
+        .chain([Bind::Text(run.job_id.as_str().to_owned())])
+        .collect();
+    let changed = raw_query(conn, &UPDATE, binds).execute(conn)?;
+    Ok(changed > 0)
+}
+
+/// One run by id.
+pub(crate) fn get(conn: &mut DbConn, job_id: &JobId) -> Result<Option<RunRecord>, StoreError> {
+    let sql = format!("{} WHERE job_id = ?", *SELECT);
+    Ok(
+        load(conn, &sql, vec![Bind::Text(job_id.as_str().to_owned())])?
+            .into_iter()
+            .next(),
+    )
+}
+
+/// A page of runs, newest first.
+pub(crate) fn list(conn: &mut DbConn, filter: &RunFilter) -> Result<RunPage, StoreError> {
+    let limit = filter.limit.clamp(1, super::MAX_PAGE);
+    let mut sql = format!("{} WHERE 1 = 1", *SELECT);
+    let mut binds = Vec::new();
+    if let Some(pool) = &filter.pool {
+        sql.push_str(" AND pool = ?");
+        binds.push(Bind::Text(pool.as_str().to_owned()));
+    }
+    if let Some(state) = filter.state {
+        sql.push_str(" AND state = ?");
+        binds.push(Bind::Text(state.as_str().to_owned()));
+    }
+    if let Some(cursor) = &filter.after {
+        let (created_at, job_id) = decode_cursor(cursor)?;
+        sql.push_str(" AND (created_at < ? OR (created_at = ? AND job_id < ?))");
+        binds.extend([
+            Bind::BigInt(created_at),
+            Bind::BigInt(created_at),
+            Bind::Text(job_id),
+        ]);
+    }
+    sql.push_str(" ORDER BY created_at DESC, job_id DESC LIMIT ?");
+    // One more than asked, to know whether another page follows.
+    binds.push(Bind::BigInt(i64::from(limit) + 1));
+    let mut runs = load(conn, &sql, binds)?;
+    let more = runs.len() > limit as usize;
+    runs.truncate(limit as usize);
+    let next = match runs.last() {
+        Some(last) if more => Some(encode_cursor(last.created_at, &last.job_id)),
+        _ => None,
+    };
+    Ok(RunPage { runs, next })
+}
+
+/// Runs that still need work: unfinished, or finished with a release pending; oldest first.
+pub(crate) fn load_unfinished(conn: &mut DbConn) -> Result<Vec<RunRecord>, StoreError> {
+    let sql = format!(
+        "{} WHERE state IN ({}) OR release_state = ? ORDER BY created_at ASC, job_id ASC",
+        *SELECT, *UNFINISHED_STATES
+    );
+    load(
+        conn,
+        &sql,
+        vec![Bind::Text(ReleaseState::Pending.as_str().to_owned())],
+    )
+}
+
+/// How many runs of `pool` are in each state.
+pub(crate) fn count_by_state(
+    conn: &mut DbConn,
+    pool: &PoolName,
+) -> Result<Vec<(RunState, i64)>, StoreError> {
+    let rows: Vec<StateCount> = raw_query(
+        conn,
+        "SELECT state, COUNT(*) AS n FROM runs WHERE pool = ? GROUP BY state",
+        vec![Bind::Text(pool.as_str().to_owned())],
+    )
+    .load(conn)?;
+    rows.into_iter()
+        .map(|row| Ok((parse_state(&row.state, &format!("runs of {pool}"))?, row.n)))
+        .collect()
+}
+
+/// The sealed job body of a run (None when the run is unknown or its body was dropped).
+pub(crate) fn job_sealed(conn: &mut DbConn, job_id: &JobId) -> Result<Option<Vec<u8>>, StoreError> {
+    let rows: Vec<JobSealedRow> = raw_query(
+        conn,
+        "SELECT job_sealed FROM runs WHERE job_id = ?",
+        vec![Bind::Text(job_id.as_str().to_owned())],
+    )
+    .load(conn)?;
+    Ok(rows.into_iter().next().and_then(|row| row.job_sealed))
+}
+
+/// Drops a run's job body.
+pub(crate) fn clear_job_sealed(conn: &mut DbConn, job_id: &JobId) -> Result<(), StoreError> {
+    raw_query(
+        conn,
+        "UPDATE runs SET job_sealed = NULL WHERE job_id = ? AND job_sealed IS NOT NULL",
+        vec![Bind::Text(job_id.as_str().to_owned())],
+    )
+    .execute(conn)?;
+    Ok(())
+}
+
+/// Replaces a run's job body only if it still is `old` (so a body dropped meanwhile stays dropped).
+pub(crate) fn replace_job_sealed(
+    conn: &mut DbConn,
+    job_id: &JobId,
+    old: Vec<u8>,
+    new: Vec<u8>,
+) -> Result<bool, StoreError> {
+    let changed = raw_query(
+        conn,
+        "UPDATE runs SET job_sealed = ? WHERE job_id = ? AND job_sealed = ?",
+        vec![
+            Bind::Binary(new),
+            Bind::Text(job_id.as_str().to_owned()),
+            Bind::Binary(old),
+        ],
+    )
+    .execute(conn)?;
+    Ok(changed > 0)
+}
+
+/// Ids of the runs that still hold a job body.
+pub(crate) fn sealed_job_ids(conn: &mut DbConn) -> Result<Vec<JobId>, StoreError> {
+    let rows: Vec<JobIdRow> = raw_query(
+        conn,
+        "SELECT job_id FROM runs WHERE job_sealed IS NOT NULL ORDER BY job_id",
+        Vec::new(),
+    )
+    .load(conn)?;
+    rows.into_iter()
+        .map(|row| parse_job_id(&row.job_id, "runs with a job body"))
+        .collect()
+}
+
+/// The opaque list cursor: base64url of `<created_at>.<job_id>`.
+pub(crate) fn encode_cursor(created_at: i64, job_id: &JobId) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{created_at}.{job_id}"))
+}
+
+fn decode_cursor(cursor: &str) -> Result<(i64, String), StoreError> {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .map_err(|_| StoreError::BadCursor)?;
+    let text = String::from_utf8(bytes).map_err(|_| StoreError::BadCursor)?;
+    let (created_at, job_id) = text.split_once('.').ok_or(StoreError::BadCursor)?;
+    let created_at = created_at.parse().map_err(|_| StoreError::BadCursor)?;
+    let job_id = JobId::parse(job_id).map_err(|_| StoreError::BadCursor)?;
+    Ok((created_at, job_id.as_str().to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_job_ids_may_contain_dots() {
+        let id = JobId::parse("a.b.c").unwrap();
+        let cursor = encode_cursor(-5, &id);
+        assert_eq!(decode_cursor(&cursor).unwrap(), (-5, "a.b.c".to_owned()));
+    }
+
+    #[test]
+    fn foreign_cursors_are_rejected() {
+        let bad_id = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("12.a b");
+        let no_dot = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("12");
+        for bad in [
+            "",
+            "!!!",
+            "bm90LWEtY3Vyc29y",
+            bad_id.as_str(),
+            no_dot.as_str(),
+        ] {
+            assert!(
+                matches!(decode_cursor(bad), Err(StoreError::BadCursor)),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_update_statement_binds_every_mutable_column_then_the_key() {
+        let placeholders = UPDATE.matches('?').count();
+        assert_eq!(placeholders, RUN_COLUMNS.len() - IMMUTABLE.len() + 1);
+        assert_eq!(INSERT.matches('?').count(), RUN_COLUMNS.len() + 1);
+    }
+}

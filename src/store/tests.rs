@@ -1,0 +1,1063 @@
+//! Store tests against real databases: a temporary SQLite file, and PostgreSQL when configured.
+//!
+//! Every behaviour is checked on both backends: `on_sqlite::*` always runs; `on_postgres::*` is
+//! ignored by default and needs `TEST_DATABASE_URL` (run `cargo test on_postgres -- --ignored`
+//! with it set); run without it, a PostgreSQL test fails instead of passing silently.
+
+use super::testing::{TestBackend, TestDatabase};
+use super::*;
+use crate::domain::run::{Attempts, Progress, ReleaseState};
+use serde_json::json;
+use std::collections::{BTreeMap, BTreeSet};
+
+async fn open(backend: TestBackend) -> (TestDatabase, Store) {
+    if backend == TestBackend::Postgres && testing::admin_url().is_none() {
+        panic!(
+            "this test needs PostgreSQL: set TEST_DATABASE_URL, e.g. postgres://postgres@127.0.0.1:5432/postgres"
+        );
+    }
+    let db = TestDatabase::create(backend).await.expect("test database");
+    let store = Store::connect(db.url(), 4).await.expect("connect");
+    (db, store)
+}
+
+fn pool_name(name: &str) -> PoolName {
+    PoolName::parse(name).unwrap()
+}
+
+fn job_id(id: &str) -> JobId {
+    JobId::parse(id).unwrap()
+}
+
+/// A run with every optional field empty.
+fn bare_run(id: &str, pool: &str, created_at: Millis) -> RunRecord {
+    RunRecord {
+        job_id: job_id(id),
+        pool: pool_name(pool),
+        kind: None,
+        labels: serde_json::Map::new(),
+        request_digest: format!("digest-of-{id}"),
+        deadline_at: None,
+        callback_url: None,
+        state: RunState::Queued,
+        scheduler_state: None,
+        external_id: None,
+        dispatch_id: id.to_owned(),
+        captures: serde_json::Map::new(),
+        progress: None,
+        result: None,
+        error: None,
+        failure_cause: None,
+        detail: None,
+        heartbeat_at: None,
+        cancel_requested: false,
+        release: ReleaseState::NotYet,
+        attempts: Attempts::default(),
+        poll_errors: 0,
+        poll_interval_ms: 1000,
+        next_at: None,
+        unmapped_seen: false,
+        manifest_revision: 1,
+        created_at,
+        dispatched_at: None,
+        finished_at: None,
+        updated_at: created_at,
+    }
+}
+
+/// A run with every field set, including awkward text.
+fn full_run(id: &str, pool: &str) -> RunRecord {
+    let labels = json!({"team": "core", "quote": "a\"b'c", "unicode": "héllo ✓"});
+    let captures = json!({"name": "job-abc", "uid": 42, "nested": {"a": [1, 2, null]}});
+    RunRecord {
+        job_id: job_id(id),
+        pool: pool_name(pool),
+        kind: Some("agent".to_owned()),
+        labels: labels.as_object().unwrap().clone(),
+        request_digest: "ab".repeat(32),
+        deadline_at: Some(1_900_000_000_123),
+        callback_url: Some("https://example.com/hook?x=1&y=?".to_owned()),
+        state: RunState::Running,
+        scheduler_state: Some("Running".to_owned()),
+        external_id: Some("ext-123".to_owned()),
+        dispatch_id: format!("{id}-2"),
+        captures: captures.as_object().unwrap().clone(),
+        progress: Some(Progress {
+            completed: 3,
+            in_progress: 1,
+            total: 8,
+        }),
+        result: Some(json!({"ok": true, "items": [1, "two", 3.5]})),
+        error: Some("exit code 3; see logs".to_owned()),
+        failure_cause: Some("oom".to_owned()),
+        detail: Some("line one\nline two".to_owned()),
+        heartbeat_at: Some("2026-11-29T12:00:00Z".to_owned()),
+        cancel_requested: true,
+        release: ReleaseState::Pending,
+        attempts: Attempts {
+            dispatch: 2,
+            poll: 17,
+            release: 1,
+            redispatch: 1,
+        },
+        poll_errors: 4,
+        poll_interval_ms: 2500,
+        next_at: Some(1_800_000_000_999),
+        unmapped_seen: true,
+        manifest_revision: 7,
+        created_at: 1_700_000_000_001,
+        dispatched_at: Some(1_700_000_000_500),
+        finished_at: Some(1_700_000_100_000),
+        updated_at: 1_700_000_200_000,
+    }
+}
+
+fn created_event(run: &RunRecord) -> NewEvent {
+    NewEvent {
+        job_id: run.job_id.clone(),
+        at: run.created_at,
+        kind: "created".to_owned(),
+        from: None,
+        to: Some(run.state),
+        detail: None,
+    }
+}
+
+fn transition(run: &RunRecord, from: RunState, to: RunState, detail: &str) -> NewEvent {
+    NewEvent {
+        job_id: run.job_id.clone(),
+        at: run.updated_at,
+        kind: "transition".to_owned(),
+        from: Some(from),
+        to: Some(to),
+        detail: Some(detail.to_owned()),
+    }
+}
+
+async fn insert(store: &Store, run: &RunRecord) -> EventRecord {
+    match store
+        .insert_run(run.clone(), Some(b"sealed".to_vec()), created_event(run))
+        .await
+        .unwrap()
+    {
+        InsertOutcome::Inserted(event) => event,
+        InsertOutcome::Existing(_) => panic!("{} already existed", run.job_id),
+    }
+}
+
+fn pool_record(name: &str, digest: &str, updated_at: Millis) -> PoolRecord {
+    PoolRecord {
+        name: pool_name(name),
+        revision: 99,
+        digest: digest.to_owned(),
+        format: "cattery/v1".to_owned(),
+        manifest: format!("{{\"digest\":\"{digest}\"}}"),
+        secrets_sealed: vec![1, 2, 3, 0, 255],
+        secret_keys: vec!["TOKEN".to_owned(), "USER".to_owned()],
+        warnings: "[]".to_owned(),
+        created_at: 5,
+        updated_at,
+    }
+}
+
+// ---- the behaviours, each run on both backends ----
+
+async fn migrations_run_at_connect_and_are_idempotent(backend: TestBackend) {
+    let (_db, store) = open(backend).await;
+    let expected = match backend {
+        TestBackend::Sqlite => "sqlite",
+        TestBackend::Postgres => "postgres",
+    };
+    assert_eq!(store.backend_name(), expected);
+    assert_eq!(store.migrate().await.unwrap(), 0);
+    store.ping().await.unwrap();
+    assert!(store.list_pools().await.unwrap().is_empty());
+    assert!(store.load_unfinished().await.unwrap().is_empty());
+}
+
+async fn migrations_revert_and_apply_again(backend: TestBackend) {
+    let (_db, store) = open(backend).await;
+    insert(&store, &bare_run("before-revert", "p", 1)).await;
+    let reverted = store.with_conn(migrate::revert_all).await.unwrap();
+    assert!(reverted >= 1);
+    assert!(store.get_run(&job_id("before-revert")).await.is_err());
+    let applied = store.migrate().await.unwrap();
+    assert_eq!(applied, reverted);
+    assert_eq!(store.get_run(&job_id("before-revert")).await.unwrap(), None);
+    insert(&store, &bare_run("after-reapply", "p", 2)).await;
+}
+
+async fn a_run_with_every_field_set_round_trips(backend: TestBackend) {
+    let (_db, store) = open(backend).await;
+    let run = full_run("exec-42.coder_x", "k8s-prod");
+    let event = insert(&store, &run).await;
+    assert_eq!(event.pool, run.pool);
+    assert_eq!(event.event, created_event(&run));
+    assert_eq!(store.get_run(&run.job_id).await.unwrap(), Some(run.clone()));
+    assert_eq!(
+        store.get_job_sealed(&run.job_id).await.unwrap(),
+        Some(b"sealed".to_vec())
+    );
+}
+
+async fn a_run_with_every_optional_field_empty_round_trips(backend: TestBackend) {
+    let (_db, store) = open(backend).await;
+    let run = bare_run("bare", "p", 10);
+    let outcome = store
+        .insert_run(run.clone(), None, created_event(&run))
+        .await
+        .unwrap();
+    assert!(matches!(outcome, InsertOutcome::Inserted(_)));
+    assert_eq!(store.get_run(&run.job_id).await.unwrap(), Some(run.clone()));
+    assert_eq!(store.get_job_sealed(&run.job_id).await.unwrap(), None);
+    assert_eq!(store.get_run(&job_id("missing")).await.unwrap(), None);
+}
+
+async fn a_commit_overwrites_the_run_and_appends_its_events(backend: TestBackend) {
+    let (_db, store) = open(backend).await;
+    let run = bare_run("job-1", "p", 100);
+    let created = insert(&store, &run).await;
+
+    let mut updated = full_run("job-1", "p");
+    updated.created_at = 999_999; // immutable: the stored creation time stays
+    let events = vec![
+        transition(
+            &updated,
+            RunState::Queued,
+            RunState::Dispatching,
+            "slot free",
+        ),
+        transition(
+            &updated,
+            RunState::Dispatching,
+            RunState::Running,
+            "accepted",
+        ),
+    ];
+    let stored = store.commit(updated.clone(), events.clone()).await.unwrap();
+    assert_eq!(stored.len(), 2);
+    assert!(created.seq < stored[0].seq && stored[0].seq < stored[1].seq);
+    assert_eq!(stored[1].event, events[1]);
+
+    let mut expected = updated;
+    expected.created_at = 100;
+    assert_eq!(store.get_run(&run.job_id).await.unwrap(), Some(expected));
+    // The job body is not part of a commit.
+    assert_eq!(
+        store.get_job_sealed(&run.job_id).await.unwrap(),
+        Some(b"sealed".to_vec())
+    );
+    let history = store.run_events(&run.job_id).await.unwrap();
+    assert_eq!(
+        history.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![created.seq, stored[0].seq, stored[1].seq]
+    );
+    assert_eq!(history[0], created);
+}
+
+async fn inserting_the_same_job_twice_returns_the_existing_run_and_writes_nothing(
+    backend: TestBackend,
+) {
+    let (_db, store) = open(backend).await;
+    let run = bare_run("dup", "p", 1);
+    insert(&store, &run).await;
+
+    let mut other = full_run("dup", "q");
+    other.created_at = 2;
+    let outcome = store
+        .insert_run(
+            other.clone(),
+            Some(b"other".to_vec()),
+            created_event(&other),
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcome, InsertOutcome::Existing(run.clone()));
+    assert_eq!(store.get_run(&run.job_id).await.unwrap(), Some(run.clone()));
+    assert_eq!(
+        store.get_job_sealed(&run.job_id).await.unwrap(),
+        Some(b"sealed".to_vec())
+    );
+    assert_eq!(store.run_events(&run.job_id).await.unwrap().len(), 1);
+
+    // Racing duplicates: exactly one is inserted.
+    let racers: Vec<_> = (0..20)
+        .map(|_| {
+            let store = store.clone();
+            let run = bare_run("raced", "p", 5);
+            tokio::spawn(async move {
+                store
+                    .insert_run(run.clone(), None, created_event(&run))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut inserted = 0;
+    for racer in racers {
+        if matches!(racer.await.unwrap(), InsertOutcome::Inserted(_)) {
+            inserted += 1;
+        }
+    }
+    assert_eq!(inserted, 1);
+    assert_eq!(store.run_events(&job_id("raced")).await.unwrap().len(), 1);
+}
+
+async fn list_runs_pages_newest_first_without_gaps_or_duplicates(backend: TestBackend) {
+    let (_db, store) = open(backend).await;
+    // 25 runs over 2 pools and 2 states, with ties on created_at.
+    let mut all = Vec::new();
+    for i in 0..25 {
+        let pool = if i % 2 == 0 { "even" } else { "odd" };
+        let mut run = bare_run(&format!("run-{i:02}"), pool, 1000 + i / 3);
+        if i % 5 == 0 {
+            run.state = RunState::Done;
+        }
+        insert(&store, &run).await;
+        all.push(run);
+    }
+    let mut expected = all.clone();
+    expected.sort_by(|a, b| (b.created_at, &b.job_id).cmp(&(a.created_at, &a.job_id)));
+
+    let collect = |filter: RunFilter| {
+        let store = store.clone();
+        async move {
+            let mut seen = Vec::new();
+            let mut filter = filter;
+            loop {
+                let page = store.list_runs(filter.clone()).await.unwrap();
+                assert!(page.runs.len() <= filter.limit as usize);
+                seen.extend(page.runs.into_iter().map(|r| r.job_id));
+                match page.next {
+                    Some(next) => filter.after = Some(next),
+                    None => break seen,
+                }
+            }
+        }
+    };
+
+    let ids = |runs: Vec<&RunRecord>| {
+        runs.into_iter()
+            .map(|r| r.job_id.clone())
+            .collect::<Vec<_>>()
+    };
+    let everything = collect(RunFilter {
+        limit: 4,
+        ..RunFilter::default()
+    })
+    .await;
+    assert_eq!(everything, ids(expected.iter().collect()));
+
+    let odd = collect(RunFilter {
+        pool: Some(pool_name("odd")),
+        limit: 3,
+        ..RunFilter::default()
+    })
+    .await;
+    assert_eq!(
+        odd,
+        ids(expected
+            .iter()
+            .filter(|r| r.pool.as_str() == "odd")
+            .collect())
+    );
+
+    let done_even = collect(RunFilter {
+        pool: Some(pool_name("even")),
+        state: Some(RunState::Done),
+        limit: 1,
+        after: None,
+    })
+    .await;
+    assert_eq!(
+        done_even,
+        ids(expected
+            .iter()
+            .filter(|r| r.pool.as_str() == "even" && r.state == RunState::Done)
+            .collect())
+    );
+
+    // An exact fit has no next page; limit 0 is treated as 1.
+    let one_page = store
+        .list_runs(RunFilter {
+            limit: 25,
+            ..RunFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(one_page.runs.len(), 25);
+    assert_eq!(one_page.next, None);
+    let tiny = store
+        .list_runs(RunFilter {
+            limit: 0,
+            ..RunFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(tiny.runs.len(), 1);
+
+    let bad = store
+        .list_runs(RunFilter {
+            after: Some("not a cursor".to_owned()),
+            ..RunFilter::default()
+        })
+        .await;
+    assert!(matches!(bad, Err(StoreError::BadCursor)));
+}
+
+async fn load_unfinished_returns_runs_that_need_work_oldest_first(backend: TestBackend) {
+    let (_db, store) = open(backend).await;
+    let cases = [
+        ("queued", RunState::Queued, ReleaseState::NotYet, true),
+        (
+            "dispatching",
+            RunState::Dispatching,
+            ReleaseState::NotYet,
+            true,
+        ),
+        ("pending", RunState::Pending, ReleaseState::NotYet, true),
+        ("running", RunState::Running, ReleaseState::NotYet, true),
+        ("done-released", RunState::Done, ReleaseState::Done, false),
+        (
+            "done-release-due",
+            RunState::Done,
+            ReleaseState::Pending,
+            true,
+        ),
+        (
+            "failed-gave-up",
+            RunState::Failed,
+            ReleaseState::GaveUp,
+            false,
+        ),
+        (
+            "cancelled-release-due",
+            RunState::Cancelled,
+            ReleaseState::Pending,
+            true,
+        ),
+        (
+            "cancelled",
+            RunState::Cancelled,
+            ReleaseState::NotNeeded,
+            false,
+        ),
+    ];
+    let mut expected = Vec::new();
+    // Inserted newest first, so that "oldest first" is not insertion order.
+    for (i, (id, state, release, needs_work)) in cases.iter().enumerate().rev() {
+        let mut run = bare_run(id, "p", 100 + i as i64);
+        run.state = *state;
+        run.release = *release;
+        assert_eq!(run.needs_work(), *needs_work);
+        insert(&store, &run).await;
+        if *needs_work {
+            expected.push(run);
+        }
+    }
+    expected.reverse();
+    assert_eq!(store.load_unfinished().await.unwrap(), expected);
+}
+
+async fn pool_stats_count_runs_by_state_group(backend: TestBackend) {
+    let (_db, store) = open(backend).await;
+    let states = [
+        RunState::Queued,
+        RunState::Queued,
+        RunState::Dispatching,
+        RunState::Pending,
+        RunState::Running,
+        RunState::Done,
+        RunState::Failed,
+        RunState::Failed,
+        RunState::Cancelled,
+    ];
+    for (i, state) in states.iter().enumerate() {
+        let mut run = bare_run(&format!("a-{i}"), "a", i as i64);
+        run.state = *state;
+        insert(&store, &run).await;
+    }
+    insert(&store, &bare_run("b-0", "b", 0)).await;
+    assert_eq!(
+        store.pool_stats(&pool_name("a")).await.unwrap(),
+        PoolStats {
+            queued: 2,
+            in_flight: 3,
+            done: 1,
+            failed: 2,
+            cancelled: 1
+        }
+    );
+    assert_eq!(store.count_active(&pool_name("a")).await.unwrap(), (2, 3));
+    assert_eq!(store.count_active(&pool_name("b")).await.unwrap(), (1, 0));
+    assert_eq!(
+        store.pool_stats(&pool_name("none")).await.unwrap(),
+        PoolStats::default()
+    );
+}
+
+async fn concurrent_commits_all_land_in_fewer_transactions(backend: TestBackend) {
+    const RUNS: usize = 500;
+    let (_db, store) = open(backend).await;
+    let runs: Vec<RunRecord> = (0..RUNS)
+        .map(|i| {
+            bare_run(
+                &format!("many-{i:03}"),
+                if i % 2 == 0 { "x" } else { "y" },
+                i as i64,
+            )
+        })
+        .collect();
+
+    let inserts: Vec<_> = runs
+        .iter()
+        .cloned()
+        .map(|run| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .insert_run(run.clone(), None, created_event(&run))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    for task in inserts {
+        assert!(matches!(task.await.unwrap(), InsertOutcome::Inserted(_)));
+    }
+
+    let before = store.write_transactions();
+    let commits: Vec<_> = runs
+        .iter()
+        .cloned()
+        .map(|mut run| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                run.state = RunState::Running;
+                run.attempts.dispatch = 1;
+                run.updated_at += 1;
+                let events = vec![
+                    transition(&run, RunState::Queued, RunState::Dispatching, "slot"),
+                    transition(&run, RunState::Dispatching, RunState::Running, "accepted"),
+                ];
+                store.commit(run, events).await.unwrap()
+            })
+        })
+        .collect();
+    let mut seqs = BTreeSet::new();
+    for task in commits {
+        let events = task.await.unwrap();
+        assert_eq!(events.len(), 2);
+        assert!(events[0].seq < events[1].seq);
+        for event in events {
+            assert!(
+                seqs.insert(event.seq),
+                "sequence number {} reused",
+                event.seq
+            );
+        }
+    }
+    let transactions = store.write_transactions() - before;
+    assert!(
+        transactions < RUNS as u64,
+        "{RUNS} commits took {transactions} transactions"
+    );
+
+    for run in &runs {
+        let stored = store.get_run(&run.job_id).await.unwrap().unwrap();
+        assert_eq!(stored.state, RunState::Running);
+        assert_eq!(stored.attempts.dispatch, 1);
+        let history = store.run_events(&run.job_id).await.unwrap();
+        assert_eq!(history.len(), 3, "{}", run.job_id);
+        assert!(history.windows(2).all(|w| w[0].seq < w[1].seq));
+    }
+    let stats = store.pool_stats(&pool_name("x")).await.unwrap();
+    assert_eq!(stats.in_flight, (RUNS / 2) as i64);
+
+    // The global log reads back in strictly increasing order with nothing missing.
+    let mut after = 0;
+    let mut total = 0;
+    loop {
+        let page = store.events_after(after, None, None, 333).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.windows(2).all(|w| w[0].seq < w[1].seq));
+        assert!(page[0].seq > after);
+        after = page.last().unwrap().seq;
+        total += page.len();
+    }
+    assert_eq!(total, RUNS * 3);
+}
+
+async fn a_failing_commit_does_not_fail_the_others_grouped_with_it(backend: TestBackend) {
+    let (_db, store) = open(backend).await;
+    let runs: Vec<RunRecord> = (0..50)
+        .map(|i| bare_run(&format!("ok-{i}"), "p", i))
+        .collect();
+    for run in &runs {
+        insert(&store, run).await;
+    }
+    let ghost = bare_run("ghost", "p", 0);
+    let mut tasks = Vec::new();
+    for (i, run) in runs.iter().cloned().enumerate() {
+        if i == 25 {
+            let store = store.clone();
+            let ghost = ghost.clone();
+            tasks.push(tokio::spawn(async move {
+                let event = transition(&ghost, RunState::Queued, RunState::Cancelled, "x");
+                store.commit(ghost, vec![event]).await.map(|_| ())
+            }));
+        }
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut run = run;
+            run.state = RunState::Cancelled;
+            let event = transition(&run, RunState::Queued, RunState::Cancelled, "cancel");
+            store.commit(run, vec![event]).await.map(|_| ())
+        }));
+    }
+    let mut failures = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(()) => {}
+            Err(StoreError::NotFound { what }) => {
+                assert!(what.contains("ghost"));
+                failures += 1;
+            }
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(failures, 1);
+    assert_eq!(store.get_run(&ghost.job_id).await.unwrap(), None);
+    assert!(store.run_events(&ghost.job_id).await.unwrap().is_empty());
+    for run in &runs {
+        let stored = store.get_run(&run.job_id).await.unwrap().unwrap();
+        assert_eq!(stored.state, RunState::Cancelled);
+        assert_eq!(store.run_events(&run.job_id).await.unwrap().len(), 2);
+    }
+}
+
+async fn an_event_of_another_run_is_refused(backend: TestBackend) {
+    let (_db, store) = open(backend).await;
+    let a = bare_run("a", "p", 1);
+    let b = bare_run("b", "p", 2);
+    insert(&store, &a).await;
+    insert(&store, &b).await;
+    let wrong = transition(&b, RunState::Queued, RunState::Running, "x");
+    let mut changed = a.clone();
+    changed.state = RunState::Running;
+    assert!(matches!(
+        store.commit(changed, vec![wrong.clone()]).await,
+        Err(StoreError::Invalid { .. })
+    ));
+    assert_eq!(store.get_run(&a.job_id).await.unwrap(), Some(a.clone()));
+    let c = bare_run("c", "p", 3);
+    assert!(matches!(
+        store.insert_run(c.clone(), None, wrong).await,
+        Err(StoreError::Invalid { .. })
+    ));
+    assert_eq!(store.get_run(&c.job_id).await.unwrap(), None);
+}
+
+async fn events_after_resumes_from_a_sequence_number_and_filters(backend: TestBackend) {
+    let (_db, store) = open(backend).await;
+    let a = bare_run("ev-a", "one", 1);
+    let b = bare_run("ev-b", "two", 2);
+    let c = bare_run("ev-c", "one", 3);
+    let first = insert(&store, &a).await;
+    insert(&store, &b).await;
+    insert(&store, &c).await;
+    for run in [&a, &b, &c] {
+        let mut next = run.clone();
+        next.state = RunState::Dispatching;
+        store
+            .commit(
+                next,
+                vec![transition(
+                    run,
+                    RunState::Queued,
+                    RunState::Dispatching,
+                    "go",
+                )],
+            )
+            .await
+            .unwrap();
+    }
+
+    let all = store.events_after(0, None, None, 100).await.unwrap();
+    assert_eq!(all.len(), 6);
+    assert_eq!(all[0], first);
+    let rest = store
+        .events_after(all[2].seq, None, None, 100)
+        .await
+        .unwrap();
+    assert_eq!(rest, all[3..].to_vec());
+    let limited = store.events_after(0, None, None, 2).await.unwrap();
+    assert_eq!(limited, all[..2].to_vec());
+
+    let one = pool_name("one");
+    let of_pool = store.events_after(0, Some(&one), None, 100).await.unwrap();
+    assert_eq!(of_pool.len(), 4);
+    assert!(of_pool.iter().all(|e| e.pool == one));
+    let of_run = store
+        .events_after(first.seq, Some(&one), Some(&a.job_id), 100)
+        .await
+        .unwrap();
+    assert_eq!(of_run.len(), 1);
+    assert_eq!(of_run[0].event.job_id, a.job_id);
+    assert_eq!(of_run[0].event.from, Some(RunState::Queued));
+    assert!(
+        store
+            .events_after(all[5].seq, None, None, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn put_pool_bumps_the_revision_only_when_the_digest_changes(backend: TestBackend) {
+    let (_db, store) = open(backend).await;
+    let stored = store
+        .put_pool(pool_record("k8s", "d1", 1000))
+        .await
+        .unwrap();
+    assert_eq!(stored.revision, 1);
+    assert_eq!(stored.created_at, 1000);
+    assert_eq!(stored.updated_at, 1000);
+    assert_eq!(stored.secret_keys, vec!["TOKEN", "USER"]);
+
+    let mut same = pool_record("k8s", "d1", 2000);
+    same.warnings = r#"[{"code":"no_release","message":"m"}]"#.to_owned();
+    let same = store.put_pool(same).await.unwrap();
+    assert_eq!(same.revision, 1);
+    assert_eq!(same.created_at, 1000);
+    assert_eq!(same.updated_at, 2000);
+
+    let changed = store
+        .put_pool(pool_record("k8s", "d2", 3000))
+        .await
+        .unwrap();
+    assert_eq!(changed.revision, 2);
+    assert_eq!(changed.created_at, 1000);
+    assert_eq!(
+        store.get_pool(&pool_name("k8s")).await.unwrap(),
+        Some(changed.clone())
+    );
+
+    let again = store
+        .put_pool(pool_record("k8s", "d3", 4000))
+        .await
+        .unwrap();
+    assert_eq!(again.revision, 3);
+
+    // Concurrent replaces with new digests: every one counts.
+    let tasks: Vec<_> = (0..10)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .put_pool(pool_record("k8s", &format!("c{i}"), 5000 + i))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(
+        store
+            .get_pool(&pool_name("k8s"))
+            .await
+            .unwrap()
+            .unwrap()
+            .revision,
+        13
+    );
+}
+
+async fn pools_are_listed_by_name_updated_and_deleted(backend: TestBackend) {
+    let (_db, store) = open(backend).await;
+    for name in ["zeta", "alpha", "mid-1"] {
+        store.put_pool(pool_record(name, "d", 1)).await.unwrap();
+    }
+    let names: Vec<String> = store
+        .list_pools()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.name.to_string())
+        .collect();
+    assert_eq!(names, vec!["alpha", "mid-1", "zeta"]);
+
+    let updated = store
+        .put_pool_secrets(&pool_name("alpha"), vec![9, 9], vec!["NEW".to_owned()], 50)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(updated.secrets_sealed, vec![9, 9]);
+    assert_eq!(updated.secret_keys, vec!["NEW"]);
+    assert_eq!(updated.updated_at, 50);
+    assert_eq!(updated.revision, 1);
+    assert_eq!(
+        store
+            .put_pool_secrets(&pool_name("nope"), vec![1], vec![], 1)
+            .await
+            .unwrap(),
+        None
+    );
+
+    assert!(
+        !store
+            .replace_pool_secrets_sealed(&pool_name("alpha"), vec![0], vec![7])
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .replace_pool_secrets_sealed(&pool_name("alpha"), vec![9, 9], vec![7])
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store
+            .get_pool(&pool_name("alpha"))
+            .await
+            .unwrap()
+            .unwrap()
+            .secrets_sealed,
+        vec![7]
+    );
+
+    // Deleting a pool keeps its runs.
+    insert(&store, &bare_run("kept", "zeta", 1)).await;
+    assert!(store.delete_pool(&pool_name("zeta")).await.unwrap());
+    assert!(!store.delete_pool(&pool_name("zeta")).await.unwrap());
+    assert_eq!(store.get_pool(&pool_name("zeta")).await.unwrap(), None);
+    assert!(store.get_run(&job_id("kept")).await.unwrap().is_some());
+}
+
+async fn job_bodies_can_be_cleared_and_resealed(backend: TestBackend) {
+    let (_db, store) = open(backend).await;
+    let a = bare_run("body-a", "p", 1);
+    let b = bare_run("body-b", "p", 2);
+    insert(&store, &a).await;
+    insert(&store, &b).await;
+    store
+        .insert_run(
+            bare_run("no-body", "p", 3),
+            None,
+            created_event(&bare_run("no-body", "p", 3)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.sealed_job_ids().await.unwrap(),
+        vec![a.job_id.clone(), b.job_id.clone()]
+    );
+
+    assert!(
+        store
+            .replace_job_sealed(&a.job_id, b"sealed".to_vec(), b"resealed".to_vec())
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.get_job_sealed(&a.job_id).await.unwrap(),
+        Some(b"resealed".to_vec())
+    );
+
+    store.clear_job_sealed(&b.job_id).await.unwrap();
+    store.clear_job_sealed(&b.job_id).await.unwrap();
+    store.clear_job_sealed(&job_id("unknown")).await.unwrap();
+    assert_eq!(store.get_job_sealed(&b.job_id).await.unwrap(), None);
+    // A body dropped meanwhile is not brought back by a rotation.
+    assert!(
+        !store
+            .replace_job_sealed(&b.job_id, b"sealed".to_vec(), b"resealed".to_vec())
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.sealed_job_ids().await.unwrap(),
+        vec![a.job_id.clone()]
+    );
+}
+
+async fn committed_data_survives_a_new_connection(backend: TestBackend) {
+    let (db, store) = open(backend).await;
+    let run = full_run("durable", "p");
+    insert(&store, &run).await;
+    let mut next = run.clone();
+    next.state = RunState::Done;
+    store
+        .commit(
+            next.clone(),
+            vec![transition(&run, RunState::Running, RunState::Done, "ok")],
+        )
+        .await
+        .unwrap();
+    store.put_pool(pool_record("p", "d", 1)).await.unwrap();
+    drop(store);
+
+    let reopened = Store::connect(db.url(), 2).await.unwrap();
+    assert_eq!(reopened.get_run(&run.job_id).await.unwrap(), Some(next));
+    assert_eq!(reopened.run_events(&run.job_id).await.unwrap().len(), 2);
+    assert_eq!(reopened.list_pools().await.unwrap().len(), 1);
+}
+
+async fn a_corrupt_row_is_reported_without_its_contents(backend: TestBackend) {
+    let (_db, store) = open(backend).await;
+    let run = bare_run("row-7", "p", 1);
+    insert(&store, &run).await;
+    store
+        .with_conn(|conn| {
+            use diesel::RunQueryDsl as _;
+            diesel::sql_query("UPDATE runs SET state = 'exploded', labels = 'not json'")
+                .execute(conn)?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    match store.get_run(&run.job_id).await {
+        Err(StoreError::Corrupt { what }) => {
+            assert!(what.contains("row-7"), "{what}");
+            assert!(!what.contains("not json"), "{what}");
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}
+
+/// Declares one test per backend for each behaviour above.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod on_sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::TestBackend::Sqlite).await;
+                }
+            )*
+        }
+
+        mod on_postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[ignore = "needs PostgreSQL: set TEST_DATABASE_URL and run with --ignored"]
+                async fn $name() {
+                    super::$name(super::TestBackend::Postgres).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    migrations_run_at_connect_and_are_idempotent,
+    migrations_revert_and_apply_again,
+    a_run_with_every_field_set_round_trips,
+    a_run_with_every_optional_field_empty_round_trips,
+    a_commit_overwrites_the_run_and_appends_its_events,
+    inserting_the_same_job_twice_returns_the_existing_run_and_writes_nothing,
+    list_runs_pages_newest_first_without_gaps_or_duplicates,
+    load_unfinished_returns_runs_that_need_work_oldest_first,
+    pool_stats_count_runs_by_state_group,
+    concurrent_commits_all_land_in_fewer_transactions,
+    a_failing_commit_does_not_fail_the_others_grouped_with_it,
+    an_event_of_another_run_is_refused,
+    events_after_resumes_from_a_sequence_number_and_filters,
+    put_pool_bumps_the_revision_only_when_the_digest_changes,
+    pools_are_listed_by_name_updated_and_deleted,
+    job_bodies_can_be_cleared_and_resealed,
+    committed_data_survives_a_new_connection,
+    a_corrupt_row_is_reported_without_its_contents,
+);
+
+// ---- backend-independent checks ----
+
+fn migration_names(backend: &str) -> BTreeMap<String, (bool, bool)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("migrations")
+        .join(backend);
+    std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| {
+            let entry = entry.unwrap();
+            let path = entry.path();
+            assert!(
+                path.is_dir(),
+                "{} is not a migration directory",
+                path.display()
+            );
+            (
+                entry.file_name().to_string_lossy().into_owned(),
+                (
+                    path.join("up.sql").is_file(),
+                    path.join("down.sql").is_file(),
+                ),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn migration_directories_match_between_backends() {
+    let sqlite = migration_names("sqlite");
+    let postgres = migration_names("postgres");
+    assert!(!sqlite.is_empty());
+    assert_eq!(
+        sqlite.keys().collect::<Vec<_>>(),
+        postgres.keys().collect::<Vec<_>>(),
+        "migrations/sqlite and migrations/postgres must hold the same directory names"
+    );
+    for (name, (up, down)) in sqlite.iter().chain(postgres.iter()) {
+        assert!(*up && *down, "{name} needs both up.sql and down.sql");
+        let (date, rest) = name.split_at(17.min(name.len()));
+        assert!(
+            date.len() == 17
+                && date
+                    .chars()
+                    .enumerate()
+                    .all(|(i, c)| if [4, 7, 10].contains(&i) {
+                        c == '-'
+                    } else {
+                        c.is_ascii_digit()
+                    })
+                && rest.starts_with('_'),
+            "{name} is not named <YYYY-MM-DD-HHMMSS>_<name>"
+        );
+    }
+}
+
+#[test]
+fn pool_stats_group_slot_holding_states_as_in_flight() {
+    let counts: Vec<(RunState, i64)> = RunState::ALL.iter().map(|s| (*s, 1)).collect();
+    let stats = PoolStats::from_counts(&counts);
+    let in_flight = RunState::ALL.iter().filter(|s| s.holds_slot()).count() as i64;
+    assert_eq!(stats.in_flight, in_flight);
+    assert_eq!(
+        stats.queued + stats.in_flight + stats.done + stats.failed + stats.cancelled,
+        RunState::ALL.len() as i64
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_database_is_reported_as_a_connection_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocker = dir.path().join("file");
+    std::fs::write(&blocker, b"x").unwrap();
+    // The database's parent is a regular file, so the directory cannot be created.
+    let url = format!("sqlite://{}/db.sqlite", blocker.display());
+    assert!(matches!(
+        Store::connect(&url, 1).await,
+        Err(StoreError::Connect {
+            backend: "sqlite",
+            ..
+        })
+    ));
+    assert!(matches!(
+        Store::connect(":memory:", 1).await,
+        Err(StoreError::InvalidUrl { .. })
+    ));
+}

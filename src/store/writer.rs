@@ -1,0 +1,220 @@
+//! The single writer: a thread that group-commits run inserts and run commits in few transactions.
+//!
+//! Every write that appends run events (`insert_run`, `commit`) goes through this one thread, so
+//! event sequence numbers are strictly increasing in commit order within a process (across
+//! processes on PostgreSQL, an advisory lock in each transaction does the same). The thread takes
+//! the first waiting request, then whatever else is already queued (up to [`MAX_BATCH`]), writes
+//! them all in one transaction, and answers each caller only after that transaction committed
+//! (write-ahead: nobody reports a transition that is not durable yet). When the batch transaction
+//! fails, each request is retried alone, so one bad request cannot fail the others.
+
+use super::conn::{Backend, DbConn, DbPool, PooledConn, write_tx};
+use super::{InsertOutcome, StoreError, events, runs};
+use crate::domain::run::{EventRecord, NewEvent, RunRecord};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::sync::{mpsc, oneshot};
+
+/// The most requests written in one transaction.
+///
+/// Large enough to absorb a burst of hundreds of runs changing state at once; small enough that
+/// one transaction stays short and a retry one by one after a failure stays cheap.
+pub(crate) const MAX_BATCH: usize = 256;
+
+/// One write waiting for the writer.
+pub(crate) enum WriteRequest {
+    /// `Store::insert_run`.
+    Insert {
+        run: RunRecord,
+        job_sealed: Option<Vec<u8>>,
+        event: NewEvent,
+        reply: oneshot::Sender<Result<InsertOutcome, StoreError>>,
+    },
+    /// `Store::commit`.
+    Commit {
+        run: RunRecord,
+        events: Vec<NewEvent>,
+        reply: oneshot::Sender<Result<Vec<EventRecord>, StoreError>>,
+    },
+}
+
+/// The result of one request inside a transaction, delivered only after the commit.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "at most one batch of outcomes exists at a time"
+)]
+enum Outcome {
+    Insert(InsertOutcome),
+    Commit(Vec<EventRecord>),
+}
+
+/// Counters shared with the store, for tests and metrics.
+#[derive(Debug, Default)]
+pub(crate) struct WriterStats {
+    /// Transactions the writer committed (batches and single retries).
+    pub transactions: AtomicU64,
+    /// Requests the writer answered successfully.
+    pub writes: AtomicU64,
+}
+
+/// Starts the writer thread. It stops when every sender (every `Store` clone) is gone.
+pub(crate) fn spawn(
+    pool: DbPool,
+    backend: Backend,
+    stats: Arc<WriterStats>,
+) -> Result<mpsc::UnboundedSender<WriteRequest>, StoreError> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<WriteRequest>();
+    std::thread::Builder::new()
+        .name("cattery-store-writer".to_owned())
+        .spawn(move || {
+            let writer = Writer {
+                pool,
+                backend,
+                stats,
+            };
+            while let Some(first) = rx.blocking_recv() {
+                let mut batch = vec![first];
+                while batch.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
+                    }
+                }
+                // A panic must not take the writer down with it: the callers of this batch see
+                // their reply dropped (`StoreError::Closed`), later writes go on.
+                let written =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| writer.write(batch)));
+                if written.is_err() {
+                    tracing::error!(
+                        "the store writer panicked while writing a batch; its callers got an error"
+                    );
+                }
+            }
+        })
+        .map_err(|_| StoreError::Closed)?;
+    Ok(tx)
+}
+
+struct Writer {
+    pool: DbPool,
+    backend: Backend,
+    stats: Arc<WriterStats>,
+}
+
+impl Writer {
+    fn write(&self, batch: Vec<WriteRequest>) {
+        if batch.len() > 1 {
+            match self.write_batch(&batch) {
+                Ok(outcomes) => {
+                    self.stats.transactions.fetch_add(1, Ordering::Relaxed);
+                    for (request, outcome) in batch.into_iter().zip(outcomes) {
+                        self.deliver(request, Ok(outcome));
+                    }
+                    return;
+                }
+                Err(err) => tracing::warn!(
+                    error = ?err,
+                    batch.size = batch.len(),
+                    "group commit of {} writes failed; writing them one by one",
+                    batch.len()
+                ),
+            }
+        }
+        for request in batch {
+            let result = self.write_one(&request);
+            if result.is_ok() {
+                self.stats.transactions.fetch_add(1, Ordering::Relaxed);
+            }
+            self.deliver(request, result);
+        }
+    }
+
+    fn write_batch(&self, batch: &[WriteRequest]) -> Result<Vec<Outcome>, StoreError> {
+        let mut conn = self.checkout()?;
+        write_tx(&mut conn, |c| {
+            events::lock_for_append(c)?;
+            batch.iter().map(|request| apply(c, request)).collect()
+        })
+    }
+
+    fn write_one(&self, request: &WriteRequest) -> Result<Outcome, StoreError> {
+        let mut conn = self.checkout()?;
+        write_tx(&mut conn, |c| {
+            events::lock_for_append(c)?;
+            apply(c, request)
+        })
+    }
+
+    fn checkout(&self) -> Result<PooledConn, StoreError> {
+        super::checkout(&self.pool, self.backend)
+    }
+
+    fn deliver(&self, request: WriteRequest, result: Result<Outcome, StoreError>) {
+        if result.is_ok() {
+            self.stats.writes.fetch_add(1, Ordering::Relaxed);
+        }
+        // A caller that stopped waiting does not undo a committed write; ignore the closed reply.
+        match request {
+            WriteRequest::Insert { reply, .. } => {
+                let _ = reply.send(result.and_then(|outcome| match outcome {
+                    Outcome::Insert(inserted) => Ok(inserted),
+                    Outcome::Commit(_) => Err(StoreError::Closed),
+                }));
+            }
+            WriteRequest::Commit { reply, .. } => {
+                let _ = reply.send(result.and_then(|outcome| match outcome {
+                    Outcome::Commit(events) => Ok(events),
+                    Outcome::Insert(_) => Err(StoreError::Closed),
+                }));
+            }
+        }
+    }
+}
+
+/// Applies one request inside the current transaction.
+fn apply(conn: &mut DbConn, request: &WriteRequest) -> Result<Outcome, StoreError> {
+    match request {
+        WriteRequest::Insert {
+            run,
+            job_sealed,
+            event,
+            ..
+        } => {
+            check_event_owner(run, event)?;
+            if let Some(existing) = runs::get(conn, &run.job_id)? {
+                return Ok(Outcome::Insert(InsertOutcome::Existing(existing)));
+            }
+            runs::insert(conn, run, job_sealed.clone())?;
+            let stored = events::append(conn, &run.pool, event.clone())?;
+            Ok(Outcome::Insert(InsertOutcome::Inserted(stored)))
+        }
+        WriteRequest::Commit { run, events, .. } => {
+            for event in events {
+                check_event_owner(run, event)?;
+            }
+            if !runs::update(conn, run)? {
+                return Err(StoreError::NotFound {
+                    what: format!("run {}", run.job_id),
+                });
+            }
+            events
+                .iter()
+                .map(|event| events::append(conn, &run.pool, event.clone()))
+                .collect::<Result<Vec<_>, _>>()
+                .map(Outcome::Commit)
+        }
+    }
+}
+
+fn check_event_owner(run: &RunRecord, event: &NewEvent) -> Result<(), StoreError> {
+    if event.job_id == run.job_id {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid {
+            what: format!(
+                "an event of run {} was committed with run {}",
+                event.job_id, run.job_id
+            ),
+        })
+    }
+}

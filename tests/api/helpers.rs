@@ -1,0 +1,363 @@
+//! Shared test setup: the application on port 0 with a fresh database (a temporary SQLite file,
+//! or a throw-away PostgreSQL database when `TEST_DATABASE_URL` is set), an HTTP client with an
+//! admin token, the local pool as a separate `cattery local-pool` process, and polling helpers.
+
+use cattery::app::{Application, Secrets};
+use cattery::config::Settings;
+use diesel::Connection as _;
+use diesel::RunQueryDsl as _;
+use serde_json::{Value, json};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+pub const READER_TOKEN: &str = "test-reader-token-0123456789";
+pub const DISPATCHER_TOKEN: &str = "test-dispatcher-token-0123456789";
+/// A fixed test master key (base64 of 32 bytes).
+pub const MASTER_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+
+/// The path of the real binary built for these tests.
+pub fn cattery_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_cattery"))
+}
+
+/// A throw-away database: a temporary SQLite file, or a PostgreSQL database dropped on drop.
+pub struct TestDatabase {
+    pub url: String,
+    admin_url: Option<String>,
+    name: String,
+    _dir: tempfile::TempDir,
+}
+
+impl TestDatabase {
+    pub fn create() -> TestDatabase {
+        let dir = tempfile::tempdir().unwrap();
+        match std::env::var("TEST_DATABASE_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+        {
+            Some(admin_url) => {
+                let name = format!("cattery_test_{}", uuid::Uuid::new_v4().simple());
+                let mut conn = diesel::PgConnection::establish(&admin_url)
+                    .expect("TEST_DATABASE_URL must be reachable");
+                diesel::sql_query(format!("CREATE DATABASE {name}"))
+                    .execute(&mut conn)
+                    .unwrap();
+                let base = admin_url
+                    .rsplit_once('/')
+                    .map_or(admin_url.as_str(), |(base, _)| base);
+                TestDatabase {
+                    url: format!("{base}/{name}"),
+                    admin_url: Some(admin_url.clone()),
+                    name,
+                    _dir: dir,
+                }
+            }
+            None => TestDatabase {
+                url: format!("sqlite://{}", dir.path().join("cattery.db").display()),
+                admin_url: None,
+                name: String::new(),
+                _dir: dir,
+            },
+        }
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        self.admin_url.is_some()
+    }
+
+    /// The SQLite file, when the database is SQLite.
+    pub fn sqlite_path(&self) -> Option<PathBuf> {
+        self.url.strip_prefix("sqlite://").map(PathBuf::from)
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        if let Some(admin_url) = &self.admin_url
+            && let Ok(mut conn) = diesel::PgConnection::establish(admin_url)
+        {
+            let _ = diesel::sql_query(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .execute(&mut conn);
+        }
+    }
+}
+
+/// Test settings: port 0, a data dir, the database, fast defaults, the local pool off unless asked.
+pub fn test_settings(db: &TestDatabase, data_dir: &std::path::Path) -> Settings {
+    let mut settings = Settings::default();
+    settings.server.bind = "127.0.0.1:0".to_owned();
+    settings.data_dir = data_dir.to_owned();
+    settings.database.url = db.url.clone();
+    settings.database.pool_size = 4;
+    settings.local_pool.enabled = false;
+    settings.local_pool.command =
+        vec![cattery_bin().display().to_string(), "sample-job".to_owned()];
+    settings.logging.level = "warn".to_owned();
+    settings.defaults.polling.interval_ms = 50;
+    settings.defaults.polling.max_interval_ms = 200;
+    settings.defaults.retry.initial_backoff_ms = 20;
+    settings.defaults.retry.max_backoff_ms = 200;
+    settings.api.tokens = vec![
+        token_entry("reader", READER_TOKEN, "reader"),
+        token_entry("dispatcher", DISPATCHER_TOKEN, "dispatcher"),
+    ];
+    settings
+}
+
+fn token_entry(name: &str, token: &str, role: &str) -> cattery::config::ApiToken {
+    cattery::config::ApiToken {
+        name: name.to_owned(),
+        sha256: cattery::crypto::sha256_hex(token.as_bytes()),
+        role: role.to_owned(),
+    }
+}
+
+/// A running application and a client for it.
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub db: TestDatabase,
+    /// Held so that the data dir lives as long as the app.
+    _data_dir: tempfile::TempDir,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
+    if std::env::var("TEST_LOG").is_ok() {
+        cattery::telemetry::init(&cattery::config::LoggingSettings {
+            format: "pretty".into(),
+            level: "debug".into(),
+        });
+    }
+    let db = TestDatabase::create();
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut settings = test_settings(&db, data_dir.path());
+    adjust(&mut settings);
+    let secrets = Secrets {
+        master_key: Some(MASTER_KEY.to_owned()),
+        admin_token: Some(ADMIN_TOKEN.to_owned()),
+    };
+    let app = Application::build(settings, secrets)
+        .await
+        .expect("the application starts");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    actix_web::rt::spawn(app.run_until_stopped());
+    TestApp {
+        address,
+        client: cattery::scheduler::http::plain_client().unwrap(),
+        db,
+        _data_dir: data_dir,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub async fn put_pool(&self, name: &str, manifest: Value, secrets: Value) -> reqwest::Response {
+        self.client
+            .put(self.url(&format!("/v1/pools/{name}")))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({"manifest": manifest, "secrets": secrets}))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn dispatch(&self, pool: &str, body: Value) -> reqwest::Response {
+        self.client
+            .post(self.url(&format!("/v1/pools/{pool}/runs")))
+            .bearer_auth(DISPATCHER_TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .client
+            .get(self.url(path))
+            .bearer_auth(READER_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn run(&self, job_id: &str) -> Value {
+        let (status, body) = self.get_json(&format!("/v1/runs/{job_id}")).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    pub async fn cancel(&self, job_id: &str) -> reqwest::Response {
+        self.client
+            .post(self.url(&format!("/v1/runs/{job_id}/cancel")))
+            .bearer_auth(DISPATCHER_TOKEN)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn events(&self, job_id: &str) -> Vec<Value> {
+        let (status, body) = self.get_json(&format!("/v1/runs/{job_id}/events")).await;
+        assert_eq!(status, 200, "{body}");
+        body["events"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Polls the run until `done` says so, failing the test after `limit`.
+    pub async fn wait_for(
+        &self,
+        job_id: &str,
+        limit: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let start = Instant::now();
+        loop {
+            let run = self.run(job_id).await;
+            if done(&run) {
+                return run;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "run {job_id} did not reach the expected state: {run}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Waits until the run is final and its release question is settled.
+    pub async fn wait_settled(&self, job_id: &str) -> Value {
+        self.wait_for(job_id, Duration::from_secs(20), |run| {
+            matches!(run["state"].as_str(), Some("done" | "failed" | "cancelled"))
+        })
+        .await
+    }
+}
+
+/// A free loopback port (bound, then released for a child process to take).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process killed on drop.
+pub struct ChildProcess {
+    pub child: Child,
+    pub base_url: String,
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until `url` answers 200.
+pub async fn wait_healthy(url: &str) {
+    let client = cattery::scheduler::http::plain_client().unwrap();
+    let start = Instant::now();
+    loop {
+        if let Ok(response) = client.get(url).send().await
+            && response.status().is_success()
+        {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{url} did not become healthy"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Starts `cattery local-pool` as a separate process with a token.
+pub async fn start_local_pool(token: &str) -> ChildProcess {
+    let port = free_port();
+    let child = Command::new(cattery_bin())
+        .args([
+            "local-pool",
+            "--bind",
+            &format!("127.0.0.1:{port}"),
+            "--token",
+            token,
+        ])
+        .env("CATTERY__LOGGING__LEVEL", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base_url = format!("http://127.0.0.1:{port}");
+    wait_healthy(&format!("{base_url}/health")).await;
+    ChildProcess { child, base_url }
+}
+
+/// The shipped local manifest pointed at `base_url`, with fast polling.
+pub fn local_manifest(base_url: &str) -> Value {
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/local.yaml"))
+            .unwrap();
+    let mut manifest: Value = yaml_serde::from_str(&text).unwrap();
+    manifest["baseUrl"] = json!(base_url);
+    manifest["polling"] =
+        json!({"intervalMs": 50, "maxIntervalMs": 200, "maxConsecutiveErrors": 8});
+    manifest
+}
+
+/// A manifest for the scripted test scheduler: bearer auth, a body tree, a capture used by
+/// poll, a status map, release by DELETE.
+pub fn scheduler_manifest(base_url: &str) -> Value {
+    json!({
+        "apiVersion": "cattery/v1",
+        "description": "the scripted test scheduler",
+        "baseUrl": base_url,
+        "auth": {"type": "bearer", "secretRef": {"key": "SCHED_TOKEN"}},
+        "polling": {"intervalMs": 30, "maxIntervalMs": 100, "maxConsecutiveErrors": 3},
+        "retry": {"maxAttempts": 3, "initialBackoffMs": 10, "maxBackoffMs": 50},
+        "dispatch": {
+            "request": {
+                "method": "POST",
+                "path": "/jobs",
+                "headers": {"X-Job-Kind": "{{input.kind}}"},
+                "body": {"name": "{{run.dispatchId}}", "spec": "{{input.job}}", "attempt": "{{run.attempt}}", "note": "id={{input.jobId}}"}
+            },
+            "expect": [201],
+            "alreadyExists": [409],
+            "capture": {"uid": "metadata.uid"}
+        },
+        "poll": {
+            "request": {"method": "GET", "path": "/jobs/{{run.dispatchId}}", "query": {"uid": "{{capture.uid}}"}},
+            "notFound": "lost",
+            "map": {
+                "state": "status",
+                "statusMap": {"Complete": "done", "Failed": "failed", "Queued": "pending"},
+                "error": "message",
+                "result": "output",
+                "progress": {"completed": "done", "total": "total"}
+            }
+        },
+        "release": {
+            "request": {"method": "DELETE", "path": "/jobs/{{run.dispatchId}}"},
+            "expect": [200]
+        }
+    })
+}
+
+/// The secret bundle of [`scheduler_manifest`].
+pub const SCHED_TOKEN: &str = "sched-secret-token-value-42";

@@ -1,0 +1,19 @@
+//! The integration tests: the real application over real HTTP on loopback, a real database
+//! (SQLite, or PostgreSQL when `TEST_DATABASE_URL` is set), and real schedulers on loopback
+//! (the local pool as a separate `cattery local-pool` process, and a scripted test scheduler).
+
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test helpers fail the test on any setup error"
+)]
+
+mod helpers;
+mod scheduler;
+
+mod auth;
+mod ops;
+mod persistence;
+mod pools;
+mod runs_local;
+mod runs_scheduler;

@@ -1,0 +1,249 @@
+use crate::helpers::{ADMIN_TOKEN, SCHED_TOKEN, scheduler_manifest, spawn_app};
+use serde_json::{Value, json};
+
+fn paths(body: &Value) -> Vec<String> {
+    body["errors"]
+        .as_array()
+        .map(|errors| {
+            errors
+                .iter()
+                .map(|e| e["path"].as_str().unwrap_or("").to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[actix_web::test]
+async fn a_pool_registers_replaces_and_reads_back_without_secret_values() {
+    let app = spawn_app().await;
+    let manifest = scheduler_manifest("http://127.0.0.1:9");
+    let created = app
+        .put_pool(
+            "sched",
+            manifest.clone(),
+            json!({"SCHED_TOKEN": SCHED_TOKEN}),
+        )
+        .await;
+    assert_eq!(created.status().as_u16(), 201);
+    let view: Value = created.json().await.unwrap();
+    assert_eq!(view["name"], "sched");
+    assert_eq!(view["revision"], 1);
+    assert_eq!(view["format"], "cattery/v1");
+    assert_eq!(view["secretKeys"], json!(["SCHED_TOKEN"]));
+    assert_eq!(view["stats"]["queued"], 0);
+    assert!(!view.to_string().contains(SCHED_TOKEN));
+
+    // The same manifest again: 200, same revision. A changed one: revision 2. Secrets omitted
+    // on replace keep the stored bundle.
+    let again = app
+        .put_pool(
+            "sched",
+            manifest.clone(),
+            json!({"SCHED_TOKEN": SCHED_TOKEN}),
+        )
+        .await;
+    assert_eq!(again.status().as_u16(), 200);
+    assert_eq!(again.json::<Value>().await.unwrap()["revision"], 1);
+    let mut changed = manifest.clone();
+    changed["description"] = json!("changed");
+    let replaced = app
+        .client
+        .put(app.url("/v1/pools/sched"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"manifest": changed}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replaced.status().as_u16(), 200);
+    let replaced: Value = replaced.json().await.unwrap();
+    assert_eq!(replaced["revision"], 2);
+    assert_ne!(replaced["digest"], view["digest"]);
+
+    let (status, listed) = app.get_json("/v1/pools").await;
+    assert_eq!(status, 200);
+    assert_eq!(listed["pools"].as_array().unwrap().len(), 1);
+    let (status, read) = app.get_json("/v1/pools/sched").await;
+    assert_eq!(status, 200);
+    assert_eq!(read["revision"], 2);
+    assert!(!read.to_string().contains(SCHED_TOKEN));
+}
+
+#[actix_web::test]
+async fn a_manifest_given_as_yaml_text_registers() {
+    let app = spawn_app().await;
+    let yaml = yaml_serde::to_string(&scheduler_manifest("http://127.0.0.1:9")).unwrap();
+    let response = app
+        .put_pool("from-yaml", json!(yaml), json!({"SCHED_TOKEN": "x"}))
+        .await;
+    assert_eq!(
+        response.status().as_u16(),
+        201,
+        "{}",
+        response.text().await.unwrap()
+    );
+}
+
+#[actix_web::test]
+async fn an_invalid_manifest_is_refused_with_every_problem_and_nothing_is_stored() {
+    let app = spawn_app().await;
+    let mut manifest = scheduler_manifest("http://127.0.0.1:9");
+    manifest["colour"] = json!("blue");
+    manifest["poll"]["map"]["state"] = json!("status[?");
+    manifest["dispatch"]["request"]["path"] = json!("/jobs/{{input.nope}}");
+    let response = app
+        .put_pool("bad", manifest, json!({"SCHED_TOKEN": "x"}))
+        .await;
+    assert_eq!(response.status().as_u16(), 422);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "validation_failed");
+    let paths = paths(&body);
+    assert!(paths.iter().any(|p| p == "manifest.colour"), "{paths:?}");
+    assert!(
+        paths.iter().any(|p| p == "manifest.poll.map.state"),
+        "{paths:?}"
+    );
+    assert!(
+        paths
+            .iter()
+            .any(|p| p.starts_with("manifest.dispatch.request.path")),
+        "{paths:?}"
+    );
+    let (status, _) = app.get_json("/v1/pools/bad").await;
+    assert_eq!(status, 404);
+}
+
+#[actix_web::test]
+async fn a_missing_secret_is_named_and_nothing_is_stored() {
+    let app = spawn_app().await;
+    let response = app
+        .put_pool(
+            "nosecret",
+            scheduler_manifest("http://127.0.0.1:9"),
+            json!({"OTHER": "x"}),
+        )
+        .await;
+    assert_eq!(response.status().as_u16(), 422);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "missing_secrets");
+    assert_eq!(paths(&body), ["secrets.SCHED_TOKEN"]);
+    let (status, _) = app.get_json("/v1/pools/nosecret").await;
+    assert_eq!(status, 404);
+}
+
+#[actix_web::test]
+async fn malformed_bodies_bad_names_and_oversized_bodies_get_clear_4xx() {
+    let app = spawn_app().await;
+    let malformed = app
+        .client
+        .put(app.url("/v1/pools/p"))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("content-type", "application/json")
+        .body("{\"manifest\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(malformed.status().as_u16(), 422);
+    assert_eq!(
+        malformed.json::<Value>().await.unwrap()["code"],
+        "malformed_json"
+    );
+
+    let bad_yaml = app
+        .put_pool("p", json!("apiVersion: [unclosed"), json!({}))
+        .await;
+    assert_eq!(bad_yaml.status().as_u16(), 422);
+    assert_eq!(
+        bad_yaml.json::<Value>().await.unwrap()["code"],
+        "validation_failed"
+    );
+
+    let bad_name = app
+        .put_pool(
+            "Bad_Name",
+            scheduler_manifest("http://127.0.0.1:9"),
+            json!({"SCHED_TOKEN": "x"}),
+        )
+        .await;
+    assert_eq!(bad_name.status().as_u16(), 422);
+    assert_eq!(paths(&bad_name.json::<Value>().await.unwrap()), ["name"]);
+
+    let huge = "x".repeat(3 * 1024 * 1024);
+    let oversized = app
+        .put_pool("p", json!({"description": huge}), json!({}))
+        .await;
+    assert_eq!(oversized.status().as_u16(), 413);
+    assert_eq!(
+        oversized.json::<Value>().await.unwrap()["code"],
+        "payload_too_large"
+    );
+
+    let (_, listed) = app.get_json("/v1/pools").await;
+    assert_eq!(listed["pools"], json!([]));
+}
+
+#[actix_web::test]
+async fn secrets_rotate_and_are_checked_against_the_manifest() {
+    let app = spawn_app().await;
+    app.put_pool(
+        "rot",
+        scheduler_manifest("http://127.0.0.1:9"),
+        json!({"SCHED_TOKEN": "a"}),
+    )
+    .await;
+    let missing = app
+        .client
+        .put(app.url("/v1/pools/rot/secrets"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"secrets": {"OTHER": "b"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status().as_u16(), 422);
+    let rotated = app
+        .client
+        .put(app.url("/v1/pools/rot/secrets"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"secrets": {"SCHED_TOKEN": "b", "EXTRA": "c"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rotated.status().as_u16(), 200);
+    assert_eq!(
+        rotated.json::<Value>().await.unwrap()["secretKeys"],
+        json!(["EXTRA", "SCHED_TOKEN"])
+    );
+}
+
+#[actix_web::test]
+async fn deleting_a_pool_answers_204_then_404() {
+    let app = spawn_app().await;
+    app.put_pool(
+        "gone",
+        scheduler_manifest("http://127.0.0.1:9"),
+        json!({"SCHED_TOKEN": "a"}),
+    )
+    .await;
+    let delete = |path: &str| {
+        app.client
+            .delete(app.url(path))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+    };
+    assert_eq!(
+        delete("/v1/pools/gone").await.unwrap().status().as_u16(),
+        204
+    );
+    assert_eq!(
+        delete("/v1/pools/gone").await.unwrap().status().as_u16(),
+        404
+    );
+    let (status, body) = app.get_json("/v1/pools/gone").await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("pool_not_found"))
+    );
+}

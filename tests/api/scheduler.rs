@@ -1,0 +1,208 @@
+//! A test scheduler on loopback: a small job API whose answers each test scripts, and which
+//! records every request it receives (method, path, query, headers, body).
+//!
+//! It behaves like a typical scheduler REST API: `POST /jobs` creates a job named in the body
+//! (201 with a uid, 409 when the name exists), `GET /jobs/{name}` reports it (404 when unknown),
+//! `DELETE /jobs/{name}` removes it, and `POST /oauth/token` issues client-credentials tokens.
+//! A job's poll answers follow the test's script, one entry per poll, the last one repeating.
+
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// One scripted poll answer.
+#[derive(Debug, Clone)]
+pub enum Answer {
+    /// 200 with this JSON body.
+    Json(Value),
+    /// This status with this raw body.
+    Raw(u16, &'static str),
+}
+
+/// A request the scheduler received.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub headers: HashMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+impl Seen {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .get(&name.to_ascii_lowercase())
+            .map(String::as_str)
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    seen: Vec<Seen>,
+    /// job name → polls answered so far
+    jobs: HashMap<String, usize>,
+    created: HashMap<String, usize>,
+    script: Vec<Answer>,
+    /// Status of every dispatch answer (201 by default).
+    dispatch_status: Option<u16>,
+    tokens_issued: usize,
+    /// Poll answers 404 for every job (a scheduler that forgets jobs).
+    forget_jobs: bool,
+}
+
+/// A running test scheduler.
+#[derive(Clone)]
+pub struct TestScheduler {
+    pub base_url: String,
+    state: Arc<Mutex<State>>,
+}
+
+impl TestScheduler {
+    /// Starts a scheduler whose polls answer `script` in order.
+    pub async fn start(script: Vec<Answer>) -> TestScheduler {
+        let state = Arc::new(Mutex::new(State {
+            script,
+            ..State::default()
+        }));
+        let shared = state.clone();
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(web::Data::new(shared.clone()))
+                .default_service(web::to(handle))
+        })
+        .workers(1)
+        .bind(("127.0.0.1", 0))
+        .unwrap();
+        let port = server.addrs()[0].port();
+        actix_web::rt::spawn(server.run());
+        TestScheduler {
+            base_url: format!("http://127.0.0.1:{port}"),
+            state,
+        }
+    }
+
+    pub fn set_dispatch_status(&self, status: u16) {
+        self.state.lock().unwrap().dispatch_status = Some(status);
+    }
+
+    pub fn forget_jobs(&self) {
+        self.state.lock().unwrap().forget_jobs = true;
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.state.lock().unwrap().seen.clone()
+    }
+
+    pub fn seen_with(&self, method: &str, path_prefix: &str) -> Vec<Seen> {
+        self.seen()
+            .into_iter()
+            .filter(|s| s.method == method && s.path.starts_with(path_prefix))
+            .collect()
+    }
+
+    /// How many times a job name was created.
+    pub fn created(&self, name: &str) -> usize {
+        self.state
+            .lock()
+            .unwrap()
+            .created
+            .get(name)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub fn tokens_issued(&self) -> usize {
+        self.state.lock().unwrap().tokens_issued
+    }
+}
+
+async fn handle(
+    req: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<Arc<Mutex<State>>>,
+) -> HttpResponse {
+    let mut state = state.lock().unwrap();
+    let path = req.path().to_owned();
+    state.seen.push(Seen {
+        method: req.method().to_string(),
+        path: path.clone(),
+        query: req.query_string().to_owned(),
+        headers: req
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+            .collect(),
+        body: body.to_vec(),
+    });
+    let method = req.method().as_str().to_owned();
+    match (method.as_str(), path.as_str()) {
+        ("POST", "/oauth/token") => {
+            let form = String::from_utf8_lossy(&body).to_string();
+            if !form.contains("grant_type=client_credentials") || !form.contains("client_secret=") {
+                return HttpResponse::BadRequest().json(json!({"error": "invalid_request"}));
+            }
+            state.tokens_issued += 1;
+            let token = format!("issued-token-{}", state.tokens_issued);
+            HttpResponse::Ok()
+                .json(json!({"access_token": token, "token_type": "Bearer", "expires_in": 3600}))
+        }
+        ("POST", "/jobs") => {
+            let name = serde_json::from_slice::<Value>(&body)
+                .ok()
+                .and_then(|v| v.get("name").and_then(Value::as_str).map(str::to_owned));
+            let Some(name) = name else {
+                return HttpResponse::BadRequest()
+                    .json(json!({"message": "body.name is required"}));
+            };
+            if let Some(status) = state.dispatch_status {
+                return HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
+                    .json(json!({"message": format!("scripted {status}")}));
+            }
+            if state.jobs.contains_key(&name) {
+                return HttpResponse::Conflict()
+                    .json(json!({"message": format!("job {name} already exists")}));
+            }
+            state.jobs.insert(name.clone(), 0);
+            *state.created.entry(name.clone()).or_default() += 1;
+            let uid = format!("uid-{}", state.created.values().sum::<usize>());
+            HttpResponse::Created().json(json!({"metadata": {"name": name, "uid": uid}}))
+        }
+        ("GET", p) if p.starts_with("/jobs/") => {
+            let name = p.trim_start_matches("/jobs/").to_owned();
+            if state.forget_jobs {
+                return HttpResponse::NotFound().json(json!({"message": "not found"}));
+            }
+            let script = state.script.clone();
+            let Some(polls) = state.jobs.get_mut(&name) else {
+                return HttpResponse::NotFound().json(json!({"message": "not found"}));
+            };
+            let answer = script
+                .get((*polls).min(script.len().saturating_sub(1)))
+                .cloned()
+                .unwrap_or(Answer::Json(json!({"status": "Running"})));
+            *polls += 1;
+            match answer {
+                Answer::Json(value) => HttpResponse::Ok().json(value),
+                Answer::Raw(status, text) => {
+                    HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
+                        .content_type("text/plain")
+                        .body(text)
+                }
+            }
+        }
+        ("DELETE", p) if p.starts_with("/jobs/") => {
+            let name = p.trim_start_matches("/jobs/").to_owned();
+            match state.jobs.remove(&name) {
+                Some(_) => HttpResponse::Ok().json(json!({"deleted": name})),
+                None => HttpResponse::NotFound().json(json!({"message": "not found"})),
+            }
+        }
+        _ => HttpResponse::NotFound().json(json!({"message": "no such route"})),
+    }
+}
