@@ -111,13 +111,19 @@ async fn supervise(launch: Launch, started: oneshot::Sender<()>) {
     if let Some(task) = stdin {
         task.abort();
     }
-    let tail = match stderr {
-        Some(task) => drain(task).await.unwrap_or_default(),
-        None => StderrTail::default(),
-    };
-    if let Some(task) = stdout {
-        drain(task).await;
-    }
+    let (tail, ()) = tokio::join!(
+        async {
+            match stderr {
+                Some(task) => drain(task).await.unwrap_or_default(),
+                None => StderrTail::default(),
+            }
+        },
+        async {
+            if let Some(task) = stdout {
+                drain(task).await;
+            }
+        }
+    );
 
     let (state, exit_code, error) = outcome(&exit, cancelled, &tail);
     tracing::info!(

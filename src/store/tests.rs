@@ -1,8 +1,8 @@
 //! Store tests against real databases: a temporary SQLite file, and PostgreSQL when configured.
 //!
-//! Every behaviour is checked on both backends: `on_sqlite::*` always runs; `on_postgres::*` is
-//! ignored by default and needs `TEST_DATABASE_URL` (run `cargo test on_postgres -- --ignored`
-//! with it set); run without it, a PostgreSQL test fails instead of passing silently.
+//! Every behaviour is checked on the backend the environment names: a temporary SQLite file, or a
+//! fresh PostgreSQL database when `TEST_DATABASE_URL` is set. `scripts/test.sh` runs the suite
+//! once without it and once with it, so every behaviour is proven on both.
 
 use super::testing::{TestBackend, TestDatabase};
 use super::*;
@@ -929,24 +929,15 @@ async fn a_corrupt_row_is_reported_without_its_contents(backend: TestBackend) {
     }
 }
 
-/// Declares one test per backend for each behaviour above.
+/// Declares one test per behaviour above, on the backend the environment names: SQLite, or
+/// PostgreSQL when `TEST_DATABASE_URL` is set (the test script runs the suite once for each).
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
-        mod on_sqlite {
+        mod on_configured_backend {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    super::$name(super::TestBackend::Sqlite).await;
-                }
-            )*
-        }
-
-        mod on_postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                #[ignore = "needs PostgreSQL: set TEST_DATABASE_URL and run with --ignored"]
-                async fn $name() {
-                    super::$name(super::TestBackend::Postgres).await;
+                    super::$name(super::TestBackend::from_env()).await;
                 }
             )*
         }

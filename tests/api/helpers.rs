@@ -4,8 +4,6 @@
 
 use cattery::app::{Application, Secrets};
 use cattery::config::Settings;
-use diesel::Connection as _;
-use diesel::RunQueryDsl as _;
 use serde_json::{Value, json};
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -23,68 +21,33 @@ pub fn cattery_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_cattery"))
 }
 
-/// A throw-away database: a temporary SQLite file, or a PostgreSQL database dropped on drop.
+/// A throw-away database: a temporary SQLite file, or a PostgreSQL database dropped on drop
+/// (when `TEST_DATABASE_URL` is set).
 pub struct TestDatabase {
-    pub url: String,
-    admin_url: Option<String>,
-    name: String,
-    _dir: tempfile::TempDir,
+    inner: cattery::store::testing::TestDatabase,
 }
 
 impl TestDatabase {
-    pub fn create() -> TestDatabase {
-        let dir = tempfile::tempdir().unwrap();
-        match std::env::var("TEST_DATABASE_URL")
-            .ok()
-            .filter(|u| !u.is_empty())
-        {
-            Some(admin_url) => {
-                let name = format!("cattery_test_{}", uuid::Uuid::new_v4().simple());
-                let mut conn = diesel::PgConnection::establish(&admin_url)
-                    .expect("TEST_DATABASE_URL must be reachable");
-                diesel::sql_query(format!("CREATE DATABASE {name}"))
-                    .execute(&mut conn)
-                    .unwrap();
-                let base = admin_url
-                    .rsplit_once('/')
-                    .map_or(admin_url.as_str(), |(base, _)| base);
-                TestDatabase {
-                    url: format!("{base}/{name}"),
-                    admin_url: Some(admin_url.clone()),
-                    name,
-                    _dir: dir,
-                }
-            }
-            None => TestDatabase {
-                url: format!("sqlite://{}", dir.path().join("cattery.db").display()),
-                admin_url: None,
-                name: String::new(),
-                _dir: dir,
-            },
+    pub async fn create() -> TestDatabase {
+        let backend = cattery::store::testing::TestBackend::from_env();
+        TestDatabase {
+            inner: cattery::store::testing::TestDatabase::create(backend)
+                .await
+                .expect("a test database"),
         }
     }
 
+    pub fn url(&self) -> &str {
+        self.inner.url()
+    }
+
     pub fn is_postgres(&self) -> bool {
-        self.admin_url.is_some()
+        self.url().starts_with("postgres")
     }
 
     /// The SQLite file, when the database is SQLite.
     pub fn sqlite_path(&self) -> Option<PathBuf> {
-        self.url.strip_prefix("sqlite://").map(PathBuf::from)
-    }
-}
-
-impl Drop for TestDatabase {
-    fn drop(&mut self) {
-        if let Some(admin_url) = &self.admin_url
-            && let Ok(mut conn) = diesel::PgConnection::establish(admin_url)
-        {
-            let _ = diesel::sql_query(format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ))
-            .execute(&mut conn);
-        }
+        self.url().strip_prefix("sqlite://").map(PathBuf::from)
     }
 }
 
@@ -93,7 +56,7 @@ pub fn test_settings(db: &TestDatabase, data_dir: &std::path::Path) -> Settings 
     let mut settings = Settings::default();
     settings.server.bind = "127.0.0.1:0".to_owned();
     settings.data_dir = data_dir.to_owned();
-    settings.database.url = db.url.clone();
+    settings.database.url = db.url().to_owned();
     settings.database.pool_size = 4;
     settings.local_pool.enabled = false;
     settings.local_pool.command =
@@ -138,7 +101,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
             level: "debug".into(),
         });
     }
-    let db = TestDatabase::create();
+    let db = TestDatabase::create().await;
     let data_dir = tempfile::tempdir().unwrap();
     let mut settings = test_settings(&db, data_dir.path());
     adjust(&mut settings);

@@ -12,6 +12,8 @@ mod helpers;
 mod scheduler;
 
 mod auth;
+mod cli;
+mod events;
 mod ops;
 mod persistence;
 mod pools;

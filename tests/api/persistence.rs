@@ -14,7 +14,7 @@ const TOKEN: &str = "local-pool-persist-token";
 fn serve(db: &TestDatabase, data_dir: &std::path::Path, port: u16) -> crate::helpers::ChildProcess {
     let child = Command::new(cattery_bin())
         .arg("serve")
-        .env("CATTERY_DATABASE_URL", &db.url)
+        .env("CATTERY_DATABASE_URL", db.url())
         .env("CATTERY_BIND", format!("127.0.0.1:{port}"))
         .env("CATTERY__DATADIR", data_dir)
         .env("CATTERY__LOCALPOOL__ENABLED", "false")
@@ -33,7 +33,7 @@ fn serve(db: &TestDatabase, data_dir: &std::path::Path, port: u16) -> crate::hel
 
 #[actix_web::test]
 async fn a_running_run_resumes_after_the_gateway_is_killed_and_restarted() {
-    let db = TestDatabase::create();
+    let db = TestDatabase::create().await;
     let data_dir = tempfile::tempdir().unwrap();
     let pool = start_local_pool(TOKEN).await;
     let client = cattery::scheduler::http::plain_client().unwrap();

@@ -1,0 +1,110 @@
+//! The server-sent event stream: live changes, and resumption from the persisted log.
+
+use crate::helpers::{READER_TOKEN, SCHED_TOKEN, scheduler_manifest, spawn_app};
+use crate::scheduler::{Answer, TestScheduler};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+/// Reads `(id, RunView)` frames from an event stream until `enough` says stop.
+async fn read_frames(
+    mut response: reqwest::Response,
+    enough: impl Fn(&[(i64, Value)]) -> bool,
+) -> Vec<(i64, Value)> {
+    let start = Instant::now();
+    let mut buffer = String::new();
+    let mut frames = Vec::new();
+    while !enough(&frames) {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "stream stalled after {frames:?}"
+        );
+        let chunk = tokio::time::timeout(Duration::from_secs(20), response.chunk())
+            .await
+            .unwrap()
+            .unwrap();
+        let Some(chunk) = chunk else { break };
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buffer.find("\n\n") {
+            let frame: String = buffer.drain(..end + 2).collect();
+            let id = frame
+                .lines()
+                .find_map(|l| l.strip_prefix("id: "))
+                .map(|v| v.parse::<i64>().unwrap());
+            let data = frame.lines().find_map(|l| l.strip_prefix("data: "));
+            if let (Some(id), Some(data)) = (id, data) {
+                assert!(frame.contains("event: run"), "{frame}");
+                frames.push((id, serde_json::from_str(data).unwrap()));
+            }
+        }
+    }
+    frames
+}
+
+#[actix_web::test]
+async fn the_stream_follows_a_run_and_resumes_after_the_last_event_id() {
+    let app = spawn_app().await;
+    let scheduler = TestScheduler::start(vec![
+        Answer::Json(json!({"status": "Running"})),
+        Answer::Json(json!({"status": "Complete"})),
+    ])
+    .await;
+    app.put_pool(
+        "sched",
+        scheduler_manifest(&scheduler.base_url),
+        json!({"SCHED_TOKEN": SCHED_TOKEN}),
+    )
+    .await;
+    let stream = app
+        .client
+        .get(app.url("/v1/events?jobId=sse-1"))
+        .bearer_auth(READER_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status().as_u16(), 200);
+    assert_eq!(stream.headers()["content-type"], "text/event-stream");
+    app.dispatch("sched", json!({"jobId": "sse-1"})).await;
+    app.dispatch("sched", json!({"jobId": "sse-other"})).await;
+    let frames = read_frames(stream, |frames| {
+        frames.iter().any(|(_, v)| v["released"] == true)
+    })
+    .await;
+    assert!(
+        frames.iter().all(|(_, v)| v["jobId"] == "sse-1"),
+        "the jobId filter holds"
+    );
+    let states: Vec<&str> = frames
+        .iter()
+        .map(|(_, v)| v["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states.first(), Some(&"queued"));
+    assert!(
+        states.contains(&"running") && states.contains(&"done"),
+        "{states:?}"
+    );
+    let ids: Vec<i64> = frames.iter().map(|(id, _)| *id).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+
+    // Reconnecting with the first id replays what came after it, from the log.
+    let resumed = app
+        .client
+        .get(app.url("/v1/events?jobId=sse-1"))
+        .bearer_auth(READER_TOKEN)
+        .header("Last-Event-ID", ids[0].to_string())
+        .send()
+        .await
+        .unwrap();
+    let replayed = read_frames(resumed, |frames| !frames.is_empty()).await;
+    assert!(replayed[0].0 > ids[0]);
+    assert_eq!(replayed.last().unwrap().1["jobId"], "sse-1");
+
+    let bad = app
+        .client
+        .get(app.url("/v1/events"))
+        .bearer_auth(READER_TOKEN)
+        .header("Last-Event-ID", "not-a-number")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status().as_u16(), 422);
+}
