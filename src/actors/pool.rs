@@ -256,6 +256,10 @@ impl Handler<Cancel> for PoolActor {
                 match committed {
                     Ok(records) => {
                         deps.bus.publish(records, &step.run);
+                        // Never dispatched: its job body is not needed any more.
+                        if let Err(e) = deps.store.clear_job_sealed(&step.run.job_id).await {
+                            tracing::warn!(job_id = %step.run.job_id, error = %e, "cannot drop a cancelled run's job body");
+                        }
                         let _ = msg.reply.send(Ok(step.run));
                         None
                     }

@@ -93,3 +93,183 @@ pub fn snippet(body: &[u8]) -> String {
     }
     out.trim().to_owned()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::state::MappedState;
+    use crate::manifest::{Defaults, Manifest};
+
+    fn manifest(release_not_found: &str, poll_not_found: &str) -> Manifest {
+        let text = format!(
+            r#"
+apiVersion: cattery/v1
+baseUrl: https://scheduler.example
+auth: {{ type: none }}
+dispatch:
+  request: {{ method: POST, path: /jobs, body: {{ name: "{{{{run.dispatchId}}}}" }} }}
+  expect: [201]
+  alreadyExists: [409]
+  capture: {{ uid: metadata.uid }}
+poll:
+  request: {{ method: GET, path: "/jobs/{{{{run.dispatchId}}}}" }}
+  notFound: {poll_not_found}
+  map: {{ state: status, statusMap: {{ Succeeded: done }} }}
+release:
+  request: {{ method: DELETE, path: "/jobs/{{{{run.dispatchId}}}}" }}
+  notFound: {release_not_found}
+"#
+        );
+        Manifest::parse(&text, &Defaults::default()).unwrap()
+    }
+
+    fn body(text: &str) -> Result<Vec<u8>, String> {
+        Ok(text.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn an_expected_dispatch_answer_is_accepted_with_its_captures() {
+        let m = manifest("success", "lost");
+        match classify(
+            &m.dispatch,
+            201,
+            None,
+            body(r#"{"metadata":{"uid":"u-1"}}"#),
+        ) {
+            CallOutcome::Accepted { captures, note } => {
+                assert_eq!(captures["uid"], "u-1");
+                assert!(note.is_none());
+            }
+            other => panic!("{other:?}"),
+        }
+        // 200 is a 2xx but not in `expect`: not a success for this manifest.
+        assert!(matches!(
+            classify(&m.dispatch, 200, None, body("{}")),
+            CallOutcome::Rejected { .. }
+        ));
+    }
+
+    #[test]
+    fn a_capture_that_fails_still_accepts_the_job_and_says_so() {
+        let m = manifest("success", "lost");
+        match classify(&m.dispatch, 201, None, body("created")) {
+            CallOutcome::Accepted { captures, note } => {
+                assert!(captures.is_empty());
+                assert!(note.unwrap().contains("capturing failed"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn already_exists_statuses_reattach() {
+        let m = manifest("success", "lost");
+        assert_eq!(
+            classify(&m.dispatch, 409, None, body("{}")),
+            CallOutcome::AlreadyExists
+        );
+    }
+
+    #[test]
+    fn retryable_statuses_are_retried_with_their_retry_after_and_others_rejected() {
+        let m = manifest("success", "lost");
+        for status in RETRYABLE_STATUSES {
+            match classify(&m.dispatch, status, Some(1_500), body("busy")) {
+                CallOutcome::Retryable {
+                    retry_after_ms,
+                    unreadable,
+                    message,
+                } => {
+                    assert_eq!(retry_after_ms, Some(1_500));
+                    assert!(!unreadable);
+                    assert!(message.contains(&status.to_string()));
+                }
+                other => panic!("{status}: {other:?}"),
+            }
+        }
+        for status in [400, 401, 403, 404, 422] {
+            match classify(&m.dispatch, status, None, body("no")) {
+                CallOutcome::Rejected { message } => {
+                    assert_eq!(message, format!("dispatch → {status}: no"));
+                }
+                other => panic!("{status}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_poll_is_observed_or_lost_or_unreadable() {
+        let lost = manifest("success", "lost");
+        match classify(&lost.poll, 200, None, body(r#"{"status":"Succeeded"}"#)) {
+            CallOutcome::Observed(observation) => {
+                assert_eq!(observation.state, Some(MappedState::Done));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            classify(&lost.poll, 404, None, body("")),
+            CallOutcome::NotFound
+        );
+        assert_eq!(
+            classify(&lost.poll, 410, None, body("")),
+            CallOutcome::NotFound
+        );
+        let retry = manifest("success", "retry");
+        assert!(matches!(
+            classify(&retry.poll, 404, None, body("")),
+            CallOutcome::Retryable {
+                unreadable: true,
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify(&lost.poll, 200, None, body("<html>")),
+            CallOutcome::Retryable {
+                unreadable: true,
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify(
+                &lost.poll,
+                200,
+                None,
+                Err("the answer is larger than 4194304 bytes".into())
+            ),
+            CallOutcome::Retryable {
+                unreadable: true,
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify(&lost.poll, 403, None, body("denied")),
+            CallOutcome::Retryable {
+                unreadable: true,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_release_of_a_job_that_is_gone_counts_as_released_unless_configured_otherwise() {
+        let success = manifest("success", "lost");
+        assert_eq!(
+            classify(&success.release.clone().unwrap(), 404, None, body("")),
+            CallOutcome::NotFound
+        );
+        let fail = manifest("fail", "lost");
+        assert!(matches!(
+            classify(&fail.release.clone().unwrap(), 404, None, body("")),
+            CallOutcome::Rejected { .. }
+        ));
+    }
+
+    #[test]
+    fn error_snippets_are_cut_and_kept_on_one_line() {
+        let long = "x".repeat(1_000);
+        let cut = snippet(long.as_bytes());
+        assert_eq!(cut.chars().count(), 301);
+        assert!(cut.ends_with('…'));
+        assert_eq!(snippet(b"line one\nline two\r\n"), "line one line two");
+    }
+}

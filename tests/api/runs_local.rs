@@ -88,6 +88,20 @@ async fn a_sample_job_runs_to_done_with_progress_and_result_and_is_released() {
     assert!(events.iter().any(|e| e["type"] == "release"));
     let seqs: Vec<i64> = events.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+
+    // Finished and released: the sealed job body (it may carry credentials) is dropped.
+    let store = cattery::store::Store::connect(app.db.url(), 1)
+        .await
+        .unwrap();
+    let id = cattery::domain::ids::JobId::parse("local-ok-1").unwrap();
+    let start = std::time::Instant::now();
+    while store.get_job_sealed(&id).await.unwrap().is_some() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the job body was kept"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[actix_web::test]
