@@ -72,6 +72,7 @@ pub struct Application {
     local_pool: Option<LocalPool>,
     admin_token_file: Option<PathBuf>,
     recovery_ms: u128,
+    grace: std::time::Duration,
 }
 
 impl Application {
@@ -108,6 +109,8 @@ impl Application {
             sealer: Arc::new(sealer),
             adapter: Arc::new(Adapter::new()),
             bus: EventBus::new(),
+            activity: Arc::new(crate::actors::Activity::default()),
+            owners: crate::actors::Owners::default(),
         };
         let supervisor = Supervisor::new(deps.clone()).start();
         let gateway = web::Data::new(Gateway::new(deps, supervisor, defaults_of(&settings)));
@@ -119,6 +122,7 @@ impl Application {
         };
         let (resumed, orphaned) = gateway.resume_runs().await?;
         let recovery_ms = started.elapsed().as_millis();
+        gateway.set_recovery_ms(u64::try_from(recovery_ms).unwrap_or(u64::MAX));
         tracing::info!(pools, resumed, orphaned, recovery_ms, "recovered state");
 
         let listener = TcpListener::bind(&settings.server.bind)
@@ -145,6 +149,8 @@ impl Application {
                 .configure(routes::configure)
         })
         .workers(2)
+        // Signals are handled by `run_until_stopped`, which drains the actors first.
+        .disable_signals()
         .shutdown_timeout(settings.shutdown.grace_seconds)
         .listen(listener)?
         .run();
@@ -156,6 +162,7 @@ impl Application {
             local_pool,
             admin_token_file,
             recovery_ms,
+            grace: std::time::Duration::from_secs(settings.shutdown.grace_seconds),
         })
     }
 
@@ -189,12 +196,53 @@ impl Application {
     /// # Errors
     /// When the server fails.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        let result = self.server.await;
+        let handle = self.server.handle();
+        let server = self.server;
+        tokio::pin!(server);
+        let result = tokio::select! {
+            result = &mut server => result,
+            signal = shutdown_signal() => {
+                tracing::info!(signal, grace_seconds = self.grace.as_secs(), "shutting down: no new runs; letting calls in flight finish");
+                self.gateway.begin_shutdown();
+                let activity = &self.gateway.deps.activity;
+                activity.drain();
+                if activity.wait_idle(self.grace).await {
+                    tracing::info!("every call in flight finished and is committed");
+                } else {
+                    tracing::warn!(busy = activity.busy(), "the grace period ended with calls in flight; they resume on the next start");
+                }
+                handle.stop(true).await;
+                server.await
+            }
+        };
         self.gateway.begin_shutdown();
         if let Some(local_pool) = self.local_pool {
             local_pool.stop().await;
         }
         result.context("the HTTP server failed")
+    }
+}
+
+/// Waits for SIGTERM or SIGINT and names it.
+async fn shutdown_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => tokio::select! {
+                _ = terminate.recv() => "SIGTERM",
+                _ = tokio::signal::ctrl_c() => "SIGINT",
+            },
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                "SIGINT"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "SIGINT"
     }
 }
 

@@ -89,6 +89,12 @@ pub enum CallOutcome {
         /// Operator-facing reason, without secrets.
         message: String,
     },
+    /// The call was not made: the pool's circuit breaker holds calls back until `until`.
+    /// Nothing is counted; the run simply tries again then (its deadline still applies).
+    Deferred {
+        /// When to try again.
+        until: Millis,
+    },
 }
 
 /// Something that happens to a run.
@@ -146,6 +152,66 @@ pub fn next_action(run: &RunRecord, now: Millis) -> Action {
     }
 }
 
+/// How an unfinished run reloaded at start is picked up again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovery {
+    /// Queued: back into the pool's queue.
+    WaitForSlot,
+    /// Caught in `dispatching` after a dispatch call may have gone out, with a poll that needs no
+    /// captured value: ask the scheduler about `run.dispatchId` before dispatching again.
+    Reconcile,
+    /// Everything else: [`next_action`] decides (dispatch again under the same dispatch id, poll
+    /// at the persisted time, release, or nothing).
+    Resume,
+}
+
+/// The recovery decision for a reloaded run.
+pub fn recovery(run: &RunRecord, poll_needs_captures: bool) -> Recovery {
+    match run.state {
+        RunState::Queued => Recovery::WaitForSlot,
+        RunState::Dispatching if run.attempts.dispatch >= 1 && !poll_needs_captures => {
+            Recovery::Reconcile
+        }
+        _ => Recovery::Resume,
+    }
+}
+
+/// What a reconciling poll says about a job whose dispatch may or may not have gone out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reconciled {
+    /// The scheduler has the job: re-attach and poll on.
+    Known,
+    /// The scheduler does not know it: dispatch.
+    Unknown,
+    /// No clear answer (a transport error, an unreadable answer): ask again later.
+    Unsure,
+}
+
+/// Reads a reconciling poll's outcome.
+pub fn reconciled(outcome: &CallOutcome) -> Reconciled {
+    match outcome {
+        CallOutcome::Observed(_) => Reconciled::Known,
+        CallOutcome::NotFound => Reconciled::Unknown,
+        _ => Reconciled::Unsure,
+    }
+}
+
+/// Spreads overdue calls of reloaded runs over `spread_ms`, so that a restart with many runs
+/// does not burst the scheduler. A call that is not due yet keeps its time.
+pub fn resume_at(run: &RunRecord, env: Env, spread_ms: u64) -> Option<Millis> {
+    let due = run.next_at?;
+    if due > env.now {
+        return Some(due);
+    }
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_precision_loss,
+        reason = "the product lies in [0, spread_ms]"
+    )]
+    let offset = (spread_ms as f64 * env.jitter.clamp(0.0, 1.0)) as i64;
+    Some(env.now + offset)
+}
+
 /// Marks a run as cancel-requested. Returns `None` when the run is already final (nothing to
 /// cancel). A queued run is cancelled at once; an in-flight run keeps its state until the actor
 /// applies [`Input::Cancel`].
@@ -173,6 +239,11 @@ pub fn apply(run: &RunRecord, input: Input, policy: &Policy, env: Env) -> Step {
         run: run.clone(),
         events: Vec::new(),
     };
+    if let Input::Called(_, CallOutcome::Deferred { until }) = input {
+        // Held back, not failed: no counter moves and nothing is recorded.
+        step.run.next_at = Some(until.max(env.now));
+        return step;
+    }
     step.run.updated_at = env.now;
     match input {
         Input::SlotGranted => {
@@ -277,6 +348,7 @@ fn apply_dispatch(step: &mut Step, outcome: CallOutcome, policy: &Policy, env: E
             step.run.error = Some(message);
             finish(step, env, RunState::Failed, policy, false, None);
         }
+        CallOutcome::Deferred { .. } => {}
         CallOutcome::NotFound | CallOutcome::Observed(_) => {
             step.run.failure_cause = Some("dispatch_rejected".to_owned());
             step.run.error = Some("the scheduler answered the dispatch with not found".to_owned());
@@ -313,6 +385,7 @@ fn apply_poll(step: &mut Step, outcome: CallOutcome, policy: &Policy, env: Env) 
             unreadable,
         } => poll_failed(step, env, policy, &message, retry_after_ms, unreadable),
         CallOutcome::Rejected { message } => poll_failed(step, env, policy, &message, None, true),
+        CallOutcome::Deferred { .. } => {}
         CallOutcome::Accepted { .. } | CallOutcome::AlreadyExists => {
             poll_failed(
                 step,
@@ -544,6 +617,7 @@ fn apply_release(step: &mut Step, outcome: CallOutcome, policy: &Policy, env: En
             }
         }
         CallOutcome::Rejected { message } => give_up_release(step, env, &message),
+        CallOutcome::Deferred { .. } => {}
     }
 }
 
@@ -1106,6 +1180,69 @@ mod tests {
             env(100),
         );
         assert_eq!(step.run.state, RunState::Running);
+        assert!(step.events.is_empty());
+    }
+
+    #[test]
+    fn the_recovery_decision_follows_the_persisted_phase() {
+        let queued = queued();
+        assert_eq!(recovery(&queued, false), Recovery::WaitForSlot);
+        let dispatching = apply(&queued, Input::SlotGranted, &policy(), env(1)).run;
+        assert_eq!(recovery(&dispatching, false), Recovery::Reconcile, "poll first when it needs no capture");
+        assert_eq!(recovery(&dispatching, true), Recovery::Resume, "else dispatch again under the same id");
+        assert_eq!(next_action(&dispatching, 1), Action::Call(OpKind::Dispatch));
+        assert_eq!(dispatching.dispatch_id, "job-1");
+        let running = running();
+        assert_eq!(recovery(&running, false), Recovery::Resume);
+        assert_eq!(next_action(&running, 20), Action::Call(OpKind::Poll));
+        let done = apply(&running, observed(Some(MappedState::Done), "ok"), &policy(), env(30)).run;
+        assert_eq!(recovery(&done, false), Recovery::Resume);
+        assert_eq!(next_action(&done, 30), Action::Call(OpKind::Release), "a release still due is made");
+        let released = apply(
+            &done,
+            Input::Called(OpKind::Release, CallOutcome::Accepted { captures: Map::new(), note: None }),
+            &policy(),
+            env(31),
+        )
+        .run;
+        assert!(!released.needs_work());
+        assert_eq!(next_action(&released, 31), Action::Finished);
+    }
+
+    #[test]
+    fn a_reconciling_poll_is_read_as_known_unknown_or_unsure() {
+        assert_eq!(reconciled(&CallOutcome::Observed(Box::default())), Reconciled::Known);
+        assert_eq!(reconciled(&CallOutcome::NotFound), Reconciled::Unknown);
+        assert_eq!(reconciled(&retryable("503", None, false)), Reconciled::Unsure);
+        assert_eq!(reconciled(&CallOutcome::Rejected { message: "403".into() }), Reconciled::Unsure);
+        assert_eq!(reconciled(&CallOutcome::Deferred { until: 5 }), Reconciled::Unsure);
+    }
+
+    #[test]
+    fn overdue_calls_of_reloaded_runs_are_spread_and_future_ones_kept() {
+        let mut run = running();
+        run.next_at = Some(500);
+        let spread = |jitter: f64| resume_at(&run, Env { now: 1_000, jitter }, 2_000);
+        assert_eq!(spread(0.0), Some(1_000));
+        assert_eq!(spread(0.5), Some(2_000));
+        run.next_at = Some(5_000);
+        assert_eq!(resume_at(&run, Env { now: 1_000, jitter: 0.9 }, 2_000), Some(5_000));
+        run.next_at = None;
+        assert_eq!(resume_at(&run, Env { now: 1_000, jitter: 0.9 }, 2_000), None);
+    }
+
+    #[test]
+    fn a_deferred_call_moves_the_next_call_and_counts_nothing() {
+        let run = running();
+        let step = apply(
+            &run,
+            Input::Called(OpKind::Poll, CallOutcome::Deferred { until: 9_000 }),
+            &policy(),
+            env(100),
+        );
+        assert_eq!(step.run.next_at, Some(9_000));
+        assert_eq!(step.run.attempts, run.attempts);
+        assert_eq!(step.run.poll_errors, run.poll_errors);
         assert!(step.events.is_empty());
     }
 }

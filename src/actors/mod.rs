@@ -12,7 +12,63 @@ use crate::bus::EventBus;
 use crate::crypto::Sealer;
 use crate::scheduler::{Adapter, PoolRuntime};
 use crate::store::Store;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// Tracks calls and commits in flight, and whether the gateway is draining for shutdown.
+///
+/// While draining, actors start no new scheduler call; what is already in flight finishes and is
+/// committed. Shutdown waits for `busy` to reach zero (or for its grace period).
+#[derive(Debug, Default)]
+pub struct Activity {
+    draining: AtomicBool,
+    busy: AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+impl Activity {
+    /// A call or commit starts.
+    pub fn enter(&self) {
+        self.busy.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A call or commit ended.
+    pub fn leave(&self) {
+        if self.busy.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.idle.notify_waiters();
+        }
+    }
+
+    /// From now on no new call starts.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// True once draining began.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Calls and commits in flight.
+    pub fn busy(&self) -> usize {
+        self.busy.load(Ordering::SeqCst)
+    }
+
+    /// Waits until nothing is in flight, or `grace` passed. True when idle.
+    pub async fn wait_idle(&self, grace: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let notified = self.idle.notified();
+            if self.busy() == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.busy() == 0;
+            }
+        }
+    }
+}
 
 /// What every actor needs: the store, the sealer, the adapter and the event bus.
 #[derive(Clone)]
@@ -25,6 +81,48 @@ pub struct Deps {
     pub adapter: Arc<Adapter>,
     /// Where committed changes are published.
     pub bus: EventBus,
+    /// In-flight work and the drain flag.
+    pub activity: Arc<Activity>,
+    /// Which runs have a live actor: never two actors for one run.
+    pub owners: Owners,
+}
+
+/// The set of runs that have a live RunActor. An actor claims its run when it is created and
+/// releases it when it is dropped, also when it dies by panicking (drop runs during unwinding),
+/// so a restarted pool cannot start a second actor for a run whose old actor is still busy.
+#[derive(Debug, Clone, Default)]
+pub struct Owners(Arc<std::sync::Mutex<std::collections::HashSet<crate::domain::ids::JobId>>>);
+
+/// Proof that an actor owns a run; dropping it releases the run.
+#[derive(Debug)]
+pub struct Ownership {
+    owners: Owners,
+    job_id: crate::domain::ids::JobId,
+}
+
+impl Owners {
+    fn set(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<crate::domain::ids::JobId>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Claims a run; `None` while another actor owns it.
+    pub fn claim(&self, job_id: &crate::domain::ids::JobId) -> Option<Ownership> {
+        self.set().insert(job_id.clone()).then(|| Ownership {
+            owners: self.clone(),
+            job_id: job_id.clone(),
+        })
+    }
+
+    /// True while some actor owns the run.
+    pub fn is_owned(&self, job_id: &crate::domain::ids::JobId) -> bool {
+        self.set().contains(job_id)
+    }
+}
+
+impl Drop for Ownership {
+    fn drop(&mut self) {
+        self.owners.set().remove(&self.job_id);
+    }
 }
 
 /// A pool's current runtime, shared by its PoolActor and RunActors, swapped on replacement so

@@ -8,7 +8,8 @@ use crate::domain::run::{RunRecord, now_millis};
 use crate::lifecycle::{self, Env};
 use crate::scheduler::PoolRuntime;
 use actix::prelude::*;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::Duration;
 use tokio::sync::oneshot;
 
 /// A new run, already committed as `queued`.
@@ -90,10 +91,16 @@ pub struct PoolActor {
     queue: VecDeque<RunRecord>,
     /// Live run actors.
     runs: HashMap<JobId, Addr<RunActor>>,
-    /// Runs holding a slot (counted separately: a run that releases holds no slot).
-    in_flight: usize,
+    /// Runs holding a slot (a finished run that still releases holds none). A set, not a
+    /// counter, so that restarting a run's actor can never leak or double a slot.
+    slots: HashSet<JobId>,
     retired: bool,
 }
+
+/// How often the pool checks that its run actors are alive.
+const SWEEP: Duration = Duration::from_secs(2);
+/// At most this long is spread the first calls of runs reloaded overdue at start.
+const MAX_RESUME_SPREAD_MS: u64 = 10_000;
 
 impl PoolActor {
     /// A pool actor for `runtime`.
@@ -103,7 +110,7 @@ impl PoolActor {
             deps,
             queue: VecDeque::new(),
             runs: HashMap::new(),
-            in_flight: 0,
+            slots: HashSet::new(),
             retired: false,
         }
     }
@@ -112,9 +119,9 @@ impl PoolActor {
         usize::try_from(self.runtime.current().manifest.limits.max_in_flight).unwrap_or(usize::MAX)
     }
 
-    /// Grants free slots to queued runs, oldest first.
+    /// Grants free slots to queued runs, oldest first (none while the gateway drains).
     fn pump(&mut self, ctx: &mut Context<Self>) {
-        while self.in_flight < self.max_in_flight() {
+        while self.slots.len() < self.max_in_flight() && !self.deps.activity.is_draining() {
             let Some(run) = self.queue.pop_front() else {
                 break;
             };
@@ -124,18 +131,82 @@ impl PoolActor {
     }
 
     fn start_run(&mut self, run: RunRecord, granted: bool, ctx: &mut Context<Self>) {
+        let Some(ownership) = self.deps.owners.claim(&run.job_id) else {
+            // An old actor of this run (of a pool actor that died) is still finishing a step:
+            // try again from the store once it is gone.
+            self.restart_later(run.job_id, ctx);
+            return;
+        };
         if granted || run.state.holds_slot() {
-            self.in_flight += 1;
+            self.slots.insert(run.job_id.clone());
+        } else {
+            self.slots.remove(&run.job_id);
         }
         let job_id = run.job_id.clone();
+        let runtime = self.runtime.current();
+        let reconcile = !granted
+            && lifecycle::recovery(&run, runtime.manifest.poll_needs_captures())
+                == lifecycle::Recovery::Reconcile;
         let actor = RunActor::new(
             run,
             self.runtime.clone(),
             self.deps.clone(),
             ctx.address(),
             granted,
+            reconcile,
+            ownership,
         );
         self.runs.insert(job_id, actor.start());
+    }
+
+    /// Reloads a run from the store after a pause and starts its actor if it still needs one.
+    fn restart_later(&mut self, job_id: JobId, ctx: &mut Context<Self>) {
+        ctx.run_later(SWEEP, move |actor, ctx| {
+            let store = actor.deps.store.clone();
+            let fut = async move { store.get_run(&job_id).await.map(|run| (job_id, run)) };
+            ctx.spawn(fut.into_actor(actor).map(|loaded, actor, ctx| actor.adopt(loaded, ctx)));
+        });
+    }
+
+    /// Starts a reloaded run's actor when the run still needs work; else forgets its slot.
+    fn adopt(&mut self, loaded: Result<(JobId, Option<RunRecord>), crate::store::StoreError>, ctx: &mut Context<Self>) {
+        match loaded {
+            Ok((_, Some(run))) if run.state == crate::domain::state::RunState::Queued => {
+                if !self.queue.iter().any(|q| q.job_id == run.job_id) {
+                    self.queue.push_back(run);
+                }
+                self.pump(ctx);
+            }
+            Ok((_, Some(run))) if run.needs_work() && !self.runs.contains_key(&run.job_id) => {
+                self.start_run(run, false, ctx);
+            }
+            Ok((job_id, _)) => {
+                if !self.runs.contains_key(&job_id) {
+                    self.slots.remove(&job_id);
+                }
+                self.pump(ctx);
+            }
+            Err(e) => tracing::error!(error = %e, "cannot reload a run to restart its actor"),
+        }
+    }
+
+    /// Restarts, from the store, every run whose actor stopped without saying it finished
+    /// (it panicked): one bad run cannot strand itself or its slot.
+    fn sweep(&mut self, ctx: &mut Context<Self>) {
+        let dead: Vec<JobId> = self
+            .runs
+            .iter()
+            .filter(|(_, addr)| !addr.connected())
+            .map(|(id, _)| id.clone())
+            .collect();
+        for job_id in dead {
+            tracing::warn!(job_id = %job_id, "a run actor stopped unexpectedly; restarting it from the store");
+            self.runs.remove(&job_id);
+            let store = self.deps.store.clone();
+            let fut = async move { store.get_run(&job_id).await.map(|run| (job_id, run)) };
+
+            ctx.spawn(fut.into_actor(self).map(|loaded, actor, ctx| actor.adopt(loaded, ctx)));
+        }
     }
 
     fn maybe_stop(&mut self, ctx: &mut Context<Self>) {
@@ -147,6 +218,10 @@ impl PoolActor {
 
 impl Actor for PoolActor {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(SWEEP, |actor, ctx| actor.sweep(ctx));
+    }
 }
 
 impl Handler<Submit> for PoolActor {
@@ -162,7 +237,14 @@ impl Handler<Resume> for PoolActor {
     type Result = ();
 
     fn handle(&mut self, msg: Resume, ctx: &mut Self::Context) {
-        for run in msg.0 {
+        let policy = policy_of(&self.runtime.current());
+        let spread = policy.poll_interval_ms.min(MAX_RESUME_SPREAD_MS);
+        for mut run in msg.0 {
+            let env = Env {
+                now: now_millis(),
+                jitter: fastrand::f64(),
+            };
+            run.next_at = lifecycle::resume_at(&run, env, spread);
             if self.runs.contains_key(&run.job_id)
                 || self.queue.iter().any(|q| q.job_id == run.job_id)
             {
@@ -183,8 +265,8 @@ impl Handler<Resume> for PoolActor {
 impl Handler<SlotFreed> for PoolActor {
     type Result = ();
 
-    fn handle(&mut self, _msg: SlotFreed, ctx: &mut Self::Context) {
-        self.in_flight = self.in_flight.saturating_sub(1);
+    fn handle(&mut self, msg: SlotFreed, ctx: &mut Self::Context) {
+        self.slots.remove(&msg.0);
         self.pump(ctx);
     }
 }
@@ -215,7 +297,7 @@ impl Handler<GetStats> for PoolActor {
         let runtime = self.runtime.current();
         MessageResult(LiveStats {
             queued: self.queue.len(),
-            in_flight: self.in_flight,
+            in_flight: self.slots.len(),
             max_queued: usize::try_from(runtime.manifest.limits.max_queued).unwrap_or(usize::MAX),
             deadline_seconds: runtime.manifest.polling.deadline_seconds,
             revision: runtime.revision,
@@ -251,8 +333,10 @@ impl Handler<Cancel> for PoolActor {
                 return;
             };
             let deps = self.deps.clone();
+            deps.activity.enter();
             let fut = async move {
                 let committed = deps.store.commit(step.run.clone(), step.events).await;
+                deps.activity.leave();
                 match committed {
                     Ok(records) => {
                         deps.bus.publish(records, &step.run);

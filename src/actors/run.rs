@@ -6,10 +6,10 @@
 //! busy is parked and applied as soon as the current step is committed.
 
 use super::pool::{PoolActor, RunFinished, SlotFreed};
-use super::{Deps, SharedRuntime, policy_of};
+use super::{Deps, Ownership, SharedRuntime, policy_of};
 use crate::crypto::binding;
 use crate::domain::run::{RunRecord, now_millis};
-use crate::lifecycle::{self, Action, Env, Input, Step};
+use crate::lifecycle::{self, Action, CallOutcome, Env, Input, Reconciled, Step};
 use crate::manifest::{OpKind, RenderInput};
 use actix::prelude::*;
 use serde_json::Value;
@@ -42,16 +42,27 @@ pub struct RunActor {
     cancel_waiters: Vec<oneshot::Sender<RunRecord>>,
     /// The decrypted job body, loaded lazily for dispatch and dropped after acceptance.
     job: Option<Value>,
+    /// Reloaded in `dispatching` after a restart: ask the scheduler (poll `run.dispatchId`)
+    /// before dispatching again.
+    reconcile: bool,
+    /// Reconciling polls that gave no clear answer.
+    reconcile_failures: u32,
+    /// This actor's claim on the run, released when the actor is dropped.
+    _ownership: Ownership,
 }
 
 impl RunActor {
-    /// A run actor for `run`. `granted` means the pool just gave a queued run a slot.
+    /// A run actor for `run`. `granted` means the pool just gave a queued run a slot;
+    /// `reconcile` that the run was reloaded in `dispatching` and the scheduler must be asked
+    /// about it before dispatching again.
     pub fn new(
         run: RunRecord,
         runtime: SharedRuntime,
         deps: Deps,
         pool: Addr<PoolActor>,
         granted: bool,
+        reconcile: bool,
+        ownership: Ownership,
     ) -> Self {
         let holds_slot = granted || run.state.holds_slot();
         Self {
@@ -65,6 +76,9 @@ impl RunActor {
             granted,
             cancel_waiters: Vec::new(),
             job: None,
+            reconcile,
+            reconcile_failures: 0,
+            _ownership: ownership,
         }
     }
 
@@ -84,6 +98,11 @@ impl RunActor {
         if self.busy {
             return;
         }
+        if !self.pool.connected() {
+            // The pool actor died and a new one took over: leave the run to it.
+            ctx.stop();
+            return;
+        }
         if let Some(handle) = self.timer.take() {
             ctx.cancel_future(handle);
         }
@@ -93,6 +112,10 @@ impl RunActor {
                 Some(step) => return self.commit(step, ctx),
                 None => self.answer_cancel_waiters(),
             }
+        }
+        if self.deps.activity.is_draining() {
+            // Shutting down: start nothing new; the next start resumes from the store.
+            return;
         }
         let now = now_millis();
         match lifecycle::next_action(&self.run, now) {
@@ -107,6 +130,7 @@ impl RunActor {
                     actor.drive(ctx);
                 }));
             }
+            Action::Call(OpKind::Dispatch) if self.reconcile => self.reconcile(ctx),
             Action::Call(op) => self.call(op, ctx),
             Action::Cancel => {
                 let step = lifecycle::apply(&self.run, Input::Cancel, &self.policy(), Self::env());
@@ -130,8 +154,70 @@ impl RunActor {
         }
     }
 
+    /// Polls `run.dispatchId` to learn whether a dispatch that may have gone out before a
+    /// crash reached the scheduler.
+    fn reconcile(&mut self, ctx: &mut Context<Self>) {
+        self.busy = true;
+        self.deps.activity.enter();
+        let runtime = self.runtime.current();
+        let adapter = self.deps.adapter.clone();
+        let input = render_input(&self.run, Value::Null, &runtime.name);
+        let fut = async move { adapter.call(&runtime, OpKind::Poll, &input).await };
+        ctx.spawn(fut.into_actor(self).map(|outcome, actor, ctx| {
+            actor.busy = false;
+            actor.deps.activity.leave();
+            let policy = actor.policy();
+            match lifecycle::reconciled(&outcome) {
+                Reconciled::Known => {
+                    actor.reconcile = false;
+                    let mut step = lifecycle::apply(
+                        &actor.run,
+                        Input::Called(OpKind::Dispatch, CallOutcome::AlreadyExists),
+                        &policy,
+                        Self::env(),
+                    );
+                    for event in &mut step.events {
+                        event.detail = Some(
+                            "recovered after a restart: the scheduler has the job; re-attached"
+                                .to_owned(),
+                        );
+                    }
+                    actor.commit(step, ctx);
+                }
+                Reconciled::Unknown => {
+                    actor.reconcile = false;
+                    actor.drive(ctx);
+                }
+                Reconciled::Unsure => {
+                    actor.reconcile_failures += 1;
+                    let env = Self::env();
+                    actor.run.next_at = Some(match outcome {
+                        CallOutcome::Deferred { until } => until,
+                        _ => {
+                            if actor.reconcile_failures >= policy.max_attempts {
+                                // No clear answer: dispatch again under the same id and rely on
+                                // the scheduler's idempotency (alreadyExists, a fixed name, a key).
+                                actor.reconcile = false;
+                            }
+                            let delay = crate::backoff::delay_ms(
+                                actor.reconcile_failures,
+                                policy.initial_backoff_ms,
+                                policy.max_backoff_ms,
+                                env.jitter,
+                                None,
+                            );
+                            env.now + i64::try_from(delay).unwrap_or(i64::MAX)
+                        }
+                    });
+                    actor.drive(ctx);
+                }
+            }
+        }));
+    }
+
     fn call(&mut self, op: OpKind, ctx: &mut Context<Self>) {
         self.busy = true;
+        self.deps.activity.enter();
         let runtime = self.runtime.current();
         let deps = self.deps.clone();
         let run = self.run.clone();
@@ -149,7 +235,13 @@ impl RunActor {
             fut.into_actor(self)
                 .map(move |(outcome, job, revision), actor, ctx| {
                     actor.busy = false;
+                    actor.deps.activity.leave();
                     actor.job = job;
+                    if let CallOutcome::Deferred { until } = outcome {
+                        // Held back by the circuit breaker: nothing happened, nothing to commit.
+                        actor.run.next_at = Some(until);
+                        return actor.drive(ctx);
+                    }
                     let policy = actor.policy();
                     let mut step = lifecycle::apply(
                         &actor.run,
@@ -173,12 +265,14 @@ impl RunActor {
     /// Commits a step, then adopts and publishes it, then drives on.
     fn commit(&mut self, step: Step, ctx: &mut Context<Self>) {
         self.busy = true;
+        self.deps.activity.enter();
         let store = self.deps.store.clone();
         let Step { run, events } = step;
         let pending = run.clone();
         let fut = async move { store.commit(pending, events).await };
         ctx.spawn(fut.into_actor(self).map(move |result, actor, ctx| {
             actor.busy = false;
+            actor.deps.activity.leave();
             match result {
                 Ok(records) => {
                     actor.run = run;

@@ -53,7 +53,12 @@ pub struct PoolStats(pub PoolName);
 pub struct Supervisor {
     deps: Deps,
     pools: HashMap<PoolName, Addr<PoolActor>>,
+    /// The latest runtime of each pool, to restart a pool actor that died.
+    runtimes: HashMap<PoolName, PoolRuntime>,
 }
+
+/// How often the supervisor checks that its pool actors are alive.
+const SWEEP: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Supervisor {
     /// A supervisor with no pools yet.
@@ -61,12 +66,49 @@ impl Supervisor {
         Self {
             deps,
             pools: HashMap::new(),
+            runtimes: HashMap::new(),
+        }
+    }
+
+    /// Restarts every pool actor that stopped unexpectedly (it panicked), with its latest
+    /// runtime, and hands it its unfinished runs from the store: one bad pool cannot take the
+    /// others down, and its runs are not lost.
+    fn sweep(&mut self, ctx: &mut Context<Self>) {
+        let dead: Vec<PoolName> = self
+            .pools
+            .iter()
+            .filter(|(_, addr)| !addr.connected())
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in dead {
+            let Some(runtime) = self.runtimes.get(&name).cloned() else {
+                self.pools.remove(&name);
+                continue;
+            };
+            tracing::warn!(pool = %name, "a pool actor stopped unexpectedly; restarting it from the store");
+            let addr = PoolActor::new(runtime, self.deps.clone()).start();
+            self.pools.insert(name.clone(), addr.clone());
+            let store = self.deps.store.clone();
+            let fut = async move {
+                match store.load_unfinished().await {
+                    Ok(runs) => {
+                        let runs: Vec<RunRecord> = runs.into_iter().filter(|run| run.pool == name).collect();
+                        addr.do_send(Resume(runs));
+                    }
+                    Err(e) => tracing::error!(pool = %name, error = %e, "cannot reload the runs of a restarted pool"),
+                }
+            };
+            ctx.spawn(fut.into_actor(self));
         }
     }
 }
 
 impl Actor for Supervisor {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(SWEEP, |actor, ctx| actor.sweep(ctx));
+    }
 }
 
 impl Handler<UpsertPool> for Supervisor {
@@ -74,8 +116,11 @@ impl Handler<UpsertPool> for Supervisor {
 
     fn handle(&mut self, msg: UpsertPool, _ctx: &mut Self::Context) {
         let name = msg.0.name.clone();
-        match self.pools.get(&name).filter(|addr| addr.connected()) {
-            Some(addr) => addr.do_send(UpdateRuntime(msg.0)),
+        self.runtimes.insert(name.clone(), msg.0.clone());
+        match self.pools.get(&name) {
+            Some(addr) if addr.connected() => addr.do_send(UpdateRuntime(msg.0)),
+            // A dead pool actor: the sweep restarts it with this runtime and its runs.
+            Some(_) => {}
             None => {
                 let addr = PoolActor::new(msg.0, self.deps.clone()).start();
                 self.pools.insert(name, addr);
@@ -88,6 +133,7 @@ impl Handler<RemovePool> for Supervisor {
     type Result = ();
 
     fn handle(&mut self, msg: RemovePool, _ctx: &mut Self::Context) {
+        self.runtimes.remove(&msg.0);
         if let Some(addr) = self.pools.remove(&msg.0) {
             addr.do_send(Retire);
         }

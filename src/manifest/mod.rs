@@ -9,6 +9,8 @@
 //! expressions in [`crate::template`].
 
 mod auth;
+mod catfactory;
+pub(crate) mod catfactory_coerce;
 #[cfg(test)]
 mod fixtures;
 mod model;
@@ -18,6 +20,7 @@ mod validate;
 mod vocabulary;
 mod walk;
 
+pub use catfactory::{Converted, convert_catfactory};
 pub use model::{Defaults, Manifest, Operation};
 
 pub(crate) use auth::is_secret_key;
@@ -58,6 +61,8 @@ pub struct Warning {
 pub enum ManifestFormat {
     /// `apiVersion: cattery/v1`.
     CatteryV1,
+    /// Cat-Factory's runner-pool manifest, detected by its shape and converted to cattery/v1.
+    CatFactory,
 }
 
 impl ManifestFormat {
@@ -65,6 +70,7 @@ impl ManifestFormat {
     pub fn as_str(self) -> &'static str {
         match self {
             ManifestFormat::CatteryV1 => "cattery/v1",
+            ManifestFormat::CatFactory => "cat-factory",
         }
     }
 }
@@ -272,6 +278,8 @@ pub struct Observation {
     pub heartbeat: Option<String>,
     /// Mapped external id, if the map has `externalId`.
     pub external_id: Option<String>,
+    /// Extra channels named in `map.fields` (name → value), null values left out.
+    pub fields: Map<String, Value>,
 }
 
 /// A response body that could not be read as the manifest expects (an unreadable poll).

@@ -127,11 +127,9 @@ impl From<&PoolSummary> for PoolView {
                 failed: stats.failed,
                 cancelled: stats.cancelled,
             },
-            // The circuit breaker comes with scheduler fault tolerance; until then calls are
-            // never held back, which is what "closed" means.
             health: HealthView {
-                circuit: "closed",
-                last_error: None,
+                circuit: summary.health.circuit.as_str(),
+                last_error: summary.health.last_error.clone(),
             },
         }
     }

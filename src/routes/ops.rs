@@ -21,6 +21,7 @@ pub async fn readyz(gateway: web::Data<Gateway>) -> HttpResponse {
         "backend": gateway.deps.store.backend_name(),
         "supervisor": supervisor,
         "shuttingDown": gateway.is_shutting_down(),
+        "recoveryMs": gateway.recovery_ms(),
     });
     if database && supervisor && !gateway.is_shutting_down() {
         HttpResponse::Ok().json(body)

@@ -7,9 +7,14 @@
 
 pub mod auth;
 pub mod classify;
+pub mod guard;
 pub mod http;
 
 use crate::domain::ids::PoolName;
+use crate::domain::run::now_millis;
+use guard::{Admission, Circuit, PoolGuard, Signal};
+use std::collections::HashMap;
+use std::time::Instant;
 use crate::domain::secrets::SecretBundle;
 use crate::lifecycle::CallOutcome;
 use crate::manifest::{Auth, Manifest, OpKind, RenderInput, RenderedRequest};
@@ -60,6 +65,38 @@ impl PoolRuntime {
 #[derive(Debug, Default)]
 pub struct Adapter {
     tokens: auth::TokenCache,
+    /// Rate budget and circuit breaker per pool, kept across manifest replacements.
+    guards: std::sync::Mutex<HashMap<PoolName, Arc<PoolGuard>>>,
+}
+
+/// A pool's call health, for PoolView.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolHealth {
+    /// The circuit breaker's state.
+    pub circuit: Circuit,
+    /// The last failure seen (operator-facing, without secrets).
+    pub last_error: Option<String>,
+}
+
+/// How long the breaker stays open the first time, and at most: derived from the pool's
+/// backoff settings (four first backoffs, at least 200 ms; at most the backoff cap).
+fn cooldowns(manifest: &Manifest) -> (Duration, Duration) {
+    let max = Duration::from_millis(manifest.retry.max_backoff_ms.max(200));
+    let base = Duration::from_millis(manifest.retry.initial_backoff_ms.saturating_mul(4).max(200)).min(max);
+    (base, max)
+}
+
+/// What an outcome says about the scheduler's health.
+fn signal_of(outcome: &CallOutcome) -> Signal {
+    match outcome {
+        CallOutcome::Retryable {
+            message,
+            unreadable: false,
+            ..
+        } => Signal::Failing(message.clone()),
+        CallOutcome::Deferred { .. } => Signal::Neutral,
+        _ => Signal::Healthy,
+    }
 }
 
 /// What was sent and what came back, before classification.
@@ -75,8 +112,50 @@ impl Adapter {
         Self::default()
     }
 
-    /// Renders and sends `op` of `pool` for one run and classifies the answer.
+    fn guard(&self, pool: &PoolName) -> Arc<PoolGuard> {
+        let mut guards = self
+            .guards
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        guards.entry(pool.clone()).or_default().clone()
+    }
+
+    /// The pool's call health.
+    pub fn health(&self, pool: &PoolName) -> PoolHealth {
+        let (circuit, last_error) = self.guard(pool).health(Instant::now());
+        PoolHealth {
+            circuit,
+            last_error,
+        }
+    }
+
+    /// Renders and sends `op` of `pool` for one run and classifies the answer. The pool's
+    /// circuit breaker may defer the call, and its rate budget may delay it.
     pub async fn call(&self, pool: &PoolRuntime, op: OpKind, input: &RenderInput) -> CallOutcome {
+        let guard = self.guard(&pool.name);
+        let (base, max) = cooldowns(&pool.manifest);
+        let now = Instant::now();
+        let trial = match guard.admit(now) {
+            Admission::Go { trial } => trial,
+            Admission::Hold(until) => {
+                let wait = i64::try_from(until.saturating_duration_since(now).as_millis()).unwrap_or(i64::MAX);
+                return CallOutcome::Deferred {
+                    until: now_millis().saturating_add(wait),
+                };
+            }
+        };
+        let outcome = self.call_admitted(pool, op, input, &guard).await;
+        guard.record(trial, signal_of(&outcome), Instant::now(), base, max);
+        outcome
+    }
+
+    async fn call_admitted(
+        &self,
+        pool: &PoolRuntime,
+        op: OpKind,
+        input: &RenderInput,
+        guard: &PoolGuard,
+    ) -> CallOutcome {
         let manifest = &pool.manifest;
         let Some(operation) = manifest.operation(op) else {
             return CallOutcome::Rejected {
@@ -91,6 +170,10 @@ impl Adapter {
                 };
             }
         };
+        let wait = guard.reserve(manifest.limits.requests_per_second, Instant::now());
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
         let timeout =
             Duration::from_millis(operation.timeout_ms.unwrap_or(manifest.limits.timeout_ms));
         let exchange = match self.send(pool, request, timeout).await {

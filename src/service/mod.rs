@@ -85,6 +85,7 @@ pub struct Gateway {
     /// Manifest defaults from the configuration.
     pub defaults: Defaults,
     shutting_down: AtomicBool,
+    recovery_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Gateway {
@@ -95,7 +96,18 @@ impl Gateway {
             supervisor,
             defaults,
             shutting_down: AtomicBool::new(false),
+            recovery_ms: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Records how long loading pools and resuming runs took at start.
+    pub fn set_recovery_ms(&self, millis: u64) {
+        self.recovery_ms.store(millis, Ordering::SeqCst);
+    }
+
+    /// How long loading pools and resuming runs took at start.
+    pub fn recovery_ms(&self) -> u64 {
+        self.recovery_ms.load(Ordering::SeqCst)
     }
 
     /// From now on, new runs are refused with [`ServiceError::ShuttingDown`].

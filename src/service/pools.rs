@@ -30,6 +30,8 @@ pub struct PoolSummary {
     pub record: PoolRecord,
     /// Counts by state.
     pub stats: StoredStats,
+    /// Call health (circuit breaker).
+    pub health: crate::scheduler::PoolHealth,
 }
 
 impl Gateway {
@@ -154,7 +156,12 @@ impl Gateway {
     /// [`ServiceError::PoolNotFound`] or an internal failure.
     pub async fn pool_summary(&self, record: PoolRecord) -> Result<PoolSummary, ServiceError> {
         let stats = self.deps.store.pool_stats(&record.name).await?;
-        Ok(PoolSummary { record, stats })
+        let health = self.deps.adapter.health(&record.name);
+        Ok(PoolSummary {
+            record,
+            stats,
+            health,
+        })
     }
 
     /// Every stored pool with its counts.
