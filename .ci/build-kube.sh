@@ -32,7 +32,7 @@ cp /usr/share/gocode/src/github.com/modern-go/reflect2/*.go \
   /usr/share/gocode/src/github.com/modern-go/reflect2/*.s $R/
 rm -f $R/*_test.go
 mkdir -p .go/src/k8s.io && ln -sfn ../../.. .go/src/k8s.io/kubernetes
-GOPATH=$PWD/.go CGO_ENABLED=0 HOME=/root GOFLAGS=-p=2 \
+GOPATH=$PWD/.go CGO_ENABLED=0 HOME=/root \
   make WHAT="cmd/kube-apiserver cmd/kube-controller-manager" >build.log 2>&1 \
   || { tail -n 40 build.log >&2; exit 1; }
 mkdir -p "$OUT.tmp"

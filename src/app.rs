@@ -10,6 +10,7 @@ use crate::bus::EventBus;
 use crate::config::Settings;
 use crate::crypto::{KeySource, Sealer, sha256_hex};
 use crate::domain::ids::PoolName;
+use crate::egress::{Egress, EgressPolicy};
 use crate::error::ApiError;
 use crate::localpool::{LocalPool, LocalPoolConfig};
 use crate::manifest::{Defaults, Limits, Polling, RetryPolicy};
@@ -38,21 +39,36 @@ pub const LOCAL_POOL: &str = "local";
 /// Secrets handed to the application from the environment (never from config files).
 #[derive(Clone, Default)]
 pub struct Secrets {
-    /// `CATTERY_MASTER_KEY`: base64 32-byte key(s), comma-separated, first seals.
+    /// `CATTERY_MASTER_KEYS` then `CATTERY_MASTER_KEY`: base64 32-byte keys, comma-separated;
+    /// the first seals, all open.
     pub master_key: Option<String>,
     /// `CATTERY_ADMIN_TOKEN`: one admin token.
     pub admin_token: Option<String>,
 }
 
 impl Secrets {
-    /// Reads `CATTERY_MASTER_KEY` and `CATTERY_ADMIN_TOKEN`.
+    /// Reads `CATTERY_MASTER_KEYS`, `CATTERY_MASTER_KEY` and `CATTERY_ADMIN_TOKEN`.
     pub fn from_env() -> Self {
-        let read = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let read = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
         Self {
-            master_key: read("CATTERY_MASTER_KEY"),
+            master_key: master_keys(read("CATTERY_MASTER_KEYS"), read("CATTERY_MASTER_KEY")),
             admin_token: read("CATTERY_ADMIN_TOKEN"),
         }
     }
+}
+
+/// The key list from `CATTERY_MASTER_KEYS` (newest first) and `CATTERY_MASTER_KEY`: the keys of
+/// the first, then those of the second that it does not list. The first key seals.
+pub fn master_keys(keys: Option<String>, key: Option<String>) -> Option<String> {
+    let mut list: Vec<String> = Vec::new();
+    for value in [keys, key].into_iter().flatten() {
+        for part in value.split(',').map(str::trim).filter(|k| !k.is_empty()) {
+            if !list.iter().any(|k| k == part) {
+                list.push(part.to_owned());
+            }
+        }
+    }
+    (!list.is_empty()).then(|| list.join(","))
 }
 
 impl std::fmt::Debug for Secrets {
@@ -107,7 +123,9 @@ impl Application {
         let deps = Deps {
             store,
             sealer: Arc::new(sealer),
-            adapter: Arc::new(Adapter::new()),
+            adapter: Arc::new(Adapter::with_egress(Egress::new(
+                EgressPolicy::from_settings(&settings.egress)?,
+            ))),
             bus: EventBus::new(),
             activity: Arc::new(crate::actors::Activity::default()),
             owners: crate::actors::Owners::default(),
@@ -131,10 +149,15 @@ impl Application {
         let limit = BodyLimit(settings.server.max_body_bytes);
         let server_gateway = gateway.clone();
         let auth = web::Data::new(auth);
+        let facade = web::Data::new(
+            crate::routes::facade::Facade::from_settings(&settings.facade)
+                .context("invalid facade settings")?,
+        );
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(server_gateway.clone())
                 .app_data(auth.clone())
+                .app_data(facade.clone())
                 .app_data(web::Data::new(limit))
                 .app_data(web::QueryConfig::default().error_handler(|e, _| {
                     ApiError::validation(vec![crate::manifest::Problem {
@@ -149,9 +172,10 @@ impl Application {
                 .configure(routes::configure)
         })
         .workers(2)
-        // Signals are handled by `run_until_stopped`, which drains the actors first.
+        // Signals are handled by `run_until_stopped`, which drains the actors first (within
+        // `shutdown.graceSeconds`); API requests still in flight then get one more second.
         .disable_signals()
-        .shutdown_timeout(settings.shutdown.grace_seconds)
+        .shutdown_timeout(1)
         .listen(listener)?
         .run();
         tracing::info!(address = %format!("http://{}", settings.server.bind), port, "cattery is listening");
@@ -211,8 +235,9 @@ impl Application {
                 } else {
                     tracing::warn!(busy = activity.busy(), "the grace period ended with calls in flight; they resume on the next start");
                 }
-                handle.stop(true).await;
-                server.await
+                // The server future processes the stop command, so it must be polled meanwhile.
+                let (_, result) = tokio::join!(handle.stop(true), &mut server);
+                result
             }
         };
         self.gateway.begin_shutdown();
@@ -377,6 +402,11 @@ async fn start_local_pool(settings: &Settings, gateway: &Gateway) -> anyhow::Res
         );
     }
     let name = PoolName::parse(LOCAL_POOL).map_err(|e| anyhow::anyhow!(e))?;
+    // The local pool's address is cattery's own listener: exempt from the egress policy.
+    let origin = url::Url::parse(&pool.base_url())
+        .context("the local pool's address is not a URL")?
+        .origin();
+    gateway.deps.adapter.egress().exempt(LOCAL_POOL, origin);
     let secrets = BTreeMap::from([("LOCAL_POOL_TOKEN".to_owned(), token)]);
     gateway
         .register_pool(name, ManifestInput::Document(document), Some(secrets))

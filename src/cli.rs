@@ -1,4 +1,5 @@
-//! The command line: `serve`, `migrate`, `local-pool`, `demo`, `manifest validate|render`.
+//! The command line: `serve`, `migrate`, `local-pool`, `demo`, `manifest validate|render`,
+//! `keys rotate`.
 
 use crate::app::{Application, Secrets};
 use crate::config::Settings;
@@ -54,6 +55,12 @@ pub enum Command {
         #[command(subcommand)]
         action: ManifestCommand,
     },
+    /// Manage the master keys.
+    Keys {
+        /// What to do.
+        #[command(subcommand)]
+        action: KeysCommand,
+    },
     /// The built-in sample job (reads the job on stdin; used by the local pool).
     #[command(hide = true)]
     SampleJob,
@@ -85,6 +92,24 @@ pub enum ManifestCommand {
         #[arg(long)]
         kind: Option<String>,
     },
+    /// Print the cattery/v1 equivalent of a Cat-Factory runner-pool manifest (YAML, or JSON
+    /// with --json); remarks go to stderr; exit 1 on any problem.
+    Convert {
+        /// The Cat-Factory manifest file (YAML or JSON).
+        file: PathBuf,
+        /// Print JSON instead of YAML.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `keys` sub-commands.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Re-seal every stored secret bundle and job body under the newest master key (the first
+    /// of CATTERY_MASTER_KEYS or of the key file). Safe while gateways run; run it again to
+    /// continue after an interruption.
+    Rotate,
 }
 
 /// A manifest operation on the command line.
@@ -153,6 +178,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Demo { jobs } => crate::demo::run(*jobs).await,
         Command::Manifest { action } => manifest_command(&cli, action),
+        Command::Keys {
+            action: KeysCommand::Rotate,
+        } => keys_rotate(&cli).await,
         Command::SampleJob => {
             let mut input = Vec::new();
             std::io::Read::read_to_end(&mut std::io::stdin(), &mut input)?;
@@ -166,6 +194,51 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ))
         }
     }
+}
+
+async fn keys_rotate(cli: &Cli) -> anyhow::Result<ExitCode> {
+    let settings = settings(cli)?;
+    crate::telemetry::init(&settings.logging);
+    let secrets = Secrets::from_env();
+    let key_file = (!settings.security.master_key_file.is_empty())
+        .then(|| PathBuf::from(&settings.security.master_key_file));
+    let data_dir_key = settings.data_dir.join(crate::crypto::MASTER_KEY_FILE);
+    anyhow::ensure!(
+        secrets.master_key.is_some() || key_file.is_some() || data_dir_key.exists(),
+        "no master key is configured: set CATTERY_MASTER_KEYS (newest first) or security.masterKeyFile"
+    );
+    let (sealer, source) = crate::crypto::Sealer::load_or_create(
+        &settings.data_dir,
+        secrets.master_key.as_deref(),
+        key_file.as_deref(),
+    )
+    .context("cannot load the master keys")?;
+    let store = crate::store::Store::connect(&settings.database_url(), 2)
+        .await
+        .context("cannot open the database")?;
+    let ids = sealer.key_ids();
+    say(&format!(
+        "sealing key {} (from {source}); {} older key(s) open old data",
+        ids.first().map_or("?", String::as_str),
+        ids.len().saturating_sub(1)
+    ));
+    let report = crate::keys::rotate(&store, &sealer).await?;
+    say(&format!(
+        "secret bundles: {} re-sealed, {} already under the sealing key",
+        report.pools_resealed, report.pools_current
+    ));
+    say(&format!(
+        "job bodies: {} re-sealed, {} already under the sealing key, {} dropped meanwhile",
+        report.jobs_resealed, report.jobs_current, report.jobs_gone
+    ));
+    for failure in &report.failures {
+        say(&format!("failed: {failure}"));
+    }
+    Ok(if report.failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn manifest_command(cli: &Cli, action: &ManifestCommand) -> anyhow::Result<ExitCode> {
@@ -276,7 +349,40 @@ fn manifest_command(cli: &Cli, action: &ManifestCommand) -> anyhow::Result<ExitC
             }
             Ok(ExitCode::SUCCESS)
         }
+        ManifestCommand::Convert { file, json } => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let converted = match crate::manifest::convert_catfactory(&text, &defaults) {
+                Ok(converted) => converted,
+                Err(e) => {
+                    for problem in &e.problems {
+                        let path = if problem.path.is_empty() {
+                            "(document)"
+                        } else {
+                            &problem.path
+                        };
+                        warn(&format!("{path}: {}", problem.message));
+                    }
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            for warning in &converted.warnings {
+                warn(&format!("warning {}: {}", warning.code, warning.message));
+            }
+            let output = if *json {
+                serde_json::to_string_pretty(&converted.document)?
+            } else {
+                yaml_serde::to_string(&converted.document)?
+            };
+            say(output.trim_end());
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+/// Writes one line to stderr.
+fn warn(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 /// Writes one line to stdout.

@@ -6,7 +6,6 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// The committed defaults, embedded so that the binary runs from any directory.
@@ -190,12 +189,39 @@ pub struct LocalPoolSettings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FacadeSettings {
-    /// Serve the runner-protocol facade.
+    /// Serve the runner-protocol facade (`/health`, `/jobs`).
     pub enabled: bool,
     /// The pool jobs go to when no route matches.
     pub default_pool: String,
-    /// Routing rules (matched in order).
-    pub routes: Vec<BTreeMap<String, String>>,
+    /// Routing rules, matched in order; the first whose conditions all hold picks the pool.
+    pub routes: Vec<FacadeRoute>,
+    /// When set, a request carrying `x-harness-secret: <this value>` is let in, as well as a
+    /// bearer token with the dispatcher role. Empty: only bearer tokens.
+    pub harness_secret: String,
+}
+
+/// One facade routing rule: every condition given must equal the job spec's top-level field
+/// of that name; a rule without conditions matches every job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FacadeRoute {
+    /// The job's `kind` (`agent`, `deploy`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// The job's `mode` (`explore`, `coding`, `preview`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// The job's `instanceType`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_type: Option<String>,
+    /// The job's `cloudProvider`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud_provider: Option<String>,
+    /// The job's `image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// The pool the matching jobs go to.
+    pub pool: String,
 }
 
 /// `webhooks.*`
@@ -270,6 +296,7 @@ impl Default for Settings {
                 enabled: true,
                 default_pool: "local".to_owned(),
                 routes: Vec::new(),
+                harness_secret: String::new(),
             },
             webhooks: WebhookSettings {
                 secret: String::new(),

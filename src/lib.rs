@@ -7,7 +7,8 @@
 //! - [`scheduler`]: the generic adapter (render → send → classify);
 //! - [`lifecycle`], [`backoff`]: the pure run state machine and its timing;
 //! - [`actors`]: Supervisor → PoolActor → RunActor;
-//! - [`store`], [`crypto`]: persistence (SQLite, PostgreSQL) and encryption at rest;
+//! - [`store`], [`crypto`], [`keys`]: persistence (SQLite, PostgreSQL), encryption at rest, key rotation;
+//! - [`egress`], [`redact`]: which addresses may be called; credentials cut out of scheduler text;
 //! - [`service`]: the use cases; [`routes`], [`error`]: the HTTP API; [`bus`]: live changes;
 //! - [`localpool`]: the built-in local scheduler.
 
@@ -20,10 +21,13 @@ pub mod config;
 pub mod crypto;
 pub mod demo;
 pub mod domain;
+pub mod egress;
 pub mod error;
 pub mod lifecycle;
+pub mod keys;
 pub mod localpool;
 pub mod manifest;
+pub mod redact;
 pub mod routes;
 pub mod scheduler;
 pub mod service;

@@ -407,9 +407,30 @@ fn poll_failed(
     retry_after_ms: Option<u64>,
     unreadable: bool,
 ) {
+    if !unreadable {
+        // The scheduler did not answer (transport error, timeout, 408/429/5xx). The job itself
+        // may be fine, so this never fails the run: back off and ask again, honouring
+        // Retry-After; the run's deadline still applies. The poll interval doubles per failure
+        // (it is persisted, so the backoff survives a restart) and snaps back on the next answer.
+        let ceiling = policy.max_backoff_ms.max(policy.poll_max_interval_ms);
+        let interval = to_u64(step.run.poll_interval_ms)
+            .max(policy.initial_backoff_ms)
+            .saturating_mul(2)
+            .min(ceiling.max(policy.initial_backoff_ms));
+        step.run.poll_interval_ms = to_i64(interval);
+        let jittered = backoff::delay_ms(1, interval, interval, env.jitter, retry_after_ms);
+        let delay = to_i64(jittered.max(policy.initial_backoff_ms.min(interval)));
+        step.run.next_at = Some(env.now + delay);
+        step.events.push(event(
+            &step.run,
+            env,
+            "retry",
+            Some(format!("poll: {message}; next poll in {delay} ms")),
+        ));
+        return;
+    }
     let failures = step.run.poll_errors + 1;
     step.run.poll_errors = failures;
-    let kind = if unreadable { "poll_error" } else { "retry" };
     if failures >= i64::from(policy.max_consecutive_errors) {
         step.run.failure_cause = Some("poll_errors".to_owned());
         step.run.error = Some(format!(
@@ -418,7 +439,7 @@ fn poll_failed(
         step.events.push(event(
             &step.run,
             env,
-            kind,
+            "poll_error",
             Some(format!("poll: {message}")),
         ));
         finish(step, env, RunState::Failed, policy, true, None);
@@ -431,9 +452,9 @@ fn poll_failed(
     step.events.push(event(
         &step.run,
         env,
-        kind,
+        "poll_error",
         Some(format!(
-            "poll: {message}; {failures} in a row, next poll in {delay} ms"
+            "poll: {message}; {failures} unreadable in a row, next poll in {delay} ms"
         )),
     ));
 }
@@ -1244,5 +1265,34 @@ mod tests {
         assert_eq!(step.run.attempts, run.attempts);
         assert_eq!(step.run.poll_errors, run.poll_errors);
         assert!(step.events.is_empty());
+    }
+
+    #[test]
+    fn scheduler_outages_during_polling_back_off_and_never_fail_the_run() {
+        let mut run = running();
+        let mut delays = Vec::new();
+        for i in 0..30 {
+            let now = 1_000 * i;
+            run = apply(
+                &run,
+                Input::Called(OpKind::Poll, retryable("poll → 503", None, false)),
+                &policy(),
+                Env { now, jitter: 1.0 },
+            )
+            .run;
+            assert_eq!(run.state, RunState::Running);
+            delays.push(run.next_at.unwrap() - now);
+        }
+        assert_eq!(run.poll_errors, 0, "outages are not unreadable polls");
+        assert_eq!(&delays[..3], [2_000, 4_000, 4_000], "doubling up to the larger cap");
+        let honoured = apply(
+            &run,
+            Input::Called(OpKind::Poll, retryable("poll → 429", Some(9_000), false)),
+            &policy(),
+            Env { now: 0, jitter: 0.0 },
+        );
+        assert_eq!(honoured.run.next_at, Some(9_000), "Retry-After is a floor");
+        let back = apply(&run, observed(Some(MappedState::Running), "Running"), &policy(), env(50_000)).run;
+        assert_eq!(back.poll_interval_ms, 1_000, "the interval snaps back once the scheduler answers");
     }
 }

@@ -7,6 +7,8 @@
 pub mod pool;
 pub mod run;
 pub mod supervisor;
+#[cfg(test)]
+mod tests;
 
 use crate::bus::EventBus;
 use crate::crypto::Sealer;

@@ -381,3 +381,28 @@ fn forward(reply: oneshot::Sender<Result<RunRecord, CancelError>>) -> oneshot::S
     });
     sender
 }
+
+/// Test-only: makes a run's actor (`Some`) or the pool actor itself (`None`) die as if a
+/// handler had panicked.
+#[cfg(test)]
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct Crash(pub Option<JobId>);
+
+#[cfg(test)]
+impl Handler<Crash> for PoolActor {
+    type Result = bool;
+
+    fn handle(&mut self, msg: Crash, _ctx: &mut Self::Context) -> bool {
+        match msg.0 {
+            Some(job_id) => match self.runs.get(&job_id) {
+                Some(addr) => {
+                    addr.do_send(super::run::Crash);
+                    true
+                }
+                None => false,
+            },
+            None => panic!("a pool actor crashes on purpose"),
+        }
+    }
+}

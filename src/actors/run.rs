@@ -392,3 +392,18 @@ impl Handler<CancelRun> for RunActor {
         self.drive(ctx);
     }
 }
+
+/// Test-only: makes the actor die as if a handler had panicked.
+#[cfg(test)]
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Crash;
+
+#[cfg(test)]
+impl Handler<Crash> for RunActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Crash, _ctx: &mut Self::Context) {
+        panic!("a run actor crashes on purpose");
+    }
+}

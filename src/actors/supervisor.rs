@@ -205,3 +205,18 @@ impl Handler<PoolStats> for Supervisor {
         })
     }
 }
+
+/// Test-only: the address of a pool's actor.
+#[cfg(test)]
+#[derive(Message)]
+#[rtype(result = "Option<Addr<PoolActor>>")]
+pub struct PoolAddr(pub PoolName);
+
+#[cfg(test)]
+impl Handler<PoolAddr> for Supervisor {
+    type Result = Option<Addr<PoolActor>>;
+
+    fn handle(&mut self, msg: PoolAddr, _ctx: &mut Self::Context) -> Self::Result {
+        self.pools.get(&msg.0).cloned()
+    }
+}

@@ -63,6 +63,9 @@ pub struct Manifest {
     pub ca_cert_pem: Option<String>,
     /// `tls.insecureSkipVerify` (the egress policy decides whether it is honoured).
     pub insecure_skip_verify: bool,
+    /// `followRedirects` (default false): follow up to 5 redirects, each target checked by the
+    /// egress policy; a hop to another origin drops every credential header.
+    pub follow_redirects: bool,
     /// `auth`.
     pub auth: Auth,
     /// `limits`, with defaults applied.
@@ -104,8 +107,15 @@ impl Manifest {
     ///
     /// # Errors
     /// A [`ManifestError`] listing every problem with its path.
+    /// A document without `apiVersion` that has Cat-Factory's shape (`providerId`, `label`,
+    /// `response`, `pathTemplate`) is a Cat-Factory runner-pool manifest: it is converted to
+    /// cattery/v1 and reported with [`ManifestFormat::CatFactory`].
     pub fn from_value(doc: &Value, defaults: &Defaults) -> Result<Manifest, ManifestError> {
-        validate::build(doc, defaults)
+        if super::catfactory::looks_like_cat_factory(doc) {
+            super::catfactory::build(doc, defaults)
+        } else {
+            validate::build(doc, defaults)
+        }
     }
 
     /// The document as registered, as JSON (for storage and the digest).

@@ -219,7 +219,7 @@ pub(crate) fn read_request<'a>(
         method
     });
     let path = fields.required_str("path", problems);
-    let query = scalar_map(&fields, "query", problems);
+    let query = query_map(&fields, problems);
     let headers = scalar_map(&fields, "headers", problems);
     let body = fields.get("body");
     let body_template = fields.str("bodyTemplate", problems);
@@ -263,6 +263,46 @@ pub(crate) fn read_request<'a>(
         headers,
         body,
     })
+}
+
+/// `query`: name → template text, or a list of template texts for a repeated parameter
+/// (`ids: ["a", "b"]` sends `ids=a&ids=b`). List entries are named `name.<index>`.
+fn query_map(fields: &Fields<'_>, problems: &mut Problems) -> Vec<(String, String)> {
+    let Some((path, value)) = fields.object("query", problems) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let text = |v: &Value| match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(_) | Value::Bool(_) => Some(v.to_string()),
+        _ => None,
+    };
+    for (name, v) in value.as_object().into_iter().flatten() {
+        match v {
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    match text(item) {
+                        Some(t) => out.push((name.clone(), t)),
+                        None => problems.add(
+                            join(&join(&path, name), &i.to_string()),
+                            format!("must be a string (a template), not {}", kind_of(item)),
+                        ),
+                    }
+                }
+            }
+            other => match text(other) {
+                Some(t) => out.push((name.clone(), t)),
+                None => problems.add(
+                    join(&path, name),
+                    format!(
+                        "must be a string (a template) or a list of them, not {}",
+                        kind_of(other)
+                    ),
+                ),
+            },
+        }
+    }
+    out
 }
 
 /// A map of name → template text; numbers and booleans are taken as their literal text.
@@ -326,6 +366,9 @@ pub(crate) fn read_map(value: &Value, at: &str, problems: &mut Problems) -> Opti
             "detail",
             "heartbeat",
             "externalId",
+            "resultFields",
+            "fields",
+            "coerce",
         ],
         problems,
     );
@@ -341,8 +384,18 @@ pub(crate) fn read_map(value: &Value, at: &str, problems: &mut Problems) -> Opti
         detail: expr("detail", problems),
         heartbeat: expr("heartbeat", problems),
         external_id: expr("externalId", problems),
+        result_fields: named_exprs(&fields, "resultFields", problems),
+        fields: named_exprs(&fields, "fields", problems),
         ..StateMapping::default()
     };
+    match fields.str("coerce", problems) {
+        None => {}
+        Some(COERCE_CAT_FACTORY) => mapping.cat_factory = true,
+        Some(other) => problems.add(
+            fields.child("coerce"),
+            format!("{other:?} is not a coercion; the only one is {COERCE_CAT_FACTORY}"),
+        ),
+    }
     if let Some((path, value)) = fields.object("statusMap", problems) {
         for (word, target) in value.as_object().into_iter().flatten() {
             let entry_path = join(&path, word);
@@ -372,6 +425,57 @@ pub(crate) fn read_map(value: &Value, at: &str, problems: &mut Problems) -> Opti
         mapping.total = expr("total", problems);
     }
     Some(mapping)
+}
+
+/// The one value of `map.coerce`: read answers the way Cat-Factory's runner pools do.
+pub(crate) const COERCE_CAT_FACTORY: &str = "cat-factory";
+
+/// Names that a `map.fields` entry may not take: the run view's own members.
+const RESERVED_FIELDS: &[&str] = &[
+    "id",
+    "jobId",
+    "state",
+    "progress",
+    "result",
+    "error",
+    "failureCause",
+    "detail",
+    "heartbeatAt",
+    "startedAt",
+];
+
+/// Reads a map of name → JMESPath (`map.resultFields`, `map.fields`).
+fn named_exprs(fields: &Fields<'_>, key: &str, problems: &mut Problems) -> Vec<(String, Expr)> {
+    let Some(entries) = fields.string_map(key, problems) else {
+        return Vec::new();
+    };
+    let at = fields.child(key);
+    let mut out = Vec::with_capacity(entries.len());
+    for (name, source) in entries {
+        let path = join(&at, &name);
+        let valid = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            problems.add(
+                path.clone(),
+                format!(
+                    "{name:?} must start with a letter or _ and use only letters, digits and _"
+                ),
+            );
+        } else if key == "fields" && RESERVED_FIELDS.contains(&name.as_str()) {
+            problems.add(
+                path.clone(),
+                format!("{name:?} is a member of the run view already; map it with its own field"),
+            );
+        }
+        if let Some(expr) = mapping::compile(&path, source, problems.list_mut()) {
+            out.push((name, expr));
+        }
+    }
+    out
 }
 
 /// Validates the shape of `pollMany` (`{request, items, id, map}`); the result is not used.

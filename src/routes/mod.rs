@@ -4,6 +4,7 @@ pub mod auth;
 pub mod body;
 pub mod dto;
 pub mod events;
+pub mod facade;
 pub mod ops;
 pub mod pools;
 pub mod runs;
@@ -20,6 +21,10 @@ pub struct BodyLimit(pub usize);
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(ops::healthz)
         .service(ops::readyz)
+        .service(facade::health)
+        .service(facade::submit)
+        .service(facade::get)
+        .service(facade::cancel)
         .service(
             web::scope("/v1")
                 .service(pools::list)

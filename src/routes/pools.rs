@@ -7,8 +7,8 @@ use super::{BodyLimit, parse_id};
 use crate::domain::ids::PoolName;
 use crate::error::ApiError;
 use crate::manifest::Problem;
-use crate::service::Gateway;
 use crate::service::pools::ManifestInput;
+use crate::service::{Gateway, ServiceError};
 use actix_web::{HttpResponse, delete, get, put, web};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -50,7 +50,45 @@ fn secrets_of(body: &Value, problems: &mut Vec<Problem>) -> Option<BTreeMap<Stri
     }
 }
 
+/// The manifest inside Cat-Factory's `config` union; only the `manifest` kind is served.
+fn config_manifest<'a>(config: Option<&'a Value>, problems: &mut Vec<Problem>) -> Option<&'a Value> {
+    let Some(Value::Object(config)) = config else {
+        problems.push(problem(
+            "config",
+            "must be an object {\"kind\": \"manifest\", \"manifest\": …}",
+        ));
+        return None;
+    };
+    match config.get("kind").and_then(Value::as_str).map(str::trim) {
+        Some("manifest") => config.get("manifest"),
+        Some(kind @ ("kubernetes" | "eks")) => {
+            problems.push(problem(
+                "config.kind",
+                &format!(
+                    "the native {kind} backend is not served by cattery; register a manifest \
+                     (for example a cattery/v1 Kubernetes Job manifest) with kind \"manifest\""
+                ),
+            ));
+            None
+        }
+        Some(kind) => {
+            problems.push(problem(
+                "config.kind",
+                &format!("unknown runner backend kind {kind:?}; cattery serves kind \"manifest\""),
+            ));
+            None
+        }
+        None => {
+            problems.push(problem("config.kind", "is required; use \"manifest\""));
+            None
+        }
+    }
+}
+
 /// `PUT /v1/pools/{name}`: register (201) or replace (200) a pool.
+///
+/// The body is `{"manifest", "secrets"}`, or Cat-Factory's registration shape
+/// `{"config": {"kind": "manifest", "manifest"}, "secrets"}`.
 #[put("/pools/{name}")]
 pub async fn put(
     caller: Caller,
@@ -70,22 +108,40 @@ pub async fn put(
         )]));
     };
     for key in object.keys() {
-        if key != "manifest" && key != "secrets" {
-            problems.push(problem(key, "unknown field; expected manifest and secrets"));
+        if !matches!(key.as_str(), "manifest" | "secrets" | "config") {
+            problems.push(problem(
+                key,
+                "unknown field; expected manifest and secrets (or Cat-Factory's config and secrets)",
+            ));
         }
     }
-    let manifest = match object.get("manifest") {
-        Some(Value::Object(_)) => object.get("manifest").cloned().map(ManifestInput::Document),
+    // Cat-Factory's registration envelope: {"config": {"kind": "manifest", "manifest": …}, "secrets": …}.
+    let envelope = object.contains_key("config");
+    let (manifest_value, manifest_path) = if envelope {
+        if object.contains_key("manifest") {
+            problems.push(problem(
+                "manifest",
+                "send either manifest or config.manifest, not both",
+            ));
+        }
+        (config_manifest(object.get("config"), &mut problems), "config.manifest")
+    } else {
+        (object.get("manifest"), "manifest")
+    };
+    let manifest = match manifest_value {
+        Some(Value::Object(_)) => manifest_value.cloned().map(ManifestInput::Document),
         Some(Value::String(text)) => Some(ManifestInput::Text(text.clone())),
         Some(_) => {
             problems.push(problem(
-                "manifest",
+                manifest_path,
                 "must be an object, or YAML or JSON text",
             ));
             None
         }
         None => {
-            problems.push(problem("manifest", "is required"));
+            if !envelope || problems.is_empty() {
+                problems.push(problem(manifest_path, "is required"));
+            }
             None
         }
     };
@@ -93,7 +149,25 @@ pub async fn put(
     let Some(manifest) = manifest.filter(|_| problems.is_empty()) else {
         return Err(ApiError::validation(problems));
     };
-    let (record, created) = gateway.register_pool(name, manifest, secrets).await?;
+    let registered = gateway.register_pool(name, manifest, secrets).await;
+    let (record, created) = match registered {
+        Err(ServiceError::Validation(found)) if envelope => {
+            // Problems are reported where the caller wrote them: under config.manifest.
+            return Err(ApiError::validation(
+                found
+                    .into_iter()
+                    .map(|p| Problem {
+                        path: match p.path.strip_prefix("manifest") {
+                            Some(rest) => format!("config.manifest{rest}"),
+                            None => p.path,
+                        },
+                        message: p.message,
+                    })
+                    .collect(),
+            ));
+        }
+        other => other?,
+    };
     let view = PoolView::from(&gateway.pool_summary(record).await?);
     Ok(if created {
         HttpResponse::Created().json(view)

@@ -3,6 +3,7 @@
 
 use crate::domain::ids::PoolName;
 use crate::domain::secrets::{SecretBundle, SecretValue};
+use crate::egress::EgressGuard;
 use crate::manifest::Auth;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -95,19 +96,20 @@ impl TokenCache {
         auth: &Auth,
         secrets: &SecretBundle,
         client: &reqwest::Client,
+        guard: &EgressGuard,
         timeout: Duration,
     ) -> Result<SecretValue, TokenError> {
         let Some(key) = cache_key(pool, auth, secrets) else {
             return Err(TokenError::NoToken);
         };
         let slot = self.slot(&key);
-        let mut guard = slot.lock().await;
-        if let Some(cached) = guard.as_ref().filter(|c| c.usable_until > Instant::now()) {
+        let mut cached_slot = slot.lock().await;
+        if let Some(cached) = cached_slot.as_ref().filter(|c| c.usable_until > Instant::now()) {
             return Ok(cached.token.clone());
         }
-        let (token, ttl) = fetch(auth, secrets, client, timeout).await?;
+        let (token, ttl) = fetch(auth, secrets, client, guard, timeout).await?;
         let usable = ttl.saturating_sub(EXPIRY_MARGIN.min(ttl / 2));
-        *guard = Some(Cached {
+        *cached_slot = Some(Cached {
             token: token.clone(),
             usable_until: Instant::now() + usable,
         });
@@ -126,6 +128,7 @@ async fn fetch(
     auth: &Auth,
     secrets: &SecretBundle,
     client: &reqwest::Client,
+    guard: &EgressGuard,
     timeout: Duration,
 ) -> Result<(SecretValue, Duration), TokenError> {
     let Auth::OAuth2ClientCredentials {
@@ -155,14 +158,15 @@ async fn fetch(
     if let Some(audience) = audience {
         form.push(("audience", audience.clone()));
     }
-    let response = client
+    let request = client
         .post(token_url.clone())
         .timeout(timeout)
         .header(reqwest::header::ACCEPT, "application/json")
-        .form(&form)
-        .send()
+        .form(&form);
+    // Never redirected: the credentials are in the body.
+    let response = super::http::send(request, guard, false)
         .await
-        .map_err(|e| TokenError::Transport(super::http::describe_transport_error(&e)))?;
+        .map_err(|e| TokenError::Transport(e.to_string()))?;
     let status = response.status().as_u16();
     if !response.status().is_success() {
         return Err(TokenError::Status(status));
@@ -182,4 +186,190 @@ async fn fetch(
         .and_then(serde_json::Value::as_u64)
         .map_or(DEFAULT_TTL, Duration::from_secs);
     Ok((SecretValue::new(token.to_owned()), ttl))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::EgressSettings;
+    use crate::egress::{Egress, EgressPolicy};
+    use actix_web::{App, HttpResponse, HttpServer, web};
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A token endpoint that takes 200 ms per token, numbers its tokens, and answers 500 to a
+    /// client secret of "broken".
+    fn token_server() -> (String, Arc<AtomicUsize>) {
+        let issued = Arc::new(AtomicUsize::new(0));
+        let counter = issued.clone();
+        let server = HttpServer::new(move || {
+            let counter = counter.clone();
+            App::new().route(
+                "/token",
+                web::post().to(move |form: web::Form<BTreeMap<String, String>>| {
+                    let counter = counter.clone();
+                    async move {
+                        actix_web::rt::time::sleep(Duration::from_millis(200)).await;
+                        if form.get("client_secret").map(String::as_str) == Some("broken") {
+                            return HttpResponse::InternalServerError().body("client_secret=broken");
+                        }
+                        let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                        HttpResponse::Ok().json(serde_json::json!({
+                            "access_token": format!("tok-{n}"),
+                            "expires_in": 3600,
+                        }))
+                    }
+                }),
+            )
+        })
+        .workers(1)
+        .bind(("127.0.0.1", 0))
+        .unwrap();
+        let port = server.addrs()[0].port();
+        actix_web::rt::spawn(server.run());
+        (format!("http://127.0.0.1:{port}/token"), issued)
+    }
+
+    fn oauth(token_url: &str) -> Auth {
+        Auth::OAuth2ClientCredentials {
+            token_url: url::Url::parse(token_url).unwrap(),
+            client_id_key: "ID".to_owned(),
+            client_secret_key: "SECRET".to_owned(),
+            scope: Some("jobs".to_owned()),
+            audience: None,
+        }
+    }
+
+    fn secrets(id: &str, secret: &str) -> SecretBundle {
+        SecretBundle::from_map(BTreeMap::from([
+            ("ID".to_owned(), id.to_owned()),
+            ("SECRET".to_owned(), secret.to_owned()),
+        ]))
+    }
+
+    fn guard() -> Arc<EgressGuard> {
+        Egress::new(
+            EgressPolicy::from_settings(&EgressSettings {
+                allow_http: true,
+                allow_hosts: vec!["127.0.0.1".to_owned()],
+            })
+            .unwrap(),
+        )
+        .guard("p")
+    }
+
+    #[actix_web::test]
+    async fn concurrent_first_calls_fetch_one_token_and_a_drop_fetches_a_new_one() {
+        let (url, issued) = token_server();
+        let auth = oauth(&url);
+        let bundle = secrets("client-a", "secret-a");
+        let pool = PoolName::parse("p").unwrap();
+        let cache = TokenCache::default();
+        let client = reqwest::Client::new();
+        let guard = guard();
+        let timeout = Duration::from_secs(5);
+        let calls = (0..8).map(|_| cache.token(&pool, &auth, &bundle, &client, &guard, timeout));
+        let tokens = futures_util::future::join_all(calls).await;
+        for token in &tokens {
+            assert_eq!(token.as_ref().unwrap().expose(), "tok-1");
+        }
+        assert_eq!(issued.load(Ordering::SeqCst), 1, "single flight");
+        let again = cache
+            .token(&pool, &auth, &bundle, &client, &guard, timeout)
+            .await
+            .unwrap();
+        assert_eq!(again.expose(), "tok-1", "cached");
+        assert_eq!(issued.load(Ordering::SeqCst), 1);
+
+        // A 401 drops it: the next call fetches a new token.
+        cache.invalidate(&pool, &auth, &bundle).await;
+        let renewed = cache
+            .token(&pool, &auth, &bundle, &client, &guard, timeout)
+            .await
+            .unwrap();
+        assert_eq!(renewed.expose(), "tok-2");
+        assert_eq!(issued.load(Ordering::SeqCst), 2);
+    }
+
+    #[actix_web::test]
+    async fn tokens_are_never_shared_across_pools_or_credentials() {
+        let (url, issued) = token_server();
+        let auth = oauth(&url);
+        let cache = TokenCache::default();
+        let client = reqwest::Client::new();
+        let guard = guard();
+        let timeout = Duration::from_secs(5);
+        let a = PoolName::parse("tenant-a").unwrap();
+        let b = PoolName::parse("tenant-b").unwrap();
+        let first = cache
+            .token(&a, &auth, &secrets("client", "secret-a"), &client, &guard, timeout)
+            .await
+            .unwrap();
+        // Same token URL and client id, another secret: its own token (a guessed client id
+        // with a wrong secret never gets the cached one).
+        let other_secret = cache
+            .token(&a, &auth, &secrets("client", "wrong"), &client, &guard, timeout)
+            .await
+            .unwrap();
+        // Same credential, another pool: its own token too.
+        let other_pool = cache
+            .token(&b, &auth, &secrets("client", "secret-a"), &client, &guard, timeout)
+            .await
+            .unwrap();
+        assert_eq!(issued.load(Ordering::SeqCst), 3);
+        assert_ne!(first.expose(), other_secret.expose());
+        assert_ne!(first.expose(), other_pool.expose());
+    }
+
+    #[actix_web::test]
+    async fn a_failing_token_endpoint_is_reported_without_credentials() {
+        let (url, _) = token_server();
+        let auth = oauth(&url);
+        let cache = TokenCache::default();
+        let pool = PoolName::parse("p").unwrap();
+        let err = cache
+            .token(
+                &pool,
+                &auth,
+                &secrets("client", "broken"),
+                &reqwest::Client::new(),
+                &guard(),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err, TokenError::Status(500));
+        let missing = cache
+            .token(
+                &pool,
+                &auth,
+                &SecretBundle::default(),
+                &reqwest::Client::new(),
+                &guard(),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(missing, TokenError::MissingSecret("ID".to_owned()));
+    }
+
+    #[actix_web::test]
+    async fn the_token_url_is_checked_by_the_egress_policy() {
+        let auth = oauth("http://10.0.0.1/token");
+        let err = TokenCache::default()
+            .token(
+                &PoolName::parse("p").unwrap(),
+                &auth,
+                &secrets("client", "secret"),
+                &reqwest::Client::new(),
+                &guard(),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, TokenError::Transport(m) if m.contains("10.0.0.1, a private address")),
+            "{err:?}"
+        );
+    }
 }

@@ -80,9 +80,15 @@ pub fn classify(
     }
 }
 
-/// The first characters of an error body, on one line, for an operator-facing message.
+/// The first characters of an error body, on one line, for an operator-facing message, with
+/// anything that looks like a credential redacted.
 pub fn snippet(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(body);
+    // Redact a bounded head (a credential cut at the end of it is beyond what is kept).
+    let head: String = String::from_utf8_lossy(body)
+        .chars()
+        .take(SNIPPET_CHARS * 16)
+        .collect();
+    let text = crate::redact::redact_credentials(&head);
     let mut out: String = text
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })

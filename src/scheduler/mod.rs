@@ -37,10 +37,12 @@ pub struct PoolRuntime {
     pub secrets: SecretBundle,
     /// The HTTP client built for this manifest (its TLS roots, no redirects).
     pub client: reqwest::Client,
+    /// The egress policy as this pool sees it (checked before every request and redirect hop).
+    pub egress: Arc<crate::egress::EgressGuard>,
 }
 
 impl PoolRuntime {
-    /// Builds the runtime of a pool, with its own HTTP client.
+    /// Builds the runtime of a pool, with its own HTTP client guarded by `egress`.
     ///
     /// # Errors
     /// When the manifest's TLS settings cannot be used.
@@ -49,14 +51,17 @@ impl PoolRuntime {
         revision: i64,
         manifest: Arc<Manifest>,
         secrets: SecretBundle,
+        egress: &crate::egress::Egress,
     ) -> Result<Self, http::ClientError> {
-        let client = http::build_client(&manifest)?;
+        let guard = egress.guard(name.as_str());
+        let client = http::build_client(&manifest, &guard)?;
         Ok(Self {
             name,
             revision,
             manifest,
             secrets,
             client,
+            egress: guard,
         })
     }
 }
@@ -67,6 +72,8 @@ pub struct Adapter {
     tokens: auth::TokenCache,
     /// Rate budget and circuit breaker per pool, kept across manifest replacements.
     guards: std::sync::Mutex<HashMap<PoolName, Arc<PoolGuard>>>,
+    /// The egress policy (the default is the strictest: https to public addresses only).
+    egress: Arc<crate::egress::Egress>,
 }
 
 /// A pool's call health, for PoolView.
@@ -107,9 +114,22 @@ struct Exchange {
 }
 
 impl Adapter {
-    /// A new adapter with an empty token cache.
+    /// A new adapter with an empty token cache and the default (strictest) egress policy.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A new adapter enforcing `egress`.
+    pub fn with_egress(egress: crate::egress::Egress) -> Self {
+        Self {
+            egress: Arc::new(egress),
+            ..Self::default()
+        }
+    }
+
+    /// The egress policy (registration checks it; pool runtimes take their guard from it).
+    pub fn egress(&self) -> &crate::egress::Egress {
+        &self.egress
     }
 
     fn guard(&self, pool: &PoolName) -> Arc<PoolGuard> {
@@ -145,6 +165,8 @@ impl Adapter {
             }
         };
         let outcome = self.call_admitted(pool, op, input, &guard).await;
+        // No secret and no job value leaves the adapter in a message.
+        let outcome = crate::redact::scrub_outcome(outcome, &pool.secrets, &input.job);
         guard.record(trial, signal_of(&outcome), Instant::now(), base, max);
         outcome
     }
@@ -227,6 +249,7 @@ impl Adapter {
                     &pool.manifest.auth,
                     &pool.secrets,
                     &pool.client,
+                    &pool.egress,
                     timeout,
                 )
                 .await
@@ -246,11 +269,19 @@ impl Adapter {
             }
             builder = builder.body(body);
         }
-        let response = builder.send().await.map_err(|e| CallOutcome::Retryable {
-            message: http::describe_transport_error(&e),
-            retry_after_ms: None,
-            unreadable: false,
-        })?;
+        // Egress: the URL and every redirect hop are checked, and every resolved address.
+        let response = http::send(builder, &pool.egress, pool.manifest.follow_redirects)
+            .await
+            .map_err(|e| match e {
+                http::SendError::Transport(message) => CallOutcome::Retryable {
+                    message,
+                    retry_after_ms: None,
+                    unreadable: false,
+                },
+                refused => CallOutcome::Rejected {
+                    message: refused.to_string(),
+                },
+            })?;
         let status = response.status().as_u16();
         let retry_after_ms = http::retry_after_ms(response.headers(), chrono::Utc::now());
         let body = http::read_capped(response, MAX_RESPONSE_BYTES).await;

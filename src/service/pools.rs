@@ -14,6 +14,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::sync::oneshot;
 
+/// Largest manifest accepted (bytes of its text, or of its JSON when sent as an object).
+pub const MAX_MANIFEST_BYTES: usize = 256 * 1024;
+
 /// A manifest as a client sent it: a JSON document, or YAML/JSON text.
 #[derive(Debug, Clone)]
 pub enum ManifestInput {
@@ -40,6 +43,16 @@ impl Gateway {
     /// # Errors
     /// [`ServiceError::Validation`] listing every problem.
     pub fn compile_manifest(&self, input: &ManifestInput) -> Result<Manifest, ServiceError> {
+        let size = match input {
+            ManifestInput::Document(doc) => doc.to_string().len(),
+            ManifestInput::Text(text) => text.len(),
+        };
+        if size > MAX_MANIFEST_BYTES {
+            return Err(ServiceError::Validation(vec![problem(
+                "manifest",
+                format!("the manifest is {size} bytes; the limit is {MAX_MANIFEST_BYTES}"),
+            )]));
+        }
         let compiled = match input {
             ManifestInput::Document(doc) => Manifest::from_value(doc, &self.defaults),
             ManifestInput::Text(text) => Manifest::parse(text, &self.defaults),
@@ -66,6 +79,20 @@ impl Gateway {
         secrets: Option<BTreeMap<String, String>>,
     ) -> Result<(PoolRecord, bool), ServiceError> {
         let manifest = self.compile_manifest(&input)?;
+        // The egress policy, before anything is stored or sent.
+        let refused = self
+            .deps
+            .adapter
+            .egress()
+            .check_manifest(name.as_str(), &manifest);
+        if !refused.is_empty() {
+            return Err(ServiceError::Validation(
+                refused
+                    .into_iter()
+                    .map(|(path, message)| problem(&prefixed("manifest", &path), message))
+                    .collect(),
+            ));
+        }
         let existing = self.deps.store.get_pool(&name).await?;
         let bundle = match (secrets, &existing) {
             (Some(given), _) => parse_secrets(given)?,
@@ -91,8 +118,14 @@ impl Gateway {
             updated_at: now,
         };
         let stored = self.deps.store.put_pool(record).await?;
-        let runtime = PoolRuntime::new(name.clone(), stored.revision, Arc::new(manifest), bundle)
-            .map_err(|e| {
+        let runtime = PoolRuntime::new(
+            name.clone(),
+            stored.revision,
+            Arc::new(manifest),
+            bundle,
+            self.deps.adapter.egress(),
+        )
+        .map_err(|e| {
             ServiceError::Validation(vec![problem("manifest.tls.caCertPem", e.to_string())])
         })?;
         self.supervisor
@@ -127,8 +160,14 @@ impl Gateway {
             .put_pool_secrets(name, sealed, keys, now_millis())
             .await?
             .ok_or_else(|| ServiceError::PoolNotFound(name.to_string()))?;
-        let runtime = PoolRuntime::new(name.clone(), updated.revision, Arc::new(manifest), bundle)
-            .map_err(|e| {
+        let runtime = PoolRuntime::new(
+            name.clone(),
+            updated.revision,
+            Arc::new(manifest),
+            bundle,
+            self.deps.adapter.egress(),
+        )
+        .map_err(|e| {
                 ServiceError::Validation(vec![problem("manifest.tls.caCertPem", e.to_string())])
             })?;
         self.supervisor
@@ -280,6 +319,7 @@ impl Gateway {
             record.revision,
             Arc::new(manifest),
             bundle,
+            self.deps.adapter.egress(),
         )
         .map_err(|e| ServiceError::Internal(e.into()))
     }

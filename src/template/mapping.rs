@@ -2,6 +2,7 @@
 
 use crate::domain::run::Progress;
 use crate::domain::state::MappedState;
+use crate::manifest::catfactory_coerce as cf;
 use crate::manifest::{MapError, Observation, Problem, classify};
 use serde_json::{Map, Value};
 use std::fmt;
@@ -105,6 +106,12 @@ pub(crate) struct StateMapping {
     pub(crate) heartbeat: Option<Expr>,
     /// `map.externalId`.
     pub(crate) external_id: Option<Expr>,
+    /// `map.resultFields`: on done, each non-empty scalar overrides `result.<name>`.
+    pub(crate) result_fields: Vec<(String, Expr)>,
+    /// `map.fields`: extra channels passed through into the observation.
+    pub(crate) fields: Vec<(String, Expr)>,
+    /// `map.coerce: cat-factory`: read the answer the way Cat-Factory does.
+    pub(crate) cat_factory: bool,
 }
 
 impl StateMapping {
@@ -121,36 +128,102 @@ impl StateMapping {
         };
         let word = status_word(&eval(&self.state)?);
         let (state, unmapped) = match &word {
+            Some(word) if self.cat_factory => cf::classify(word, &self.status_map),
             Some(word) => {
                 let classified = classify(word, &self.status_map);
                 (classified.state, classified.unmapped)
             }
             None => (MappedState::Running, false),
         };
+        let count_of = |value: &Value| {
+            if self.cat_factory {
+                scalar_text(value)
+                    .and_then(|text| cf::number(&text))
+                    .and_then(truncate)
+            } else {
+                count(value)
+            }
+        };
         let counts = [
-            count(&eval(&self.completed)?),
-            count(&eval(&self.in_progress)?),
-            count(&eval(&self.total)?),
+            count_of(&eval(&self.completed)?),
+            count_of(&eval(&self.in_progress)?),
+            count_of(&eval(&self.total)?),
         ];
         let progress = counts.iter().any(Option::is_some).then(|| Progress {
             completed: counts[0].unwrap_or(0),
             in_progress: counts[1].unwrap_or(0),
             total: counts[2].unwrap_or(0),
         });
-        let result = Some(eval(&self.result)?).filter(|v| !v.is_null());
+        let error = scalar_text(&eval(&self.error)?);
+        let mut failure_cause = scalar_text(&eval(&self.failure_cause)?);
+        let mut detail = scalar_text(&eval(&self.detail)?);
+        let mut heartbeat = scalar_text(&eval(&self.heartbeat)?);
+        let raw_result = eval(&self.result)?;
+        let mut result = if self.cat_factory {
+            // Cat-Factory: a done job always has a result, possibly empty.
+            Some(Value::Object(cf::result(&raw_result)))
+        } else {
+            Some(raw_result).filter(|v| !v.is_null())
+        };
+        for (name, expr) in &self.result_fields {
+            let Some(text) = scalar_text(&expr.eval(doc)?).filter(|t| !t.is_empty()) else {
+                continue;
+            };
+            let object = result.get_or_insert_with(|| Value::Object(Map::new()));
+            if let Value::Object(map) = object {
+                map.insert(name.clone(), Value::String(text));
+            }
+        }
+        let mut fields = Map::new();
+        for (name, expr) in &self.fields {
+            let value = expr.eval(doc)?;
+            let kept = if self.cat_factory {
+                cf::channel(name, &value)
+            } else {
+                Some(value).filter(|v| !v.is_null())
+            };
+            if let Some(value) = kept {
+                fields.insert(name.clone(), value);
+            }
+        }
+        if self.cat_factory {
+            failure_cause = failure_cause.and_then(|c| cf::failure_cause(&c));
+            detail = detail.filter(|d| !d.is_empty());
+            heartbeat = heartbeat.and_then(|h| cf::heartbeat(&h));
+            if state == MappedState::Done
+                && let Some(text) = error.as_ref().filter(|e| !e.is_empty())
+                && let Some(Value::Object(map)) = result.as_mut()
+            {
+                // A done job with an error text is a failure for Cat-Factory's engine.
+                map.insert("error".to_owned(), Value::String(text.clone()));
+            }
+        }
         Ok(Observation {
             state: Some(state),
             scheduler_state: word,
             unmapped,
             progress,
             result,
-            error: scalar_text(&eval(&self.error)?),
-            failure_cause: scalar_text(&eval(&self.failure_cause)?),
-            detail: scalar_text(&eval(&self.detail)?),
-            heartbeat: scalar_text(&eval(&self.heartbeat)?),
+            error,
+            failure_cause,
+            detail,
+            heartbeat,
             external_id: scalar_text(&eval(&self.external_id)?),
+            fields,
         })
     }
+}
+
+/// A number truncated toward zero, when it fits a progress count.
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "the value is finite and below 2^53 in magnitude"
+)]
+fn truncate(n: f64) -> Option<i64> {
+    n.is_finite()
+        .then(|| n.trunc())
+        .filter(|f| f.abs() < 9.0e15)
+        .map(|f| f as i64)
 }
 
 /// The compiled `capture` of an operation: name → expression.

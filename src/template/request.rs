@@ -89,10 +89,12 @@ impl RequestTemplate {
         let at = &source.at;
 
         let path_at = format!("{at}.path");
-        if source.path.is_some_and(|p| !p.starts_with('/')) {
+        if source.path.is_some_and(|p| !p.is_empty() && !p.starts_with('/')) {
             problems.push(Problem {
                 path: path_at.clone(),
-                message: "must begin with '/' (it is joined to baseUrl)".to_owned(),
+                message: "must begin with '/' (it is joined to baseUrl), or be empty to call \
+                          baseUrl itself"
+                    .to_owned(),
             });
         }
         let path = source.path.and_then(|text| {
@@ -114,8 +116,15 @@ impl RequestTemplate {
         }
 
         let mut query = Vec::with_capacity(source.query.len());
-        for (name, text) in &source.query {
-            let q_at = format!("{at}.query.{name}");
+        for (i, (name, text)) in source.query.iter().enumerate() {
+            // A repeated parameter (a list in the manifest) is numbered like a list.
+            let repeats = source.query.iter().filter(|(n, _)| n == name).count();
+            let q_at = if repeats > 1 {
+                let k = source.query[..i].iter().filter(|(n, _)| n == name).count();
+                format!("{at}.query.{name}.{k}")
+            } else {
+                format!("{at}.query.{name}")
+            };
             if name.is_empty() {
                 problems.push(Problem {
                     path: q_at.clone(),

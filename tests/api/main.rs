@@ -8,12 +8,15 @@
     reason = "test helpers fail the test on any setup error"
 )]
 
+mod faulty;
 mod helpers;
 mod scheduler;
 
 mod auth;
 mod cli;
+mod crash;
 mod events;
+mod faults;
 mod ops;
 mod persistence;
 mod pools;

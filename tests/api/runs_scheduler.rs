@@ -261,3 +261,31 @@ async fn an_unmapped_status_reads_as_running_and_is_recorded_once() {
     assert_eq!(unmapped.len(), 1);
     assert!(unmapped[0]["detail"].as_str().unwrap().contains("Wibbling"));
 }
+
+#[actix_web::test]
+async fn replacing_the_manifest_keeps_runs_going_and_their_next_calls_use_the_new_revision() {
+    let script = vec![
+        Answer::Json(json!({"status": "Running"})),
+        Answer::Json(json!({"status": "Running"})),
+        Answer::Json(json!({"status": "Running"})),
+        Answer::Json(json!({"status": "Running"})),
+        Answer::Json(json!({"status": "Finito", "output": {"ok": true}})),
+    ];
+    let (app, scheduler) = setup(script, |m, _| {
+        m["polling"] = json!({"intervalMs": 150, "maxIntervalMs": 150, "maxConsecutiveErrors": 3});
+    })
+    .await;
+    app.dispatch("sched", json!({"jobId": "swap-1"})).await;
+    app.wait_for("swap-1", WAIT, |r| r["state"] == "running").await;
+    // The new revision maps the scheduler's final word, which the old one did not know.
+    let mut manifest = scheduler_manifest(&scheduler.base_url);
+    manifest["polling"] = json!({"intervalMs": 30, "maxIntervalMs": 100, "maxConsecutiveErrors": 3});
+    manifest["poll"]["map"]["statusMap"]["Finito"] = json!("done");
+    let replaced = app.put_pool("sched", manifest, json!({"SCHED_TOKEN": SCHED_TOKEN})).await;
+    assert_eq!(replaced.status().as_u16(), 200);
+    assert_eq!(replaced.json::<Value>().await.unwrap()["revision"], 2);
+    let run = app.wait_settled("swap-1").await;
+    assert_eq!(run["state"], "done", "{run}");
+    assert_eq!(run["manifestRevision"], 2);
+    assert_eq!(scheduler.created("swap-1"), 1);
+}

@@ -1,0 +1,173 @@
+//! Supervision: actors that die unexpectedly are restarted from the persisted state.
+
+use super::pool::Crash;
+use super::supervisor::{PoolAddr, SubmitRun, Supervisor, UpsertPool};
+use super::{Activity, Deps, Owners};
+use crate::bus::EventBus;
+use crate::config::EgressSettings;
+use crate::egress::{Egress, EgressPolicy};
+use crate::crypto::{Sealer, binding};
+use crate::domain::ids::{JobId, PoolName};
+use crate::domain::run::{Attempts, NewEvent, ReleaseState, RunRecord, now_millis};
+use crate::domain::secrets::SecretBundle;
+use crate::domain::state::RunState;
+use crate::localpool::{LocalPool, LocalPoolConfig};
+use crate::manifest::{Defaults, Manifest};
+use crate::scheduler::{Adapter, PoolRuntime};
+use crate::store::Store;
+use crate::store::testing::{TestBackend, TestDatabase};
+use actix::Actor as _;
+use actix::Addr;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "supervision-test-token";
+
+async fn deps() -> (TestDatabase, Deps) {
+    let db = TestDatabase::create(TestBackend::from_env()).await.unwrap();
+    let store = Store::connect(db.url(), 4).await.unwrap();
+    let deps = Deps {
+        store,
+        sealer: Arc::new(Sealer::for_testing()),
+        adapter: Arc::new(Adapter::with_egress(loopback_egress())),
+        bus: EventBus::new(),
+        activity: Arc::new(Activity::default()),
+        owners: Owners::default(),
+    };
+    (db, deps)
+}
+
+/// An egress policy that allows the loopback schedulers of these tests.
+fn loopback_egress() -> Egress {
+    let settings = EgressSettings {
+        allow_http: true,
+        allow_hosts: vec!["127.0.0.1".to_owned()],
+    };
+    Egress::new(EgressPolicy::from_settings(&settings).unwrap())
+}
+
+/// A local pool whose jobs take about a second and report `{"ok": true}`.
+async fn local_pool() -> LocalPool {
+    let config = LocalPoolConfig {
+        command: vec![
+            "sh".into(),
+            "-c".into(),
+            r#"sleep 1; echo '{"result":{"ok":true}}'"#.into(),
+        ],
+        token: Some(TOKEN.into()),
+        ..LocalPoolConfig::default()
+    };
+    LocalPool::start("127.0.0.1:0", config).await.unwrap()
+}
+
+fn runtime(name: &str, base_url: &str) -> PoolRuntime {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/local.yaml")).unwrap();
+    let mut doc: serde_json::Value = yaml_serde::from_str(&text).unwrap();
+    doc["baseUrl"] = serde_json::json!(base_url);
+    doc["polling"] = serde_json::json!({"intervalMs": 50, "maxIntervalMs": 100});
+    let manifest = Manifest::from_value(&doc, &Defaults::default()).unwrap();
+    let secrets = SecretBundle::from_map(BTreeMap::from([("LOCAL_POOL_TOKEN".to_owned(), TOKEN.to_owned())]));
+    PoolRuntime::new(PoolName::parse(name).unwrap(), 1, Arc::new(manifest), secrets, &loopback_egress()).unwrap()
+}
+
+async fn submit(deps: &Deps, supervisor: &Addr<Supervisor>, pool: &str, id: &str) -> JobId {
+    let job_id = JobId::parse(id).unwrap();
+    let now = now_millis();
+    let run = RunRecord {
+        job_id: job_id.clone(),
+        pool: PoolName::parse(pool).unwrap(),
+        kind: None,
+        labels: serde_json::Map::new(),
+        request_digest: "d".into(),
+        deadline_at: None,
+        callback_url: None,
+        state: RunState::Queued,
+        scheduler_state: None,
+        external_id: None,
+        dispatch_id: id.into(),
+        captures: serde_json::Map::new(),
+        progress: None,
+        result: None,
+        error: None,
+        failure_cause: None,
+        detail: None,
+        heartbeat_at: None,
+        cancel_requested: false,
+        release: ReleaseState::NotYet,
+        attempts: Attempts::default(),
+        poll_errors: 0,
+        poll_interval_ms: 0,
+        next_at: None,
+        unmapped_seen: false,
+        manifest_revision: 1,
+        created_at: now,
+        dispatched_at: None,
+        finished_at: None,
+        updated_at: now,
+    };
+    let sealed = deps.sealer.seal(b"{}", &binding::run_job(id)).unwrap();
+    let event = NewEvent {
+        job_id: job_id.clone(),
+        at: now,
+        kind: "transition".into(),
+        from: None,
+        to: Some(RunState::Queued),
+        detail: None,
+    };
+    deps.store.insert_run(run.clone(), Some(sealed), event).await.unwrap();
+    assert!(supervisor.send(SubmitRun(run)).await.unwrap());
+    job_id
+}
+
+async fn wait_state(deps: &Deps, job_id: &JobId, wanted: impl Fn(&RunRecord) -> bool) -> RunRecord {
+    let start = Instant::now();
+    loop {
+        let run = deps.store.get_run(job_id).await.unwrap().unwrap();
+        if wanted(&run) {
+            return run;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "run stuck: {run:?}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[actix_web::test]
+async fn a_run_actor_that_dies_is_restarted_and_its_run_finishes() {
+    let (_db, deps) = deps().await;
+    let pool = local_pool().await;
+    let supervisor = Supervisor::new(deps.clone()).start();
+    supervisor.send(UpsertPool(runtime("p", &pool.base_url()))).await.unwrap();
+    let job_id = submit(&deps, &supervisor, "p", "victim-1").await;
+    wait_state(&deps, &job_id, |r| r.state == RunState::Running).await;
+    let pool_actor = supervisor.send(PoolAddr(PoolName::parse("p").unwrap())).await.unwrap().unwrap();
+    assert!(pool_actor.send(Crash(Some(job_id.clone()))).await.unwrap());
+    let run = wait_state(&deps, &job_id, |r| r.release == ReleaseState::Done).await;
+    assert_eq!(run.state, RunState::Done);
+    assert_eq!(run.result, Some(serde_json::json!({"ok": true})));
+    assert_eq!(run.attempts.dispatch, 1, "the restarted actor did not dispatch again");
+    pool.stop().await;
+}
+
+#[actix_web::test]
+async fn a_pool_actor_that_dies_is_restarted_and_the_other_pools_carry_on() {
+    let (_db, deps) = deps().await;
+    let scheduler = local_pool().await;
+    let supervisor = Supervisor::new(deps.clone()).start();
+    supervisor.send(UpsertPool(runtime("bad", &scheduler.base_url()))).await.unwrap();
+    supervisor.send(UpsertPool(runtime("good", &scheduler.base_url()))).await.unwrap();
+    let bad_run = submit(&deps, &supervisor, "bad", "bad-1").await;
+    let good_run = submit(&deps, &supervisor, "good", "good-1").await;
+    wait_state(&deps, &bad_run, |r| r.state == RunState::Running).await;
+    let bad = supervisor.send(PoolAddr(PoolName::parse("bad").unwrap())).await.unwrap().unwrap();
+    // The pool actor panics while handling the message.
+    assert!(bad.send(Crash(None)).await.is_err());
+    for job_id in [&bad_run, &good_run] {
+        let run = wait_state(&deps, job_id, |r| r.release == ReleaseState::Done).await;
+        assert_eq!(run.state, RunState::Done, "{run:?}");
+        assert_eq!(run.attempts.dispatch, 1, "{run:?}");
+    }
+    let restarted = supervisor.send(PoolAddr(PoolName::parse("bad").unwrap())).await.unwrap().unwrap();
+    assert!(restarted.connected(), "the supervisor replaced the dead pool actor");
+    scheduler.stop().await;
+}
