@@ -221,14 +221,29 @@ pub fn classify_v4(ip: Ipv4Addr) -> Class {
         return never("a cloud metadata service address");
     }
     let ranges: [([u8; 4], u8, &'static str, bool); 17] = [
-        ([0, 0, 0, 0], 8, "an unspecified (\"this network\") address", false),
+        (
+            [0, 0, 0, 0],
+            8,
+            "an unspecified (\"this network\") address",
+            false,
+        ),
         ([127, 0, 0, 0], 8, "a loopback address", true),
         ([10, 0, 0, 0], 8, "a private address", true),
         ([172, 16, 0, 0], 12, "a private address", true),
         ([192, 168, 0, 0], 16, "a private address", true),
-        ([100, 64, 0, 0], 10, "a shared (carrier-grade NAT) address", true),
+        (
+            [100, 64, 0, 0],
+            10,
+            "a shared (carrier-grade NAT) address",
+            true,
+        ),
         ([169, 254, 0, 0], 16, "a link-local address", true),
-        ([192, 0, 0, 0], 24, "an IETF protocol assignment address", true),
+        (
+            [192, 0, 0, 0],
+            24,
+            "an IETF protocol assignment address",
+            true,
+        ),
         ([192, 0, 2, 0], 24, "a documentation address", true),
         ([198, 51, 100, 0], 24, "a documentation address", true),
         ([203, 0, 113, 0], 24, "a documentation address", true),
@@ -631,7 +646,11 @@ impl Egress {
 
     /// Checks the URLs a manifest names (`baseUrl`, an OAuth2 `tokenUrl`) for a pool about to
     /// be registered: every refusal as `(manifest path, message)`.
-    pub fn check_manifest(&self, pool: &str, manifest: &crate::manifest::Manifest) -> Vec<(String, String)> {
+    pub fn check_manifest(
+        &self,
+        pool: &str,
+        manifest: &crate::manifest::Manifest,
+    ) -> Vec<(String, String)> {
         let guard = self.guard(pool);
         let mut problems = Vec::new();
         let mut check = |path: &str, url: &url::Url| {
@@ -811,7 +830,9 @@ mod tests {
                 _ => false,
             };
             if !ok {
-                failures.push(format!("{url} {resolves_to:?}: expected {expect:?}, got {got:?}"));
+                failures.push(format!(
+                    "{url} {resolves_to:?}: expected {expect:?}, got {got:?}"
+                ));
             }
         }
         assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -824,57 +845,205 @@ mod tests {
     fn the_default_policy_allows_only_https_to_public_addresses_in_every_encoding() {
         let table: &[(&str, &[&str], Expect)] = &[
             ("https://scheduler.example.com/", PUBLIC, Allowed),
-            ("https://scheduler.example.com:8443/api", &["2606:2800:220:1::1"], Allowed),
+            (
+                "https://scheduler.example.com:8443/api",
+                &["2606:2800:220:1::1"],
+                Allowed,
+            ),
             ("https://8.8.8.8/", NONE, Allowed),
             ("https://[2606:4700::1111]/", NONE, Allowed),
             ("https://172.32.0.1/", NONE, Allowed),
             ("https://[64:ff9b::808:808]/", NONE, Allowed),
             // Scheme and credentials.
-            ("http://scheduler.example.com/", PUBLIC, Refused("scheme \"http\"")),
-            ("ftp://scheduler.example.com/", PUBLIC, Refused("scheme \"ftp\"")),
-            ("https://user:pw@scheduler.example.com/", PUBLIC, Refused("credentials")),
-            ("https://user@scheduler.example.com/", PUBLIC, Refused("credentials")),
+            (
+                "http://scheduler.example.com/",
+                PUBLIC,
+                Refused("scheme \"http\""),
+            ),
+            (
+                "ftp://scheduler.example.com/",
+                PUBLIC,
+                Refused("scheme \"ftp\""),
+            ),
+            (
+                "https://user:pw@scheduler.example.com/",
+                PUBLIC,
+                Refused("credentials"),
+            ),
+            (
+                "https://user@scheduler.example.com/",
+                PUBLIC,
+                Refused("credentials"),
+            ),
             // Loopback in every IPv4 spelling the URL parser accepts.
-            ("https://127.0.0.1/", NONE, Refused("127.0.0.1, a loopback address")),
-            ("https://127.1/", NONE, Refused("127.0.0.1, a loopback address")),
-            ("https://2130706433/", NONE, Refused("127.0.0.1, a loopback address")),
-            ("https://0x7f000001/", NONE, Refused("127.0.0.1, a loopback address")),
-            ("https://0x7f.0.0.1/", NONE, Refused("127.0.0.1, a loopback address")),
-            ("https://017700000001/", NONE, Refused("127.0.0.1, a loopback address")),
-            ("https://0177.0.0.01/", NONE, Refused("127.0.0.1, a loopback address")),
-            ("https://%31%32%37.0.0.1/", NONE, Refused("127.0.0.1, a loopback address")),
-            ("https://127.0.0.1./", NONE, Refused("127.0.0.1, a loopback address")),
-            ("https://127.0.0.1\\@evil.example/", NONE, Refused("127.0.0.1")),
-            ("https://\u{ff11}\u{ff12}\u{ff17}.\u{ff10}.\u{ff10}.\u{ff11}/", NONE, Refused("127.0.0.1, a loopback address")),
-            ("https://127.255.255.254/", NONE, Refused("a loopback address")),
+            (
+                "https://127.0.0.1/",
+                NONE,
+                Refused("127.0.0.1, a loopback address"),
+            ),
+            (
+                "https://127.1/",
+                NONE,
+                Refused("127.0.0.1, a loopback address"),
+            ),
+            (
+                "https://2130706433/",
+                NONE,
+                Refused("127.0.0.1, a loopback address"),
+            ),
+            (
+                "https://0x7f000001/",
+                NONE,
+                Refused("127.0.0.1, a loopback address"),
+            ),
+            (
+                "https://0x7f.0.0.1/",
+                NONE,
+                Refused("127.0.0.1, a loopback address"),
+            ),
+            (
+                "https://017700000001/",
+                NONE,
+                Refused("127.0.0.1, a loopback address"),
+            ),
+            (
+                "https://0177.0.0.01/",
+                NONE,
+                Refused("127.0.0.1, a loopback address"),
+            ),
+            (
+                "https://%31%32%37.0.0.1/",
+                NONE,
+                Refused("127.0.0.1, a loopback address"),
+            ),
+            (
+                "https://127.0.0.1./",
+                NONE,
+                Refused("127.0.0.1, a loopback address"),
+            ),
+            (
+                "https://127.0.0.1\\@evil.example/",
+                NONE,
+                Refused("127.0.0.1"),
+            ),
+            (
+                "https://\u{ff11}\u{ff12}\u{ff17}.\u{ff10}.\u{ff10}.\u{ff11}/",
+                NONE,
+                Refused("127.0.0.1, a loopback address"),
+            ),
+            (
+                "https://127.255.255.254/",
+                NONE,
+                Refused("a loopback address"),
+            ),
             // Names that always mean this machine.
-            ("https://localhost/", NONE, Refused("localhost is a loopback name")),
-            ("https://localhost./", NONE, Refused("localhost is a loopback name")),
-            ("https://LOCALHOST:8443/", NONE, Refused("localhost is a loopback name")),
-            ("https://loc\talhost/", NONE, Refused("localhost is a loopback name")),
-            ("https://%6c%6f%63alhost/", NONE, Refused("localhost is a loopback name")),
-            ("https://\u{24db}ocalhost/", NONE, Refused("localhost is a loopback name")),
-            ("https://api.localhost/", NONE, Refused("api.localhost is a loopback name")),
+            (
+                "https://localhost/",
+                NONE,
+                Refused("localhost is a loopback name"),
+            ),
+            (
+                "https://localhost./",
+                NONE,
+                Refused("localhost is a loopback name"),
+            ),
+            (
+                "https://LOCALHOST:8443/",
+                NONE,
+                Refused("localhost is a loopback name"),
+            ),
+            (
+                "https://loc\talhost/",
+                NONE,
+                Refused("localhost is a loopback name"),
+            ),
+            (
+                "https://%6c%6f%63alhost/",
+                NONE,
+                Refused("localhost is a loopback name"),
+            ),
+            (
+                "https://\u{24db}ocalhost/",
+                NONE,
+                Refused("localhost is a loopback name"),
+            ),
+            (
+                "https://api.localhost/",
+                NONE,
+                Refused("api.localhost is a loopback name"),
+            ),
             // IPv6 and IPv6 forms that carry an IPv4 address.
             ("https://[::1]/", NONE, Refused("a loopback address")),
-            ("https://[0:0:0:0:0:0:0:1]/", NONE, Refused("a loopback address")),
-            ("https://[::ffff:127.0.0.1]/", NONE, Refused("127.0.0.1, a loopback address")),
-            ("https://[0:0:0:0:0:ffff:7f00:1]/", NONE, Refused("127.0.0.1, a loopback address")),
-            ("https://[::ffff:0:7f00:1]/", NONE, Refused("embeds 127.0.0.1, a loopback address")),
-            ("https://[::127.0.0.1]/", NONE, Refused("embeds 127.0.0.1, a loopback address")),
+            (
+                "https://[0:0:0:0:0:0:0:1]/",
+                NONE,
+                Refused("a loopback address"),
+            ),
+            (
+                "https://[::ffff:127.0.0.1]/",
+                NONE,
+                Refused("127.0.0.1, a loopback address"),
+            ),
+            (
+                "https://[0:0:0:0:0:ffff:7f00:1]/",
+                NONE,
+                Refused("127.0.0.1, a loopback address"),
+            ),
+            (
+                "https://[::ffff:0:7f00:1]/",
+                NONE,
+                Refused("embeds 127.0.0.1, a loopback address"),
+            ),
+            (
+                "https://[::127.0.0.1]/",
+                NONE,
+                Refused("embeds 127.0.0.1, a loopback address"),
+            ),
             ("https://[::8.8.8.8]/", NONE, Refused("IPv4-compatible")),
-            ("https://[64:ff9b::7f00:1]/", NONE, Refused("embeds 127.0.0.1, a loopback address")),
-            ("https://[64:ff9b::a00:1]/", NONE, Refused("embeds 10.0.0.1, a private address")),
+            (
+                "https://[64:ff9b::7f00:1]/",
+                NONE,
+                Refused("embeds 127.0.0.1, a loopback address"),
+            ),
+            (
+                "https://[64:ff9b::a00:1]/",
+                NONE,
+                Refused("embeds 10.0.0.1, a private address"),
+            ),
             ("https://[64:ff9b:1::1]/", NONE, Refused("local-use NAT64")),
-            ("https://[2002:7f00:1::]/", NONE, Refused("embeds 127.0.0.1, a loopback address")),
-            ("https://[2002:c0a8:101::1]/", NONE, Refused("embeds 192.168.1.1, a private address")),
-            ("https://[::]/", NONE, Refused("unspecified address, which is never allowed")),
+            (
+                "https://[2002:7f00:1::]/",
+                NONE,
+                Refused("embeds 127.0.0.1, a loopback address"),
+            ),
+            (
+                "https://[2002:c0a8:101::1]/",
+                NONE,
+                Refused("embeds 192.168.1.1, a private address"),
+            ),
+            (
+                "https://[::]/",
+                NONE,
+                Refused("unspecified address, which is never allowed"),
+            ),
             ("https://[fe80::1]/", NONE, Refused("a link-local address")),
-            ("https://[fc00::1]/", NONE, Refused("a unique-local address")),
-            ("https://[fd12:3456::1]/", NONE, Refused("a unique-local address")),
+            (
+                "https://[fc00::1]/",
+                NONE,
+                Refused("a unique-local address"),
+            ),
+            (
+                "https://[fd12:3456::1]/",
+                NONE,
+                Refused("a unique-local address"),
+            ),
             ("https://[fec0::1]/", NONE, Refused("site-local")),
             ("https://[ff02::1]/", NONE, Refused("a multicast address")),
-            ("https://[2001:db8::1]/", NONE, Refused("a documentation address")),
+            (
+                "https://[2001:db8::1]/",
+                NONE,
+                Refused("a documentation address"),
+            ),
             ("https://[2001::1]/", NONE, Refused("Teredo")),
             ("https://[100::1]/", NONE, Refused("discard-only")),
             // Private, shared, special IPv4 ranges.
@@ -882,34 +1051,118 @@ mod tests {
             ("https://172.16.5.4/", NONE, Refused("a private address")),
             ("https://192.168.1.1/", NONE, Refused("a private address")),
             ("https://100.64.0.1/", NONE, Refused("carrier-grade NAT")),
-            ("https://169.254.1.1/", NONE, Refused("a link-local address")),
+            (
+                "https://169.254.1.1/",
+                NONE,
+                Refused("a link-local address"),
+            ),
             ("https://0.0.0.0/", NONE, Refused("unspecified")),
             ("https://0/", NONE, Refused("unspecified")),
             ("https://224.0.0.1/", NONE, Refused("a multicast address")),
-            ("https://255.255.255.255/", NONE, Refused("the broadcast address")),
+            (
+                "https://255.255.255.255/",
+                NONE,
+                Refused("the broadcast address"),
+            ),
             ("https://240.0.0.1/", NONE, Refused("a reserved address")),
-            ("https://198.18.0.1/", NONE, Refused("a benchmarking address")),
-            ("https://192.0.2.1/", NONE, Refused("a documentation address")),
-            ("https://192.0.0.8/", NONE, Refused("IETF protocol assignment")),
+            (
+                "https://198.18.0.1/",
+                NONE,
+                Refused("a benchmarking address"),
+            ),
+            (
+                "https://192.0.2.1/",
+                NONE,
+                Refused("a documentation address"),
+            ),
+            (
+                "https://192.0.0.8/",
+                NONE,
+                Refused("IETF protocol assignment"),
+            ),
             // Cloud metadata, in any form: never allowed.
-            ("https://169.254.169.254/", NONE, Refused("metadata service address, which is never allowed")),
-            ("https://0xa9fea9fe/", NONE, Refused("metadata service address")),
-            ("https://[::ffff:a9fe:a9fe]/", NONE, Refused("metadata service address")),
-            ("https://[fd00:ec2::254]/", NONE, Refused("metadata service address")),
-            ("https://100.100.100.200/", NONE, Refused("metadata service address")),
-            ("https://169.254.170.2/", NONE, Refused("metadata service address")),
-            ("https://metadata.google.internal/", NONE, Refused("cloud metadata service")),
-            ("https://METADATA.google.internal./", NONE, Refused("cloud metadata service")),
+            (
+                "https://169.254.169.254/",
+                NONE,
+                Refused("metadata service address, which is never allowed"),
+            ),
+            (
+                "https://0xa9fea9fe/",
+                NONE,
+                Refused("metadata service address"),
+            ),
+            (
+                "https://[::ffff:a9fe:a9fe]/",
+                NONE,
+                Refused("metadata service address"),
+            ),
+            (
+                "https://[fd00:ec2::254]/",
+                NONE,
+                Refused("metadata service address"),
+            ),
+            (
+                "https://100.100.100.200/",
+                NONE,
+                Refused("metadata service address"),
+            ),
+            (
+                "https://169.254.170.2/",
+                NONE,
+                Refused("metadata service address"),
+            ),
+            (
+                "https://metadata.google.internal/",
+                NONE,
+                Refused("cloud metadata service"),
+            ),
+            (
+                "https://METADATA.google.internal./",
+                NONE,
+                Refused("cloud metadata service"),
+            ),
             // Names are judged by what they resolve to, when cattery connects.
-            ("https://rebind.example/", &["127.0.0.1"], Refused("rebind.example resolves to 127.0.0.1, a loopback address")),
-            ("https://127.0.0.1.nip.io/", &["127.0.0.1"], Refused("resolves to 127.0.0.1, a loopback address")),
-            ("https://sched.example:8443/", &["192.168.0.10"], Refused("resolves to 192.168.0.10, a private address")),
-            ("https://v6.example/", &["::ffff:10.0.0.1"], Refused("resolves to 10.0.0.1, a private address")),
-            ("https://v6b.example/", &["fd00::1"], Refused("a unique-local address")),
-            ("https://meta.example/", &["169.254.169.254"], Refused("never allowed")),
-            ("https://nowhere.example/", NONE, Refused("cannot resolve nowhere.example")),
+            (
+                "https://rebind.example/",
+                &["127.0.0.1"],
+                Refused("rebind.example resolves to 127.0.0.1, a loopback address"),
+            ),
+            (
+                "https://127.0.0.1.nip.io/",
+                &["127.0.0.1"],
+                Refused("resolves to 127.0.0.1, a loopback address"),
+            ),
+            (
+                "https://sched.example:8443/",
+                &["192.168.0.10"],
+                Refused("resolves to 192.168.0.10, a private address"),
+            ),
+            (
+                "https://v6.example/",
+                &["::ffff:10.0.0.1"],
+                Refused("resolves to 10.0.0.1, a private address"),
+            ),
+            (
+                "https://v6b.example/",
+                &["fd00::1"],
+                Refused("a unique-local address"),
+            ),
+            (
+                "https://meta.example/",
+                &["169.254.169.254"],
+                Refused("never allowed"),
+            ),
+            (
+                "https://nowhere.example/",
+                NONE,
+                Refused("cannot resolve nowhere.example"),
+            ),
             // A name with one public and one internal address keeps only the public one.
-            ("https://mixed.example/", &["10.0.0.1", "93.184.216.34"], Allowed),
+            (
+                "https://mixed.example/",
+                &["10.0.0.1", "93.184.216.34"],
+                Allowed,
+            ),
         ];
         assert!(table.len() >= 40);
         check_table(&EgressPolicy::default(), table);
@@ -920,7 +1173,11 @@ mod tests {
         let kept = EgressPolicy::default()
             .filter_resolved(
                 "mixed.example",
-                &["10.0.0.1".parse().unwrap(), "93.184.216.34".parse().unwrap(), "::1".parse().unwrap()],
+                &[
+                    "10.0.0.1".parse().unwrap(),
+                    "93.184.216.34".parse().unwrap(),
+                    "::1".parse().unwrap(),
+                ],
             )
             .unwrap();
         assert_eq!(kept, vec!["93.184.216.34".parse::<IpAddr>().unwrap()]);
@@ -945,25 +1202,57 @@ mod tests {
             ("http://SCHED.corp./", &["10.9.9.9"], Allowed),
             ("https://a.b.internal.example/", &["192.168.3.3"], Allowed),
             ("https://internal.example/", &["10.0.0.1"], Allowed),
-            ("https://evilinternal.example/", &["10.0.0.1"], Refused("private")),
-            ("https://sched.corp.evil.example/", &["10.0.0.1"], Refused("private")),
+            (
+                "https://evilinternal.example/",
+                &["10.0.0.1"],
+                Refused("private"),
+            ),
+            (
+                "https://sched.corp.evil.example/",
+                &["10.0.0.1"],
+                Refused("private"),
+            ),
             ("https://10.1.2.3/", NONE, Allowed),
-            ("https://10.2.0.1/", NONE, Refused("10.2.0.1, a private address")),
+            (
+                "https://10.2.0.1/",
+                NONE,
+                Refused("10.2.0.1, a private address"),
+            ),
             ("https://other.example/", &["10.1.9.9"], Allowed),
-            ("https://other.example/", &["10.3.9.9"], Refused("resolves to 10.3.9.9")),
+            (
+                "https://other.example/",
+                &["10.3.9.9"],
+                Refused("resolves to 10.3.9.9"),
+            ),
             ("http://127.0.0.1:9/", NONE, Allowed),
             ("http://[::ffff:127.0.0.1]:9/", NONE, Allowed),
             ("http://127.0.0.2/", NONE, Refused("loopback")),
             // An exact address entry matches URLs that name it, not names resolving to it.
-            ("http://rebind.example/", &["127.0.0.1"], Refused("resolves to 127.0.0.1")),
-            ("http://localhost:9/", NONE, Refused("localhost is a loopback name")),
+            (
+                "http://rebind.example/",
+                &["127.0.0.1"],
+                Refused("resolves to 127.0.0.1"),
+            ),
+            (
+                "http://localhost:9/",
+                NONE,
+                Refused("localhost is a loopback name"),
+            ),
             ("https://[fd00:1::5]/", NONE, Allowed),
             ("https://[fd00:2::5]/", NONE, Refused("unique-local")),
             // What is never allowed stays refused whatever the list says.
             ("https://169.254.169.254/", NONE, Refused("never allowed")),
             ("https://169.254.1.1/", NONE, Allowed),
-            ("https://metadata.google.internal/", &["169.254.169.254"], Refused("cloud metadata")),
-            ("https://anything.internal/", &["169.254.169.254"], Refused("never allowed")),
+            (
+                "https://metadata.google.internal/",
+                &["169.254.169.254"],
+                Refused("cloud metadata"),
+            ),
+            (
+                "https://anything.internal/",
+                &["169.254.169.254"],
+                Refused("never allowed"),
+            ),
             ("https://0.0.0.0/", NONE, Refused("never allowed")),
             ("ftp://sched.corp/", NONE, Refused("scheme")),
         ];
@@ -973,16 +1262,31 @@ mod tests {
     #[test]
     fn loopback_networks_allow_localhost_and_http_needs_its_setting() {
         let policy = policy(false, &["127.0.0.0/8", "::1/128"]);
-        assert_eq!(verdict(&policy, "https://localhost:8443/", &["127.0.0.1", "::1"]), Ok(()));
+        assert_eq!(
+            verdict(&policy, "https://localhost:8443/", &["127.0.0.1", "::1"]),
+            Ok(())
+        );
         assert_eq!(verdict(&policy, "https://[::1]/", NONE), Ok(()));
-        assert_eq!(verdict(&policy, "https://name.example/", &["127.0.0.5"]), Ok(()));
+        assert_eq!(
+            verdict(&policy, "https://name.example/", &["127.0.0.5"]),
+            Ok(())
+        );
         let err = verdict(&policy, "http://127.0.0.1/", NONE).unwrap_err();
         assert!(err.contains("egress.allowHttp"), "{err}");
     }
 
     #[test]
     fn bad_allow_list_entries_are_refused_with_the_reason() {
-        for entry in ["", "http://x.example", "*.corp", "10.0.0.0/33", "fd00::/129", "a b", ".", "user@host"] {
+        for entry in [
+            "",
+            "http://x.example",
+            "*.corp",
+            "10.0.0.0/33",
+            "fd00::/129",
+            "a b",
+            ".",
+            "user@host",
+        ] {
             let settings = EgressSettings {
                 allow_http: false,
                 allow_hosts: vec![entry.to_owned()],
@@ -990,7 +1294,15 @@ mod tests {
             let err = EgressPolicy::from_settings(&settings).unwrap_err();
             assert_eq!(err.entry, entry);
         }
-        for entry in ["pool.corp", ".corp", "10.0.0.0/8", "10.1.2.3", "[::1]", "fd00::/8", "0.0.0.0/0"] {
+        for entry in [
+            "pool.corp",
+            ".corp",
+            "10.0.0.0/8",
+            "10.1.2.3",
+            "[::1]",
+            "fd00::/8",
+            "0.0.0.0/0",
+        ] {
             let settings = EgressSettings {
                 allow_http: false,
                 allow_hosts: vec![entry.to_owned()],

@@ -136,7 +136,11 @@ async fn rotate_pool(
     Err(RowError::Race)
 }
 
-async fn rotate_job(store: &Store, sealer: &Sealer, job_id: &JobId) -> Result<RowOutcome, RowError> {
+async fn rotate_job(
+    store: &Store,
+    sealer: &Sealer,
+    job_id: &JobId,
+) -> Result<RowOutcome, RowError> {
     let aad = binding::run_job(job_id.as_str());
     for _ in 0..RACE_RETRIES {
         let Some(old) = store.get_job_sealed(job_id).await? else {

@@ -1209,19 +1209,43 @@ mod tests {
         let queued = queued();
         assert_eq!(recovery(&queued, false), Recovery::WaitForSlot);
         let dispatching = apply(&queued, Input::SlotGranted, &policy(), env(1)).run;
-        assert_eq!(recovery(&dispatching, false), Recovery::Reconcile, "poll first when it needs no capture");
-        assert_eq!(recovery(&dispatching, true), Recovery::Resume, "else dispatch again under the same id");
+        assert_eq!(
+            recovery(&dispatching, false),
+            Recovery::Reconcile,
+            "poll first when it needs no capture"
+        );
+        assert_eq!(
+            recovery(&dispatching, true),
+            Recovery::Resume,
+            "else dispatch again under the same id"
+        );
         assert_eq!(next_action(&dispatching, 1), Action::Call(OpKind::Dispatch));
         assert_eq!(dispatching.dispatch_id, "job-1");
         let running = running();
         assert_eq!(recovery(&running, false), Recovery::Resume);
         assert_eq!(next_action(&running, 20), Action::Call(OpKind::Poll));
-        let done = apply(&running, observed(Some(MappedState::Done), "ok"), &policy(), env(30)).run;
+        let done = apply(
+            &running,
+            observed(Some(MappedState::Done), "ok"),
+            &policy(),
+            env(30),
+        )
+        .run;
         assert_eq!(recovery(&done, false), Recovery::Resume);
-        assert_eq!(next_action(&done, 30), Action::Call(OpKind::Release), "a release still due is made");
+        assert_eq!(
+            next_action(&done, 30),
+            Action::Call(OpKind::Release),
+            "a release still due is made"
+        );
         let released = apply(
             &done,
-            Input::Called(OpKind::Release, CallOutcome::Accepted { captures: Map::new(), note: None }),
+            Input::Called(
+                OpKind::Release,
+                CallOutcome::Accepted {
+                    captures: Map::new(),
+                    note: None,
+                },
+            ),
             &policy(),
             env(31),
         )
@@ -1232,11 +1256,25 @@ mod tests {
 
     #[test]
     fn a_reconciling_poll_is_read_as_known_unknown_or_unsure() {
-        assert_eq!(reconciled(&CallOutcome::Observed(Box::default())), Reconciled::Known);
+        assert_eq!(
+            reconciled(&CallOutcome::Observed(Box::default())),
+            Reconciled::Known
+        );
         assert_eq!(reconciled(&CallOutcome::NotFound), Reconciled::Unknown);
-        assert_eq!(reconciled(&retryable("503", None, false)), Reconciled::Unsure);
-        assert_eq!(reconciled(&CallOutcome::Rejected { message: "403".into() }), Reconciled::Unsure);
-        assert_eq!(reconciled(&CallOutcome::Deferred { until: 5 }), Reconciled::Unsure);
+        assert_eq!(
+            reconciled(&retryable("503", None, false)),
+            Reconciled::Unsure
+        );
+        assert_eq!(
+            reconciled(&CallOutcome::Rejected {
+                message: "403".into()
+            }),
+            Reconciled::Unsure
+        );
+        assert_eq!(
+            reconciled(&CallOutcome::Deferred { until: 5 }),
+            Reconciled::Unsure
+        );
     }
 
     #[test]
@@ -1247,9 +1285,29 @@ mod tests {
         assert_eq!(spread(0.0), Some(1_000));
         assert_eq!(spread(0.5), Some(2_000));
         run.next_at = Some(5_000);
-        assert_eq!(resume_at(&run, Env { now: 1_000, jitter: 0.9 }, 2_000), Some(5_000));
+        assert_eq!(
+            resume_at(
+                &run,
+                Env {
+                    now: 1_000,
+                    jitter: 0.9
+                },
+                2_000
+            ),
+            Some(5_000)
+        );
         run.next_at = None;
-        assert_eq!(resume_at(&run, Env { now: 1_000, jitter: 0.9 }, 2_000), None);
+        assert_eq!(
+            resume_at(
+                &run,
+                Env {
+                    now: 1_000,
+                    jitter: 0.9
+                },
+                2_000
+            ),
+            None
+        );
     }
 
     #[test]
@@ -1284,15 +1342,31 @@ mod tests {
             delays.push(run.next_at.unwrap() - now);
         }
         assert_eq!(run.poll_errors, 0, "outages are not unreadable polls");
-        assert_eq!(&delays[..3], [2_000, 4_000, 4_000], "doubling up to the larger cap");
+        assert_eq!(
+            &delays[..3],
+            [2_000, 4_000, 4_000],
+            "doubling up to the larger cap"
+        );
         let honoured = apply(
             &run,
             Input::Called(OpKind::Poll, retryable("poll → 429", Some(9_000), false)),
             &policy(),
-            Env { now: 0, jitter: 0.0 },
+            Env {
+                now: 0,
+                jitter: 0.0,
+            },
         );
         assert_eq!(honoured.run.next_at, Some(9_000), "Retry-After is a floor");
-        let back = apply(&run, observed(Some(MappedState::Running), "Running"), &policy(), env(50_000)).run;
-        assert_eq!(back.poll_interval_ms, 1_000, "the interval snaps back once the scheduler answers");
+        let back = apply(
+            &run,
+            observed(Some(MappedState::Running), "Running"),
+            &policy(),
+            env(50_000),
+        )
+        .run;
+        assert_eq!(
+            back.poll_interval_ms, 1_000,
+            "the interval snaps back once the scheduler answers"
+        );
     }
 }

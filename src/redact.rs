@@ -392,7 +392,13 @@ fn value_span(text: &str, j: usize) -> Option<(usize, usize)> {
     }
     let bare = |from: usize| {
         text[from..]
-            .find(|c: char| c.is_whitespace() || matches!(c, '&' | ',' | ';' | '}' | ']' | '"' | '\'' | '<' | '>' | '\\'))
+            .find(|c: char| {
+                c.is_whitespace()
+                    || matches!(
+                        c,
+                        '&' | ',' | ';' | '}' | ']' | '"' | '\'' | '<' | '>' | '\\'
+                    )
+            })
             .map_or(text.len(), |e| from + e)
     };
     let mut end = bare(j);
@@ -452,7 +458,10 @@ fn looks_secret(word: &str) -> bool {
 fn redact_segments(word: &str) -> String {
     let mut out = String::with_capacity(word.len());
     let mut segment_start = 0;
-    for (i, c) in word.char_indices().chain(std::iter::once((word.len(), '/'))) {
+    for (i, c) in word
+        .char_indices()
+        .chain(std::iter::once((word.len(), '/')))
+    {
         if c == '/' || c == '.' {
             let segment = &word[segment_start..i];
             if random_looking(segment, 24) {
@@ -495,7 +504,10 @@ mod tests {
             clean("Authorization: Bearer abc.def-123_XYZ"),
             "Authorization: [redacted]"
         );
-        assert_eq!(clean("got bearer s3cr3tvalue back"), "got bearer [redacted] back");
+        assert_eq!(
+            clean("got bearer s3cr3tvalue back"),
+            "got bearer [redacted] back"
+        );
         assert_eq!(
             clean("header was Basic dXNlcjpwYXNzd29yZA=="),
             "header was Basic [redacted]"
@@ -508,9 +520,15 @@ mod tests {
     fn sensitive_keys_lose_their_values_in_every_notation() {
         let cases = [
             (r#"{"ghToken":"abc123456"}"#, r#"{"ghToken":"[redacted]"}"#),
-            (r#"{"password": "p@ss w0rd"}"#, r#"{"password": "[redacted]"}"#),
+            (
+                r#"{"password": "p@ss w0rd"}"#,
+                r#"{"password": "[redacted]"}"#,
+            ),
             ("token=abcdef&x=1", "token=[redacted]&x=1"),
-            ("client_secret=xyz123, next", "client_secret=[redacted], next"),
+            (
+                "client_secret=xyz123, next",
+                "client_secret=[redacted], next",
+            ),
             ("X-Api-Key: k-1234567", "X-Api-Key: [redacted]"),
             ("sessionId='s-998877'", "sessionId='[redacted]'"),
             (
@@ -532,12 +550,18 @@ mod tests {
     #[test]
     fn token_shapes_are_redacted_and_ordinary_text_is_kept() {
         let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U";
-        assert_eq!(clean(&format!("bad jwt {jwt} here")), "bad jwt [redacted] here");
+        assert_eq!(
+            clean(&format!("bad jwt {jwt} here")),
+            "bad jwt [redacted] here"
+        );
         assert_eq!(
             clean("clone with ghs_16C7e42F292c6912E7710c838347Ae178B4a failed"),
             "clone with [redacted] failed"
         );
-        assert_eq!(clean("key AKIAIOSFODNN7EXAMPLE used"), "key [redacted] used");
+        assert_eq!(
+            clean("key AKIAIOSFODNN7EXAMPLE used"),
+            "key [redacted] used"
+        );
         assert_eq!(
             clean("digest 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"),
             "digest [redacted]"
@@ -574,19 +598,24 @@ mod tests {
     fn known_values_are_replaced_wherever_they_appear() {
         let values = ["sched-secret-token-value-42", "short", "ghs_job_token"];
         assert_eq!(
-            redact_values("echo sched-secret-token-value-42 and ghs_job_token, short", &values),
+            redact_values(
+                "echo sched-secret-token-value-42 and ghs_job_token, short",
+                &values
+            ),
             "echo [redacted] and [redacted], short"
         );
         // Inside JSON text, where quotes and backslashes are escaped.
         let quoted = [r#"pa"ss\word"#];
-        assert_eq!(redact_values(r#"{"p":"pa\"ss\\word"}"#, &quoted), r#"{"p":"[redacted]"}"#);
+        assert_eq!(
+            redact_values(r#"{"p":"pa\"ss\\word"}"#, &quoted),
+            r#"{"p":"[redacted]"}"#
+        );
     }
 
     #[test]
     fn known_values_come_from_the_secrets_and_the_job_strings() {
-        let secrets = SecretBundle::from_map(
-            [("TOKEN".to_owned(), "secret-value-1".to_owned())].into(),
-        );
+        let secrets =
+            SecretBundle::from_map([("TOKEN".to_owned(), "secret-value-1".to_owned())].into());
         let job = serde_json::json!({"ghToken": "ghs_abcdefgh", "steps": 3, "nested": [{"k": "long-value-xyz"}], "s": "tiny"});
         let mut values = known_values(&secrets, &job);
         values.sort_unstable();
@@ -617,7 +646,10 @@ mod tests {
         };
         match scrub_outcome(CallOutcome::Observed(Box::new(observation)), &secrets, &job) {
             CallOutcome::Observed(o) => {
-                assert_eq!(o.error.as_deref(), Some("failed with Authorization: [redacted]"));
+                assert_eq!(
+                    o.error.as_deref(),
+                    Some("failed with Authorization: [redacted]")
+                );
                 assert_eq!(o.detail.as_deref(), Some("[redacted]"));
             }
             other => panic!("{other:?}"),

@@ -103,8 +103,12 @@ pub struct Ownership {
 }
 
 impl Owners {
-    fn set(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<crate::domain::ids::JobId>> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn set(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashSet<crate::domain::ids::JobId>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Claims a run; `None` while another actor owns it.

@@ -164,12 +164,19 @@ impl PoolActor {
         ctx.run_later(SWEEP, move |actor, ctx| {
             let store = actor.deps.store.clone();
             let fut = async move { store.get_run(&job_id).await.map(|run| (job_id, run)) };
-            ctx.spawn(fut.into_actor(actor).map(|loaded, actor, ctx| actor.adopt(loaded, ctx)));
+            ctx.spawn(
+                fut.into_actor(actor)
+                    .map(|loaded, actor, ctx| actor.adopt(loaded, ctx)),
+            );
         });
     }
 
     /// Starts a reloaded run's actor when the run still needs work; else forgets its slot.
-    fn adopt(&mut self, loaded: Result<(JobId, Option<RunRecord>), crate::store::StoreError>, ctx: &mut Context<Self>) {
+    fn adopt(
+        &mut self,
+        loaded: Result<(JobId, Option<RunRecord>), crate::store::StoreError>,
+        ctx: &mut Context<Self>,
+    ) {
         match loaded {
             Ok((_, Some(run))) if run.state == crate::domain::state::RunState::Queued => {
                 if !self.queue.iter().any(|q| q.job_id == run.job_id) {
@@ -205,7 +212,10 @@ impl PoolActor {
             let store = self.deps.store.clone();
             let fut = async move { store.get_run(&job_id).await.map(|run| (job_id, run)) };
 
-            ctx.spawn(fut.into_actor(self).map(|loaded, actor, ctx| actor.adopt(loaded, ctx)));
+            ctx.spawn(
+                fut.into_actor(self)
+                    .map(|loaded, actor, ctx| actor.adopt(loaded, ctx)),
+            );
         }
     }
 

@@ -92,10 +92,13 @@ impl Supervisor {
             let fut = async move {
                 match store.load_unfinished().await {
                     Ok(runs) => {
-                        let runs: Vec<RunRecord> = runs.into_iter().filter(|run| run.pool == name).collect();
+                        let runs: Vec<RunRecord> =
+                            runs.into_iter().filter(|run| run.pool == name).collect();
                         addr.do_send(Resume(runs));
                     }
-                    Err(e) => tracing::error!(pool = %name, error = %e, "cannot reload the runs of a restarted pool"),
+                    Err(e) => {
+                        tracing::error!(pool = %name, error = %e, "cannot reload the runs of a restarted pool")
+                    }
                 }
             };
             ctx.spawn(fut.into_actor(self));

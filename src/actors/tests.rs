@@ -5,12 +5,12 @@ use super::supervisor::{PoolAddr, SubmitRun, Supervisor, UpsertPool};
 use super::{Activity, Deps, Owners};
 use crate::bus::EventBus;
 use crate::config::EgressSettings;
-use crate::egress::{Egress, EgressPolicy};
 use crate::crypto::{Sealer, binding};
 use crate::domain::ids::{JobId, PoolName};
 use crate::domain::run::{Attempts, NewEvent, ReleaseState, RunRecord, now_millis};
 use crate::domain::secrets::SecretBundle;
 use crate::domain::state::RunState;
+use crate::egress::{Egress, EgressPolicy};
 use crate::localpool::{LocalPool, LocalPoolConfig};
 use crate::manifest::{Defaults, Manifest};
 use crate::scheduler::{Adapter, PoolRuntime};
@@ -62,13 +62,25 @@ async fn local_pool() -> LocalPool {
 }
 
 fn runtime(name: &str, base_url: &str) -> PoolRuntime {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/local.yaml")).unwrap();
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/local.yaml"))
+            .unwrap();
     let mut doc: serde_json::Value = yaml_serde::from_str(&text).unwrap();
     doc["baseUrl"] = serde_json::json!(base_url);
     doc["polling"] = serde_json::json!({"intervalMs": 50, "maxIntervalMs": 100});
     let manifest = Manifest::from_value(&doc, &Defaults::default()).unwrap();
-    let secrets = SecretBundle::from_map(BTreeMap::from([("LOCAL_POOL_TOKEN".to_owned(), TOKEN.to_owned())]));
-    PoolRuntime::new(PoolName::parse(name).unwrap(), 1, Arc::new(manifest), secrets, &loopback_egress()).unwrap()
+    let secrets = SecretBundle::from_map(BTreeMap::from([(
+        "LOCAL_POOL_TOKEN".to_owned(),
+        TOKEN.to_owned(),
+    )]));
+    PoolRuntime::new(
+        PoolName::parse(name).unwrap(),
+        1,
+        Arc::new(manifest),
+        secrets,
+        &loopback_egress(),
+    )
+    .unwrap()
 }
 
 async fn submit(deps: &Deps, supervisor: &Addr<Supervisor>, pool: &str, id: &str) -> JobId {
@@ -115,7 +127,10 @@ async fn submit(deps: &Deps, supervisor: &Addr<Supervisor>, pool: &str, id: &str
         to: Some(RunState::Queued),
         detail: None,
     };
-    deps.store.insert_run(run.clone(), Some(sealed), event).await.unwrap();
+    deps.store
+        .insert_run(run.clone(), Some(sealed), event)
+        .await
+        .unwrap();
     assert!(supervisor.send(SubmitRun(run)).await.unwrap());
     job_id
 }
@@ -127,7 +142,10 @@ async fn wait_state(deps: &Deps, job_id: &JobId, wanted: impl Fn(&RunRecord) -> 
         if wanted(&run) {
             return run;
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "run stuck: {run:?}");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "run stuck: {run:?}"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
@@ -137,15 +155,25 @@ async fn a_run_actor_that_dies_is_restarted_and_its_run_finishes() {
     let (_db, deps) = deps().await;
     let pool = local_pool().await;
     let supervisor = Supervisor::new(deps.clone()).start();
-    supervisor.send(UpsertPool(runtime("p", &pool.base_url()))).await.unwrap();
+    supervisor
+        .send(UpsertPool(runtime("p", &pool.base_url())))
+        .await
+        .unwrap();
     let job_id = submit(&deps, &supervisor, "p", "victim-1").await;
     wait_state(&deps, &job_id, |r| r.state == RunState::Running).await;
-    let pool_actor = supervisor.send(PoolAddr(PoolName::parse("p").unwrap())).await.unwrap().unwrap();
+    let pool_actor = supervisor
+        .send(PoolAddr(PoolName::parse("p").unwrap()))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(pool_actor.send(Crash(Some(job_id.clone()))).await.unwrap());
     let run = wait_state(&deps, &job_id, |r| r.release == ReleaseState::Done).await;
     assert_eq!(run.state, RunState::Done);
     assert_eq!(run.result, Some(serde_json::json!({"ok": true})));
-    assert_eq!(run.attempts.dispatch, 1, "the restarted actor did not dispatch again");
+    assert_eq!(
+        run.attempts.dispatch, 1,
+        "the restarted actor did not dispatch again"
+    );
     pool.stop().await;
 }
 
@@ -154,12 +182,22 @@ async fn a_pool_actor_that_dies_is_restarted_and_the_other_pools_carry_on() {
     let (_db, deps) = deps().await;
     let scheduler = local_pool().await;
     let supervisor = Supervisor::new(deps.clone()).start();
-    supervisor.send(UpsertPool(runtime("bad", &scheduler.base_url()))).await.unwrap();
-    supervisor.send(UpsertPool(runtime("good", &scheduler.base_url()))).await.unwrap();
+    supervisor
+        .send(UpsertPool(runtime("bad", &scheduler.base_url())))
+        .await
+        .unwrap();
+    supervisor
+        .send(UpsertPool(runtime("good", &scheduler.base_url())))
+        .await
+        .unwrap();
     let bad_run = submit(&deps, &supervisor, "bad", "bad-1").await;
     let good_run = submit(&deps, &supervisor, "good", "good-1").await;
     wait_state(&deps, &bad_run, |r| r.state == RunState::Running).await;
-    let bad = supervisor.send(PoolAddr(PoolName::parse("bad").unwrap())).await.unwrap().unwrap();
+    let bad = supervisor
+        .send(PoolAddr(PoolName::parse("bad").unwrap()))
+        .await
+        .unwrap()
+        .unwrap();
     // The pool actor panics while handling the message.
     assert!(bad.send(Crash(None)).await.is_err());
     for job_id in [&bad_run, &good_run] {
@@ -167,7 +205,14 @@ async fn a_pool_actor_that_dies_is_restarted_and_the_other_pools_carry_on() {
         assert_eq!(run.state, RunState::Done, "{run:?}");
         assert_eq!(run.attempts.dispatch, 1, "{run:?}");
     }
-    let restarted = supervisor.send(PoolAddr(PoolName::parse("bad").unwrap())).await.unwrap().unwrap();
-    assert!(restarted.connected(), "the supervisor replaced the dead pool actor");
+    let restarted = supervisor
+        .send(PoolAddr(PoolName::parse("bad").unwrap()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        restarted.connected(),
+        "the supervisor replaced the dead pool actor"
+    );
     scheduler.stop().await;
 }

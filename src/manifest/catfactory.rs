@@ -22,7 +22,9 @@
 //! are reported with Cat-Factory paths (`dispatch.pathTemplate`, `response.statusMap.1.to`).
 
 use super::walk::{Problems, join};
-use super::{Defaults, Manifest, ManifestError, ManifestFormat, OpKind, Problem, Warning, validate};
+use super::{
+    Defaults, Manifest, ManifestError, ManifestFormat, OpKind, Problem, Warning, validate,
+};
 use serde_json::{Map, Value, json};
 
 /// Top-level fields of Cat-Factory's schema.
@@ -137,8 +139,8 @@ pub fn convert_catfactory(text: &str, defaults: &Defaults) -> Result<Converted, 
         });
     }
     let converted = convert(&doc)?;
-    let mut compiled = validate::build(&converted.document, defaults)
-        .map_err(|e| converted.remap(e))?;
+    let mut compiled =
+        validate::build(&converted.document, defaults).map_err(|e| converted.remap(e))?;
     let mut warnings = converted.warnings.clone();
     warnings.append(&mut compiled.warnings);
     Ok(Converted {
@@ -279,8 +281,18 @@ impl Converter {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        message = format!("{}{message}", if unknown.len() == 1 { "this field " } else { "these fields " });
-        if unknown.iter().any(|k| matches!(*k, "queryTemplate" | "headersTemplate")) {
+        message = format!(
+            "{}{message}",
+            if unknown.len() == 1 {
+                "this field "
+            } else {
+                "these fields "
+            }
+        );
+        if unknown
+            .iter()
+            .any(|k| matches!(*k, "queryTemplate" | "headersTemplate"))
+        {
             message.push_str("; the fields are named `query` and `headers`");
         }
         message.push_str("; cattery ignores them too");
@@ -307,10 +319,8 @@ fn convert(doc: &Value) -> Result<Converted, ManifestError> {
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
     {
-        cv.problems.add(
-            "providerId",
-            format!("{id:?} must use only a-z, 0-9 and -"),
-        );
+        cv.problems
+            .add("providerId", format!("{id:?} must use only a-z, 0-9 and -"));
     }
     let label = cv.string(root, "", "label", true, true, 120);
     let base_url = cv.string(root, "", "baseUrl", true, true, 2000);
@@ -416,7 +426,10 @@ fn convert_auth(value: Option<&Value>, cv: &mut Converter) -> Value {
             return json!({"type": "none"});
         }
     };
-    let scheme = object.get("type").and_then(Value::as_str).unwrap_or_default();
+    let scheme = object
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     let known: &[&str] = match scheme {
         "none" => &["type"],
         "api_key" => &["type", "headerName", "secretRef", "valuePrefix"],
@@ -443,7 +456,10 @@ fn convert_auth(value: Option<&Value>, cv: &mut Converter) -> Value {
         let value = match (*key, value) {
             ("tokenUrl", Value::String(s)) => Value::String(s.trim().to_owned()),
             (
-                "secretRef" | "usernameSecretRef" | "passwordSecretRef" | "clientIdSecretRef"
+                "secretRef"
+                | "usernameSecretRef"
+                | "passwordSecretRef"
+                | "clientIdSecretRef"
                 | "clientSecretSecretRef",
                 Value::Object(r),
             ) => secret_ref(r),
@@ -472,7 +488,12 @@ fn convert_auth(value: Option<&Value>, cv: &mut Converter) -> Value {
         };
         out.insert((*key).to_owned(), value);
     }
-    if scheme == "custom_headers" && out.get("headers").and_then(Value::as_array).is_some_and(Vec::is_empty) {
+    if scheme == "custom_headers"
+        && out
+            .get("headers")
+            .and_then(Value::as_array)
+            .is_some_and(Vec::is_empty)
+    {
         return json!({"type": "none"});
     }
     Value::Object(out)
@@ -531,16 +552,22 @@ fn convert_operation(
     cv.map_path(format!("{at}.request"), at);
     cv.map_path(format!("{at}.request.method"), format!("{at}.method"));
     cv.map_path(format!("{at}.request.path"), format!("{at}.pathTemplate"));
-    cv.map_path(format!("{at}.request.bodyTemplate"), format!("{at}.bodyTemplate"));
+    cv.map_path(
+        format!("{at}.request.bodyTemplate"),
+        format!("{at}.bodyTemplate"),
+    );
     cv.map_path(format!("{at}.timeoutMs"), format!("{at}.timeoutMs"));
 
     let mut request = Map::new();
     let method = match template.get("method") {
-        Some(Value::String(m)) if matches!(m.as_str(), "GET" | "POST" | "PUT" | "PATCH" | "DELETE") => {
+        Some(Value::String(m))
+            if matches!(m.as_str(), "GET" | "POST" | "PUT" | "PATCH" | "DELETE") =>
+        {
             Some(m.clone())
         }
         None | Some(Value::Null) => {
-            cv.problems.add(join(at, "method"), "is required but missing");
+            cv.problems
+                .add(join(at, "method"), "is required but missing");
             None
         }
         Some(other) => {
@@ -566,7 +593,8 @@ fn convert_operation(
         }
         request.insert("path".into(), Value::String(path));
     } else if !template.contains_key("pathTemplate") {
-        cv.problems.add(join(at, "pathTemplate"), "is required but missing");
+        cv.problems
+            .add(join(at, "pathTemplate"), "is required but missing");
     }
 
     match template.get("query") {
@@ -582,7 +610,8 @@ fn convert_operation(
                 let value = cv.string(entry, &path, "value", false, false, usize::MAX);
                 for (field, present) in [("key", key.is_some()), ("value", value.is_some())] {
                     if !present && !entry.contains_key(field) {
-                        cv.problems.add(join(&path, field), "is required but missing");
+                        cv.problems
+                            .add(join(&path, field), "is required but missing");
                     }
                 }
                 if let (Some(key), Some(value)) = (key, value) {
@@ -593,7 +622,10 @@ fn convert_operation(
         }
         Some(other) => cv.problems.add(
             join(at, "query"),
-            format!("must be a list of {{key, value}}, not {}", super::walk::kind_of(other)),
+            format!(
+                "must be a list of {{key, value}}, not {}",
+                super::walk::kind_of(other)
+            ),
         ),
     }
     if !query.is_empty() {
@@ -667,7 +699,10 @@ fn convert_operation(
             None => {
                 cv.problems.add(
                     join(at, "timeoutMs"),
-                    format!("must be a number from 1 to 60000; got {}", super::walk::show(value)),
+                    format!(
+                        "must be a number from 1 to 60000; got {}",
+                        super::walk::show(value)
+                    ),
                 );
                 None
             }
@@ -756,7 +791,10 @@ fn convert_headers(
         Some(other) => {
             cv.problems.add(
                 join(at, "headers"),
-                format!("must be a list of {{name, value}}, not {}", super::walk::kind_of(other)),
+                format!(
+                    "must be a list of {{name, value}}, not {}",
+                    super::walk::kind_of(other)
+                ),
             );
             return out;
         }
@@ -770,7 +808,8 @@ fn convert_headers(
         let name = cv.string(entry, &path, "name", true, false, usize::MAX);
         let value = cv.string(entry, &path, "value", false, false, usize::MAX);
         if value.is_none() && !entry.contains_key("value") {
-            cv.problems.add(join(&path, "value"), "is required but missing");
+            cv.problems
+                .add(join(&path, "value"), "is required but missing");
         }
         let (Some(name), Some(value)) = (name, value) else {
             continue;
@@ -785,11 +824,7 @@ fn convert_headers(
             );
             continue;
         }
-        if let Some(previous) = out
-            .keys()
-            .find(|k| k.eq_ignore_ascii_case(&name))
-            .cloned()
-        {
+        if let Some(previous) = out.keys().find(|k| k.eq_ignore_ascii_case(&name)).cloned() {
             out.remove(&previous);
             cv.warn(
                 "header_conflict",
@@ -842,9 +877,7 @@ fn resolve(name: &str, kind: OpKind) -> (Resolved, Option<&'static str>) {
         ("input", "job") if dispatch => (Resolved::Expr("{{json input.job}}"), None),
         ("input", "kind") if dispatch => (Resolved::Expr("{{input.kind}}"), None),
         ("input", "instanceType") if dispatch => (Resolved::Expr("{{input.instanceType}}"), None),
-        ("input", "cloudProvider") if dispatch => {
-            (Resolved::Expr("{{input.cloudProvider}}"), None)
-        }
+        ("input", "cloudProvider") if dispatch => (Resolved::Expr("{{input.cloudProvider}}"), None),
         ("input", "image") if dispatch => (Resolved::Expr("{{input.image}}"), None),
         ("input", "job" | "kind" | "instanceType" | "cloudProvider" | "image") => {
             (Resolved::Empty, Some("dispatch-only"))
@@ -959,9 +992,17 @@ pub(crate) fn dot_path(path: &str) -> Option<String> {
             .chars()
             .next()
             .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && segment.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            && segment
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_');
         if is_index {
-            out.push_str(&format!("[{}]", segment.trim_start_matches('0').parse::<usize>().unwrap_or(0)));
+            out.push_str(&format!(
+                "[{}]",
+                segment
+                    .trim_start_matches('0')
+                    .parse::<usize>()
+                    .unwrap_or(0)
+            ));
             continue;
         }
         if i > 0 {
@@ -977,7 +1018,11 @@ pub(crate) fn dot_path(path: &str) -> Option<String> {
 }
 
 /// Converts the response mapping into `poll.map` (and the capabilities capture of dispatch).
-fn convert_response(response: &Map<String, Value>, out: &mut Map<String, Value>, cv: &mut Converter) {
+fn convert_response(
+    response: &Map<String, Value>,
+    out: &mut Map<String, Value>,
+    cv: &mut Converter,
+) {
     let mut known: Vec<&str> = SCALAR_PATHS.iter().map(|(k, _)| *k).collect();
     known.extend(PROGRESS_PATHS.iter().map(|(k, _)| *k));
     known.extend(RESULT_FIELD_PATHS.iter().map(|(k, _)| *k));
@@ -1005,7 +1050,10 @@ fn convert_response(response: &Map<String, Value>, out: &mut Map<String, Value>,
         let mut inner = Map::new();
         for (key, target) in entries {
             if let Some(expr) = path_of(cv, key) {
-                cv.map_path(format!("poll.map.{group}.{target}"), format!("response.{key}"));
+                cv.map_path(
+                    format!("poll.map.{group}.{target}"),
+                    format!("response.{key}"),
+                );
                 inner.insert((*target).to_owned(), Value::String(expr));
             }
         }
@@ -1025,7 +1073,8 @@ fn convert_response(response: &Map<String, Value>, out: &mut Map<String, Value>,
                 };
                 let from = cv.string(entry, &path, "from", false, false, usize::MAX);
                 if from.is_none() && !entry.contains_key("from") {
-                    cv.problems.add(join(&path, "from"), "is required but missing");
+                    cv.problems
+                        .add(join(&path, "from"), "is required but missing");
                 }
                 let to = match entry.get("to").and_then(Value::as_str) {
                     Some(t @ ("running" | "done" | "failed")) => Some(t),
@@ -1034,7 +1083,9 @@ fn convert_response(response: &Map<String, Value>, out: &mut Map<String, Value>,
                             join(&path, "to"),
                             format!(
                                 "must be running, done or failed; got {}",
-                                entry.get("to").map_or_else(|| "nothing".to_owned(), super::walk::show)
+                                entry
+                                    .get("to")
+                                    .map_or_else(|| "nothing".to_owned(), super::walk::show)
                             ),
                         );
                         None
@@ -1058,7 +1109,10 @@ fn convert_response(response: &Map<String, Value>, out: &mut Map<String, Value>,
         }
         Some(other) => cv.problems.add(
             "response.statusMap",
-            format!("must be a list of {{from, to}}, not {}", super::walk::kind_of(other)),
+            format!(
+                "must be a list of {{from, to}}, not {}",
+                super::walk::kind_of(other)
+            ),
         ),
     }
     if !map.is_empty() {
@@ -1068,7 +1122,10 @@ fn convert_response(response: &Map<String, Value>, out: &mut Map<String, Value>,
         }
     }
     if let Some(expr) = path_of(cv, CAPABILITIES_PATH) {
-        cv.map_path("dispatch.capture.capabilities", format!("response.{CAPABILITIES_PATH}"));
+        cv.map_path(
+            "dispatch.capture.capabilities",
+            format!("response.{CAPABILITIES_PATH}"),
+        );
         if let Some(Value::Object(dispatch)) = out.get_mut("dispatch") {
             dispatch.insert(
                 "capture".into(),
@@ -1081,9 +1138,9 @@ fn convert_response(response: &Map<String, Value>, out: &mut Map<String, Value>,
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::state::MappedState;
     use crate::manifest::fixtures::{input, secrets};
     use crate::manifest::{Method, RenderInput};
-    use crate::domain::state::MappedState;
 
     fn convert_doc(doc: &Value) -> Converted {
         convert(doc).unwrap_or_else(|e| panic!("{:?}", e.problems))
@@ -1125,8 +1182,12 @@ mod tests {
     #[test]
     fn the_shape_decides_the_format() {
         assert!(looks_like_cat_factory(&transparent()));
-        assert!(looks_like_cat_factory(&json!({"dispatch": {"pathTemplate": "/x"}})));
-        assert!(!looks_like_cat_factory(&json!({"apiVersion": "cattery/v1", "label": "x"})));
+        assert!(looks_like_cat_factory(
+            &json!({"dispatch": {"pathTemplate": "/x"}})
+        ));
+        assert!(!looks_like_cat_factory(
+            &json!({"apiVersion": "cattery/v1", "label": "x"})
+        ));
         assert!(!looks_like_cat_factory(&json!({"baseUrl": "https://x"})));
         assert!(!looks_like_cat_factory(&json!([1])));
     }
@@ -1235,7 +1296,10 @@ mod tests {
         assert!(codes.contains(&"query_dropped"), "{codes:?}");
 
         let manifest = build(&doc, &Defaults::default()).unwrap();
-        let mut run = input("job-1", json!({"instanceType": "c7g.xlarge", "cloudProvider": "aws"}));
+        let mut run = input(
+            "job-1",
+            json!({"instanceType": "c7g.xlarge", "cloudProvider": "aws"}),
+        );
         run.kind = Some("agent".into());
         let s = secrets(&[("API_TOKEN", "t")]);
         let dispatch = manifest.render(OpKind::Dispatch, &run, &s).unwrap();
@@ -1261,13 +1325,23 @@ mod tests {
         let manifest = build(&transparent(), &Defaults::default()).unwrap();
         let job = json!({"jobId": "j\"1", "kind": "agent", "ghToken": "gh-secret", "nested": [1, {"a": null}]});
         let request = manifest
-            .render(OpKind::Dispatch, &input("j\"1", job.clone()), &secrets(&[("API_TOKEN", "t")]))
+            .render(
+                OpKind::Dispatch,
+                &input("j\"1", job.clone()),
+                &secrets(&[("API_TOKEN", "t")]),
+            )
             .unwrap();
         assert_eq!(request.method, Method::Post);
-        assert_eq!(request.url.as_str(), "https://runners.acme.example/api/dispatch/agent");
+        assert_eq!(
+            request.url.as_str(),
+            "https://runners.acme.example/api/dispatch/agent"
+        );
         let body: Value = serde_json::from_slice(request.body.as_deref().unwrap()).unwrap();
         assert_eq!(body, json!({"id": "j\"1", "job": job}));
-        assert_eq!(request.headers, [("Authorization".to_owned(), "Bearer t".to_owned())]);
+        assert_eq!(
+            request.headers,
+            [("Authorization".to_owned(), "Bearer t".to_owned())]
+        );
     }
 
     #[test]
@@ -1279,7 +1353,10 @@ mod tests {
         let s = secrets(&[("API_TOKEN", "t")]);
         let run: RenderInput = input("j-1", json!({}));
         let poll = manifest.render(OpKind::Poll, &run, &s).unwrap();
-        assert_eq!(poll.url.as_str(), "https://runners.acme.example/api/jobs?id=j-1&v=2");
+        assert_eq!(
+            poll.url.as_str(),
+            "https://runners.acme.example/api/jobs?id=j-1&v=2"
+        );
         let release = manifest.render(OpKind::Release, &run, &s).unwrap();
         assert_eq!(release.url.as_str(), "https://runners.acme.example/api");
     }
@@ -1329,9 +1406,16 @@ mod tests {
             converted.document["auth"],
             json!({"type": "api_key", "headerName": "X-Api-Key", "secretRef": {"key": "K"}, "valuePrefix": "Key "})
         );
-        assert_eq!(converted.document["poll"]["request"]["headers"], json!({"accept": "b"}));
+        assert_eq!(
+            converted.document["poll"]["request"]["headers"],
+            json!({"accept": "b"})
+        );
         let codes: Vec<&str> = converted.warnings.iter().map(|w| w.code.as_str()).collect();
-        assert_eq!(codes.iter().filter(|c| **c == "header_conflict").count(), 2, "{codes:?}");
+        assert_eq!(
+            codes.iter().filter(|c| **c == "header_conflict").count(),
+            2,
+            "{codes:?}"
+        );
         assert!(codes.contains(&"ignored_field"));
         doc["auth"] = json!({"type": "custom_headers", "headers": []});
         assert_eq!(convert_doc(&doc).document["auth"], json!({"type": "none"}));
@@ -1343,8 +1427,16 @@ mod tests {
         doc["poll"]["queryTemplate"] = json!([{"key": "a", "value": "b"}]);
         let converted = convert_doc(&doc);
         assert!(converted.document["poll"]["request"].get("query").is_none());
-        let warning = converted.warnings.iter().find(|w| w.code == "ignored_field").unwrap();
-        assert!(warning.message.contains("poll.queryTemplate"), "{}", warning.message);
+        let warning = converted
+            .warnings
+            .iter()
+            .find(|w| w.code == "ignored_field")
+            .unwrap();
+        assert!(
+            warning.message.contains("poll.queryTemplate"),
+            "{}",
+            warning.message
+        );
         assert!(warning.message.contains("`query` and `headers`"));
     }
 
@@ -1357,16 +1449,34 @@ mod tests {
             .unwrap();
         assert_eq!(obs.state, Some(MappedState::Done));
         assert_eq!(obs.result, Some(json!({"prUrl": "u"})));
-        assert_eq!(obs.progress.map(|p| (p.completed, p.in_progress, p.total)), Some((2, 0, 0)));
+        assert_eq!(
+            obs.progress.map(|p| (p.completed, p.in_progress, p.total)),
+            Some((2, 0, 0))
+        );
         assert!(obs.fields.is_empty());
-        let obs = manifest.poll.observe(br#"{"state": "cancelled", "error": "stopped"}"#).unwrap();
+        let obs = manifest
+            .poll
+            .observe(br#"{"state": "cancelled", "error": "stopped"}"#)
+            .unwrap();
         assert_eq!(obs.state, Some(MappedState::Failed));
         let obs = manifest.poll.observe(br#"{"state": "OOMKilled"}"#).unwrap();
         assert_eq!(obs.state, Some(MappedState::Lost));
-        let obs = manifest.poll.observe(br#"{"state": "succeeded", "error": "no changes"}"#).unwrap();
+        let obs = manifest
+            .poll
+            .observe(br#"{"state": "succeeded", "error": "no changes"}"#)
+            .unwrap();
         assert_eq!(obs.result, Some(json!({"error": "no changes"})));
-        let captured = manifest.dispatch.capture(br#"{"capabilities": ["mcpServers", 3, "skills"]}"#).unwrap();
+        let captured = manifest
+            .dispatch
+            .capture(br#"{"capabilities": ["mcpServers", 3, "skills"]}"#)
+            .unwrap();
         assert_eq!(captured["capabilities"], json!(["mcpServers", "skills"]));
-        assert!(manifest.dispatch.capture(br#"{"capabilities": "all"}"#).unwrap().is_empty());
+        assert!(
+            manifest
+                .dispatch
+                .capture(br#"{"capabilities": "all"}"#)
+                .unwrap()
+                .is_empty()
+        );
     }
 }

@@ -204,7 +204,12 @@ fn string<'a>(object: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
     object.get(key).and_then(Value::as_str)
 }
 
-fn copy_if(out: &mut Map<String, Value>, object: &Map<String, Value>, key: &str, keep: fn(&Value) -> bool) {
+fn copy_if(
+    out: &mut Map<String, Value>,
+    object: &Map<String, Value>,
+    key: &str,
+    keep: fn(&Value) -> bool,
+) {
     if let Some(value) = object.get(key).filter(|v| keep(v)) {
         out.insert(key.to_owned(), value.clone());
     }
@@ -218,7 +223,10 @@ fn peer_pull_request(item: &Value) -> Option<Value> {
     let object = item.as_object()?;
     let mut out = Map::new();
     for key in ["repo", "prUrl", "branch"] {
-        out.insert(key.to_owned(), Value::String(string(object, key)?.to_owned()));
+        out.insert(
+            key.to_owned(),
+            Value::String(string(object, key)?.to_owned()),
+        );
     }
     if let Some(Value::Array(ids)) = object.get("frameIds") {
         let ids: Vec<Value> = ids.iter().filter(|v| v.is_string()).cloned().collect();
@@ -230,7 +238,10 @@ fn peer_pull_request(item: &Value) -> Option<Value> {
 fn call_metric(object: &Map<String, Value>) -> Option<Value> {
     let mut out = Map::new();
     for key in ["promptText", "responseText", "reasoningText"] {
-        out.insert(key.to_owned(), Value::String(string(object, key)?.to_owned()));
+        out.insert(
+            key.to_owned(),
+            Value::String(string(object, key)?.to_owned()),
+        );
     }
     for key in ["messageCount", "inputTokens", "outputTokens"] {
         let n = object.get(key).filter(|v| v.is_number())?;
@@ -392,7 +403,9 @@ fn slice_review(object: &Map<String, Value>) -> Option<Value> {
 }
 
 fn tool_server(object: &Map<String, Value>) -> Option<Value> {
-    let id = string(object, "id").map(str::trim).filter(|i| !i.is_empty())?;
+    let id = string(object, "id")
+        .map(str::trim)
+        .filter(|i| !i.is_empty())?;
     let mut out = Map::new();
     out.insert("id".to_owned(), Value::String(id.to_owned()));
     let status = match string(object, "status") {
@@ -410,7 +423,9 @@ fn tool_server(object: &Map<String, Value>) -> Option<Value> {
 }
 
 fn follow_up(object: &Map<String, Value>) -> Option<Value> {
-    let title = string(object, "title").map(str::trim).filter(|t| !t.is_empty())?;
+    let title = string(object, "title")
+        .map(str::trim)
+        .filter(|t| !t.is_empty())?;
     let mut out = Map::new();
     let kind = if string(object, "kind") == Some("question") {
         "question"
@@ -427,7 +442,10 @@ fn follow_up(object: &Map<String, Value>) -> Option<Value> {
 fn effort_report(value: &Value) -> Option<Value> {
     let object = value.as_object()?;
     let mut out = Map::new();
-    let given = object.get("difficulty").and_then(Value::as_f64).filter(|n| n.is_finite());
+    let given = object
+        .get("difficulty")
+        .and_then(Value::as_f64)
+        .filter(|n| n.is_finite());
     let difficulty = given.map_or(5.0, |n| n.round().clamp(1.0, 10.0));
     out.insert("difficulty".to_owned(), number_value(difficulty));
     for key in ["summary", "reducedEffectiveness"] {
@@ -508,7 +526,10 @@ mod tests {
         assert_eq!(heartbeat("1700000000000").as_deref(), Some("1700000000000"));
         assert_eq!(heartbeat("2024-01-01T00:00:00Z"), None);
         assert_eq!(heartbeat(""), None);
-        assert_eq!(failure_cause("branch-contended").as_deref(), Some("branch-contended"));
+        assert_eq!(
+            failure_cause("branch-contended").as_deref(),
+            Some("branch-contended")
+        );
         assert_eq!(failure_cause("oom"), None);
     }
 
@@ -571,7 +592,9 @@ mod tests {
                 "followUps",
                 &json!([{"kind": "question", "title": " Why? ", "detail": "d"}, {"title": "  "}, {"kind": "x", "title": "t", "suggestedAction": 1}])
             ),
-            Some(json!([{"kind": "question", "title": "Why?", "detail": "d"}, {"kind": "follow_up", "title": "t"}]))
+            Some(
+                json!([{"kind": "question", "title": "Why?", "detail": "d"}, {"kind": "follow_up", "title": "t"}])
+            )
         );
         assert_eq!(channel("followUps", &json!([])), None);
         assert_eq!(channel("callMetrics", &json!([{"promptText": "p"}])), None);
@@ -580,21 +603,28 @@ mod tests {
                 "sliceReviews",
                 &json!([{"label": " a ", "status": "completed", "report": "ok"}, {"label": "b", "status": "Completed"}, {"label": ""}])
             ),
-            Some(json!([{"label": " a ", "status": "completed", "report": "ok"}, {"label": "b", "status": "in_progress"}]))
+            Some(
+                json!([{"label": " a ", "status": "completed", "report": "ok"}, {"label": "b", "status": "in_progress"}])
+            )
         );
         assert_eq!(
             channel(
                 "toolServers",
                 &json!([{"id": " gh ", "status": "ready", "toolCount": 0}, {"id": "x", "status": "booting", "toolCount": -1}])
             ),
-            Some(json!([{"id": "gh", "status": "ready", "toolCount": 0}, {"id": "x", "status": "unknown"}]))
+            Some(
+                json!([{"id": "gh", "status": "ready", "toolCount": 0}, {"id": "x", "status": "unknown"}])
+            )
         );
         assert_eq!(channel("validationReport", &json!({"outcomes": 3})), None);
         assert_eq!(
             channel("validationReport", &json!({"outcomes": [], "passed": true})),
             Some(json!({"passed": true, "attempts": 1, "maxAttempts": 0, "outcomes": []}))
         );
-        assert_eq!(channel("reproductionReport", &json!({"status": "reproduced"})), None);
+        assert_eq!(
+            channel("reproductionReport", &json!({"status": "reproduced"})),
+            None
+        );
         assert_eq!(
             channel(
                 "reproductionReport",
@@ -602,8 +632,10 @@ mod tests {
                         "base": {"exitCode": 1, "passed": true, "timedOut": false, "setupFailed": true},
                         "final": {"passed": true}, "note": "n"})
             ),
-            Some(json!({"command": "c", "status": "reproduced", "testPaths": ["a"], "attempts": 1, "maxAttempts": 1,
-                        "base": {"exitCode": 1, "passed": true, "setupFailed": true}, "note": "n"}))
+            Some(
+                json!({"command": "c", "status": "reproduced", "testPaths": ["a"], "attempts": 1, "maxAttempts": 1,
+                        "base": {"exitCode": 1, "passed": true, "setupFailed": true}, "note": "n"})
+            )
         );
         assert_eq!(channel("phase", &json!("clone")), Some(json!("clone")));
         assert_eq!(channel("phase", &Value::Null), None);

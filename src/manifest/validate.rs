@@ -54,9 +54,7 @@ pub(crate) fn build(doc: &Value, defaults: &Defaults) -> Result<Manifest, Manife
         .required_str("baseUrl", &mut problems)
         .and_then(|text| base_url(text, &mut problems));
     let (ca_cert_pem, insecure_skip_verify) = tls(&root, &mut problems);
-    let follow_redirects = root
-        .bool("followRedirects", &mut problems)
-        .unwrap_or(false);
+    let follow_redirects = root.bool("followRedirects", &mut problems).unwrap_or(false);
     let auth = auth::parse(root.get("auth"), &mut problems);
     let vars = root
         .object("vars", &mut problems)

@@ -141,7 +141,10 @@ fn gate(req: &HttpRequest, facade: &Facade, needed: Role) -> Result<(), HttpResp
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+        .and_then(|h| {
+            h.strip_prefix("Bearer ")
+                .or_else(|| h.strip_prefix("bearer "))
+        })
         .map(str::trim)
         .filter(|t| !t.is_empty());
     let role = match (token, req.app_data::<web::Data<ApiAuth>>()) {
@@ -261,9 +264,9 @@ fn failure(e: ServiceError) -> HttpResponse {
         ServiceError::ShuttingDown | ServiceError::Unavailable => {
             error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
         }
-        ServiceError::JobIdConflict(_) | ServiceError::RunFinished(_) | ServiceError::PoolBusy(_) => {
-            error(StatusCode::CONFLICT, e.to_string())
-        }
+        ServiceError::JobIdConflict(_)
+        | ServiceError::RunFinished(_)
+        | ServiceError::PoolBusy(_) => error(StatusCode::CONFLICT, e.to_string()),
         ServiceError::MissingSecrets(_) => error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
         ServiceError::Internal(cause) => {
             let id = uuid::Uuid::new_v4().to_string();
@@ -302,7 +305,12 @@ pub async fn submit(
     }
     let body = match read_limited(payload, limit.0).await {
         Ok(body) => body,
-        Err(e) => return error(e.status(), "the request body could not be read or is too large"),
+        Err(e) => {
+            return error(
+                e.status(),
+                "the request body could not be read or is too large",
+            );
+        }
     };
     let Ok(Value::Object(spec)) = serde_json::from_slice::<Value>(&body) else {
         return error(
@@ -338,9 +346,7 @@ pub async fn submit(
     }
     let submission = Submission {
         job_id: job_id.clone(),
-        kind: kind.filter(|k| {
-            !k.is_empty() && k.len() <= 100 && !k.chars().any(char::is_control)
-        }),
+        kind: kind.filter(|k| !k.is_empty() && k.len() <= 100 && !k.chars().any(char::is_control)),
         job: Some(spec),
         labels: Map::new(),
         deadline_seconds: None,
@@ -473,15 +479,25 @@ mod tests {
             "local",
         );
         let pool = |v: Value| f.pool_for(&spec(v)).map(|p| p.to_string());
-        assert_eq!(pool(json!({"kind": "deploy"})).as_deref(), Some("deployers"));
+        assert_eq!(
+            pool(json!({"kind": "deploy"})).as_deref(),
+            Some("deployers")
+        );
         assert_eq!(
             pool(json!({"kind": "agent", "instanceType": "c7g.xlarge"})).as_deref(),
             Some("large")
         );
-        assert_eq!(pool(json!({"kind": "agent", "instanceType": "t3"})).as_deref(), Some("agents"));
+        assert_eq!(
+            pool(json!({"kind": "agent", "instanceType": "t3"})).as_deref(),
+            Some("agents")
+        );
         assert_eq!(pool(json!({"kind": "inline"})).as_deref(), Some("local"));
         let no_default = facade(vec![route(Some("agent"), None, "agents")], "");
-        assert!(no_default.pool_for(&spec(json!({"kind": "deploy"}))).is_none());
+        assert!(
+            no_default
+                .pool_for(&spec(json!({"kind": "deploy"})))
+                .is_none()
+        );
     }
 
     #[test]
@@ -498,7 +514,10 @@ mod tests {
 
     #[test]
     fn heartbeats_become_epoch_milliseconds() {
-        assert_eq!(heartbeat_millis("1700000000000"), Some(json!(1_700_000_000_000_i64)));
+        assert_eq!(
+            heartbeat_millis("1700000000000"),
+            Some(json!(1_700_000_000_000_i64))
+        );
         assert_eq!(
             heartbeat_millis("2024-01-01T00:00:01Z"),
             Some(json!(1_704_067_201_000_i64))

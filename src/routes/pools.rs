@@ -51,7 +51,10 @@ fn secrets_of(body: &Value, problems: &mut Vec<Problem>) -> Option<BTreeMap<Stri
 }
 
 /// The manifest inside Cat-Factory's `config` union; only the `manifest` kind is served.
-fn config_manifest<'a>(config: Option<&'a Value>, problems: &mut Vec<Problem>) -> Option<&'a Value> {
+fn config_manifest<'a>(
+    config: Option<&'a Value>,
+    problems: &mut Vec<Problem>,
+) -> Option<&'a Value> {
     let Some(Value::Object(config)) = config else {
         problems.push(problem(
             "config",
@@ -124,7 +127,10 @@ pub async fn put(
                 "send either manifest or config.manifest, not both",
             ));
         }
-        (config_manifest(object.get("config"), &mut problems), "config.manifest")
+        (
+            config_manifest(object.get("config"), &mut problems),
+            "config.manifest",
+        )
     } else {
         (object.get("manifest"), "manifest")
     };

@@ -104,7 +104,10 @@ impl TokenCache {
         };
         let slot = self.slot(&key);
         let mut cached_slot = slot.lock().await;
-        if let Some(cached) = cached_slot.as_ref().filter(|c| c.usable_until > Instant::now()) {
+        if let Some(cached) = cached_slot
+            .as_ref()
+            .filter(|c| c.usable_until > Instant::now())
+        {
             return Ok(cached.token.clone());
         }
         let (token, ttl) = fetch(auth, secrets, client, guard, timeout).await?;
@@ -211,7 +214,8 @@ mod tests {
                     async move {
                         actix_web::rt::time::sleep(Duration::from_millis(200)).await;
                         if form.get("client_secret").map(String::as_str) == Some("broken") {
-                            return HttpResponse::InternalServerError().body("client_secret=broken");
+                            return HttpResponse::InternalServerError()
+                                .body("client_secret=broken");
                         }
                         let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
                         HttpResponse::Ok().json(serde_json::json!({
@@ -265,7 +269,7 @@ mod tests {
         let bundle = secrets("client-a", "secret-a");
         let pool = PoolName::parse("p").unwrap();
         let cache = TokenCache::default();
-        let client = reqwest::Client::new();
+        let client = crate::scheduler::http::plain_client().unwrap();
         let guard = guard();
         let timeout = Duration::from_secs(5);
         let calls = (0..8).map(|_| cache.token(&pool, &auth, &bundle, &client, &guard, timeout));
@@ -296,24 +300,45 @@ mod tests {
         let (url, issued) = token_server();
         let auth = oauth(&url);
         let cache = TokenCache::default();
-        let client = reqwest::Client::new();
+        let client = crate::scheduler::http::plain_client().unwrap();
         let guard = guard();
         let timeout = Duration::from_secs(5);
         let a = PoolName::parse("tenant-a").unwrap();
         let b = PoolName::parse("tenant-b").unwrap();
         let first = cache
-            .token(&a, &auth, &secrets("client", "secret-a"), &client, &guard, timeout)
+            .token(
+                &a,
+                &auth,
+                &secrets("client", "secret-a"),
+                &client,
+                &guard,
+                timeout,
+            )
             .await
             .unwrap();
         // Same token URL and client id, another secret: its own token (a guessed client id
         // with a wrong secret never gets the cached one).
         let other_secret = cache
-            .token(&a, &auth, &secrets("client", "wrong"), &client, &guard, timeout)
+            .token(
+                &a,
+                &auth,
+                &secrets("client", "wrong"),
+                &client,
+                &guard,
+                timeout,
+            )
             .await
             .unwrap();
         // Same credential, another pool: its own token too.
         let other_pool = cache
-            .token(&b, &auth, &secrets("client", "secret-a"), &client, &guard, timeout)
+            .token(
+                &b,
+                &auth,
+                &secrets("client", "secret-a"),
+                &client,
+                &guard,
+                timeout,
+            )
             .await
             .unwrap();
         assert_eq!(issued.load(Ordering::SeqCst), 3);
@@ -332,7 +357,7 @@ mod tests {
                 &pool,
                 &auth,
                 &secrets("client", "broken"),
-                &reqwest::Client::new(),
+                &crate::scheduler::http::plain_client().unwrap(),
                 &guard(),
                 Duration::from_secs(5),
             )
@@ -344,7 +369,7 @@ mod tests {
                 &pool,
                 &auth,
                 &SecretBundle::default(),
-                &reqwest::Client::new(),
+                &crate::scheduler::http::plain_client().unwrap(),
                 &guard(),
                 Duration::from_secs(5),
             )
@@ -361,7 +386,7 @@ mod tests {
                 &PoolName::parse("p").unwrap(),
                 &auth,
                 &secrets("client", "secret"),
-                &reqwest::Client::new(),
+                &crate::scheduler::http::plain_client().unwrap(),
                 &guard(),
                 Duration::from_secs(5),
             )

@@ -139,7 +139,9 @@ impl PoolGuard {
                 };
                 Admission::Go { trial: true }
             }
-            State::HalfOpen { trial_out: true, .. } => Admission::Hold(now + TRIAL_WAIT),
+            State::HalfOpen {
+                trial_out: true, ..
+            } => Admission::Hold(now + TRIAL_WAIT),
         }
     }
 
@@ -181,10 +183,12 @@ impl PoolGuard {
                             cooldown,
                         }
                     }
-                    State::Closed { failures } if failures + 1 >= FAILURE_THRESHOLD => State::Open {
-                        until: now + base_cooldown,
-                        cooldown: base_cooldown,
-                    },
+                    State::Closed { failures } if failures + 1 >= FAILURE_THRESHOLD => {
+                        State::Open {
+                            until: now + base_cooldown,
+                            cooldown: base_cooldown,
+                        }
+                    }
                     State::Closed { failures } => State::Closed {
                         failures: failures + 1,
                     },
@@ -243,7 +247,10 @@ mod tests {
             assert_eq!(*wait, spacing * u32::try_from(i).unwrap());
         }
         // After a quiet period the next call goes at once.
-        assert_eq!(guard.reserve(Some(10.0), now + Duration::from_secs(5)), Duration::ZERO);
+        assert_eq!(
+            guard.reserve(Some(10.0), now + Duration::from_secs(5)),
+            Duration::ZERO
+        );
         assert_eq!(guard.reserve(None, now), Duration::ZERO);
     }
 
@@ -253,7 +260,10 @@ mod tests {
         let start = Instant::now();
         let slots: Vec<Duration> = (0..100).map(|_| guard.reserve(Some(7.0), start)).collect();
         for (i, first) in slots.iter().enumerate() {
-            let in_window = slots[i..].iter().filter(|s| **s < *first + Duration::from_secs(1)).count();
+            let in_window = slots[i..]
+                .iter()
+                .filter(|s| **s < *first + Duration::from_secs(1))
+                .count();
             assert!(in_window <= 7, "{in_window} calls in one second");
         }
     }

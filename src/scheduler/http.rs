@@ -87,9 +87,7 @@ pub async fn send(
         request.map_err(|_| SendError::Transport("the request could not be built".to_owned()))?;
     let mut hops = 0;
     loop {
-        guard
-            .check_url(request.url())
-            .map_err(SendError::Refused)?;
+        guard.check_url(request.url()).map_err(SendError::Refused)?;
         let again = if follow_redirects {
             request.try_clone()
         } else {
@@ -401,19 +399,28 @@ poll: { request: { method: GET, path: "/jobs/{{run.dispatchId}}" }, map: { state
         let base = format!("http://127.0.0.1:{origin}");
 
         // Not allowed by the manifest: the redirect itself is the answer.
-        let response = get(&client, &guard, format!("{base}/cross"), false).await.unwrap();
+        let response = get(&client, &guard, format!("{base}/cross"), false)
+            .await
+            .unwrap();
         assert_eq!(response.status(), 302);
         assert!(landed.lock().unwrap().is_empty());
 
         // Same origin: followed with the credentials.
-        let response = get(&client, &guard, format!("{base}/same"), true).await.unwrap();
+        let response = get(&client, &guard, format!("{base}/same"), true)
+            .await
+            .unwrap();
         assert_eq!(response.text().await.unwrap(), "final");
         let final_headers = seen.lock().unwrap().last().unwrap().2.clone();
-        assert_eq!(header(&final_headers, "authorization"), Some("Bearer scheduler-secret-token"));
+        assert_eq!(
+            header(&final_headers, "authorization"),
+            Some("Bearer scheduler-secret-token")
+        );
         assert_eq!(header(&final_headers, "x-api-key"), Some("api-key-secret"));
 
         // Another origin: followed without any credential header.
-        let response = get(&client, &guard, format!("{base}/cross"), true).await.unwrap();
+        let response = get(&client, &guard, format!("{base}/cross"), true)
+            .await
+            .unwrap();
         assert_eq!(response.text().await.unwrap(), "landed");
         let landed_headers = landed.lock().unwrap().last().unwrap().2.clone();
         assert_eq!(header(&landed_headers, "authorization"), None);
@@ -427,7 +434,10 @@ poll: { request: { method: GET, path: "/jobs/{{run.dispatchId}}" }, map: { state
             ("/to-v6", "::1, a loopback address"),
             ("/to-decimal", "127.0.0.2, a loopback address"),
             ("/to-metadata", "never allowed"),
-            ("/to-pinned", "pinned.test resolves to 127.0.0.1, a loopback address"),
+            (
+                "/to-pinned",
+                "pinned.test resolves to 127.0.0.1, a loopback address",
+            ),
         ] {
             match get(&client, &guard, format!("{base}{path}"), true).await {
                 Err(SendError::Refused(refusal)) => {
@@ -436,7 +446,10 @@ poll: { request: { method: GET, path: "/jobs/{{run.dispatchId}}" }, map: { state
                 other => panic!("{path}: {other:?}"),
             }
         }
-        assert!(landed.lock().unwrap().is_empty(), "an internal target was reached");
+        assert!(
+            landed.lock().unwrap().is_empty(),
+            "an internal target was reached"
+        );
 
         // Redirect loops end.
         match get(&client, &guard, format!("{base}/loop"), true).await {
@@ -460,7 +473,10 @@ poll: { request: { method: GET, path: "/jobs/{{run.dispatchId}}" }, map: { state
         };
         match send(post("/post-307-cross"), &guard, true).await {
             Err(SendError::Redirect(message)) => {
-                assert!(message.contains("not followed with the request body"), "{message}");
+                assert!(
+                    message.contains("not followed with the request body"),
+                    "{message}"
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -479,9 +495,19 @@ poll: { request: { method: GET, path: "/jobs/{{run.dispatchId}}" }, map: { state
         // pinned.test resolves to 127.0.0.1; only the IP literal is allowed.
         let (_egress, strict) = guard(&["127.0.0.1"]);
         let client = build_client(&manifest(), &strict).unwrap();
-        match get(&client, &strict, format!("http://pinned.test:{target}/landing"), false).await {
+        match get(
+            &client,
+            &strict,
+            format!("http://pinned.test:{target}/landing"),
+            false,
+        )
+        .await
+        {
             Err(SendError::Refused(refusal)) => {
-                assert!(refusal.to_string().contains("resolves to 127.0.0.1"), "{refusal}");
+                assert!(
+                    refusal.to_string().contains("resolves to 127.0.0.1"),
+                    "{refusal}"
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -494,7 +520,14 @@ poll: { request: { method: GET, path: "/jobs/{{run.dispatchId}}" }, map: { state
         assert!(describe_transport_error(&error).contains("egress policy refused"));
         assert!(landed.lock().unwrap().is_empty());
         // An IP literal is checked before the request (the resolver never sees it).
-        match get(&client, &strict, format!("http://127.0.0.2:{target}/landing"), false).await {
+        match get(
+            &client,
+            &strict,
+            format!("http://127.0.0.2:{target}/landing"),
+            false,
+        )
+        .await
+        {
             Err(SendError::Refused(_)) => {}
             other => panic!("{other:?}"),
         }
@@ -502,9 +535,14 @@ poll: { request: { method: GET, path: "/jobs/{{run.dispatchId}}" }, map: { state
         // The same name allowed by name: the pinned address is really connected to.
         let (_egress, allowing) = guard(&["pinned.test"]);
         let client = build_client(&manifest(), &allowing).unwrap();
-        let response = get(&client, &allowing, format!("http://pinned.test:{target}/landing"), false)
-            .await
-            .unwrap();
+        let response = get(
+            &client,
+            &allowing,
+            format!("http://pinned.test:{target}/landing"),
+            false,
+        )
+        .await
+        .unwrap();
         assert_eq!(response.text().await.unwrap(), "landed");
         assert_eq!(landed.lock().unwrap().len(), 1);
     }

@@ -12,14 +12,14 @@ pub mod http;
 
 use crate::domain::ids::PoolName;
 use crate::domain::run::now_millis;
-use guard::{Admission, Circuit, PoolGuard, Signal};
-use std::collections::HashMap;
-use std::time::Instant;
 use crate::domain::secrets::SecretBundle;
 use crate::lifecycle::CallOutcome;
 use crate::manifest::{Auth, Manifest, OpKind, RenderInput, RenderedRequest};
+use guard::{Admission, Circuit, PoolGuard, Signal};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+use std::time::Instant;
 
 /// Largest scheduler answer read (bytes); a larger one is an unreadable answer.
 pub const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
@@ -89,7 +89,8 @@ pub struct PoolHealth {
 /// backoff settings (four first backoffs, at least 200 ms; at most the backoff cap).
 fn cooldowns(manifest: &Manifest) -> (Duration, Duration) {
     let max = Duration::from_millis(manifest.retry.max_backoff_ms.max(200));
-    let base = Duration::from_millis(manifest.retry.initial_backoff_ms.saturating_mul(4).max(200)).min(max);
+    let base = Duration::from_millis(manifest.retry.initial_backoff_ms.saturating_mul(4).max(200))
+        .min(max);
     (base, max)
 }
 
@@ -158,7 +159,8 @@ impl Adapter {
         let trial = match guard.admit(now) {
             Admission::Go { trial } => trial,
             Admission::Hold(until) => {
-                let wait = i64::try_from(until.saturating_duration_since(now).as_millis()).unwrap_or(i64::MAX);
+                let wait = i64::try_from(until.saturating_duration_since(now).as_millis())
+                    .unwrap_or(i64::MAX);
                 return CallOutcome::Deferred {
                     until: now_millis().saturating_add(wait),
                 };

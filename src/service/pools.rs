@@ -168,8 +168,8 @@ impl Gateway {
             self.deps.adapter.egress(),
         )
         .map_err(|e| {
-                ServiceError::Validation(vec![problem("manifest.tls.caCertPem", e.to_string())])
-            })?;
+            ServiceError::Validation(vec![problem("manifest.tls.caCertPem", e.to_string())])
+        })?;
         self.supervisor
             .send(UpsertPool(runtime))
             .await

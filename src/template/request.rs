@@ -89,7 +89,10 @@ impl RequestTemplate {
         let at = &source.at;
 
         let path_at = format!("{at}.path");
-        if source.path.is_some_and(|p| !p.is_empty() && !p.starts_with('/')) {
+        if source
+            .path
+            .is_some_and(|p| !p.is_empty() && !p.starts_with('/'))
+        {
             problems.push(Problem {
                 path: path_at.clone(),
                 message: "must begin with '/' (it is joined to baseUrl), or be empty to call \

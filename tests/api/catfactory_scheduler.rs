@@ -9,7 +9,7 @@
 //! - the opaque envelope of the website's example B (§9.2): `POST /v1/jobs` with
 //!   `{"name", "kind", "instanceType", "spec"}` → 201 `{"name"}`;
 //!
-//! and for all three `GET /jobs/{id}` or `GET /v1/jobs/{id}` answer the test's script for that
+//! (each also under an `/api` prefix) and for all three `GET /jobs/{id}` or `GET /v1/jobs/{id}` answer the test's script for that
 //! job (one entry per poll, the last one repeating; 404 `{"error": "job not found"}` for a job
 //! it never accepted), `DELETE …/{id}` forgets the job (200, or 404 when unknown), and
 //! `POST /oauth/token` issues client-credentials tokens. Like a real API it can demand a
@@ -181,6 +181,8 @@ async fn handle(
     {
         return HttpResponse::Unauthorized().json(json!({"error": "unauthorized"}));
     }
+    // The website's example A serves its API under /api.
+    let path = path.strip_prefix("/api").unwrap_or(&path).to_owned();
     let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let dispatched_id = match (method.as_str(), path.as_str()) {
         ("POST", "/jobs") => Some(parsed["jobId"].as_str().map(str::to_owned)),

@@ -7,13 +7,20 @@
 //! times each job was created.
 
 use crate::faulty::{Fault, FaultyScheduler};
-use crate::helpers::{ADMIN_TOKEN, ChildProcess, MASTER_KEY, TestDatabase, cattery_bin, free_port, wait_healthy};
+use crate::helpers::{
+    ADMIN_TOKEN, ChildProcess, MASTER_KEY, TestDatabase, cattery_bin, free_port, wait_healthy,
+};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn serve(db: &TestDatabase, data_dir: &std::path::Path, port: u16, grace_seconds: u64) -> ChildProcess {
+fn serve(
+    db: &TestDatabase,
+    data_dir: &std::path::Path,
+    port: u16,
+    grace_seconds: u64,
+) -> ChildProcess {
     let child = Command::new(cattery_bin())
         .arg("serve")
         .env("CATTERY_DATABASE_URL", db.url())
@@ -114,7 +121,16 @@ impl Gateway {
             if let Some(cursor) = &after {
                 url.push_str(&format!("&after={cursor}"));
             }
-            let page: Value = self.client.get(url).bearer_auth(ADMIN_TOKEN).send().await.unwrap().json().await.unwrap();
+            let page: Value = self
+                .client
+                .get(url)
+                .bearer_auth(ADMIN_TOKEN)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
             for run in page["runs"].as_array().unwrap() {
                 out.insert(run["jobId"].as_str().unwrap().to_owned(), run.clone());
             }
@@ -137,7 +153,10 @@ impl Gateway {
             assert!(
                 start.elapsed() < Duration::from_secs(120),
                 "{settled} of {expected} runs settled; stuck: {:?}",
-                runs.values().filter(|r| r["released"] != true).take(3).collect::<Vec<_>>()
+                runs.values()
+                    .filter(|r| r["released"] != true)
+                    .take(3)
+                    .collect::<Vec<_>>()
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -145,7 +164,11 @@ impl Gateway {
 }
 
 /// Every acknowledged run finished with its own result, was created once and released.
-fn check_outcome(runs: &BTreeMap<String, Value>, acknowledged: &[String], scheduler: &FaultyScheduler) {
+fn check_outcome(
+    runs: &BTreeMap<String, Value>,
+    acknowledged: &[String],
+    scheduler: &FaultyScheduler,
+) {
     let deletes: Vec<String> = scheduler
         .arrivals()
         .iter()
@@ -157,10 +180,19 @@ fn check_outcome(runs: &BTreeMap<String, Value>, acknowledged: &[String], schedu
         assert_eq!(run["state"], "done", "{run}");
         assert_eq!(run["result"], json!({"name": id}), "{run}");
         assert_eq!(run["released"], true, "{run}");
-        assert_eq!(scheduler.created(id), 1, "{id} was created {} times", scheduler.created(id));
+        assert_eq!(
+            scheduler.created(id),
+            1,
+            "{id} was created {} times",
+            scheduler.created(id)
+        );
         assert!(deletes.contains(id), "no release was sent for {id}");
     }
-    assert_eq!(scheduler.total_created(), acknowledged.len(), "no job was created that nobody asked for");
+    assert_eq!(
+        scheduler.total_created(),
+        acknowledged.len(),
+        "no job was created that nobody asked for"
+    );
 }
 
 #[actix_web::test]
@@ -287,8 +319,29 @@ async fn sigterm_drains_calls_in_flight_exits_0_and_everything_resumes_after_res
     let mut process = gateway.process.take().unwrap();
     let pid = process.child.id().to_string();
     let sent = Instant::now();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    // New runs are refused while the gateway drains.
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    // Once the signal is handled, readiness says so and new runs are refused while calls in
+    // flight finish.
+    loop {
+        let ready = gateway.client.get(format!("{}/readyz", gateway.base())).send().await;
+        match ready {
+            Ok(response) => {
+                let body: Value = response.json().await.unwrap_or_default();
+                if body["shuttingDown"] == true {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+        assert!(sent.elapsed() < Duration::from_secs(5), "the signal was not handled");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let refused = gateway
         .client
         .post(format!("{}/v1/pools/faulty/runs", gateway.base()))
@@ -298,17 +351,27 @@ async fn sigterm_drains_calls_in_flight_exits_0_and_everything_resumes_after_res
         .await;
     if let Ok(response) = refused {
         assert_eq!(response.status().as_u16(), 503);
-        assert_eq!(response.json::<Value>().await.unwrap()["code"], "shutting_down");
+        assert_eq!(
+            response.json::<Value>().await.unwrap()["code"],
+            "shutting_down"
+        );
     }
     let status = loop {
         if let Some(status) = process.child.try_wait().unwrap() {
             break status;
         }
-        assert!(sent.elapsed() < Duration::from_secs(10), "the gateway did not exit within its grace period");
+        assert!(
+            sent.elapsed() < Duration::from_secs(10),
+            "the gateway did not exit within its grace period"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_eq!(status.code(), Some(0));
-    assert!(sent.elapsed() < Duration::from_secs(7), "exit took {:?}", sent.elapsed());
+    assert!(
+        sent.elapsed() < Duration::from_secs(7),
+        "exit took {:?}",
+        sent.elapsed()
+    );
     scheduler.set_default_fault(Fault::None);
     gateway.restart().await;
     let runs = gateway.settle(ids.len()).await;

@@ -44,15 +44,27 @@ fn merge(base: &mut Value, extra: Value) {
 async fn setup(polls_to_finish: usize, extra: Value) -> (TestApp, FaultyScheduler) {
     let app = spawn_app().await;
     let scheduler = FaultyScheduler::start(polls_to_finish).await;
-    let response = app.put_pool("faulty", manifest(&scheduler.base_url, extra), json!({})).await;
-    assert_eq!(response.status().as_u16(), 201, "{}", response.text().await.unwrap());
+    let response = app
+        .put_pool("faulty", manifest(&scheduler.base_url, extra), json!({}))
+        .await;
+    assert_eq!(
+        response.status().as_u16(),
+        201,
+        "{}",
+        response.text().await.unwrap()
+    );
     (app, scheduler)
 }
 
 async fn dispatch_all(app: &TestApp, ids: &[String]) {
     for id in ids {
         let response = app.dispatch("faulty", json!({"jobId": id})).await;
-        assert_eq!(response.status().as_u16(), 202, "{}", response.text().await.unwrap());
+        assert_eq!(
+            response.status().as_u16(),
+            202,
+            "{}",
+            response.text().await.unwrap()
+        );
     }
 }
 
@@ -62,11 +74,15 @@ fn ids(prefix: &str, n: usize) -> Vec<String> {
 
 #[actix_web::test]
 async fn random_503s_resets_hangs_and_garbage_still_finish_every_run_with_bounded_calls() {
-    let (app, scheduler) = setup(2, json!({})).await;
+    let (app, scheduler) = setup(4, json!({"retry": {"maxAttempts": 12}})).await;
     scheduler.set_unavailable_rate(0.3);
-    scheduler.push_faults([Fault::Reset, Fault::Hang, Fault::Truncated, Fault::NotJson, Fault::Slow(Duration::from_millis(150))]);
     let runs = ids("chaos", 8);
     dispatch_all(&app, &runs).await;
+    for id in &runs {
+        app.wait_for(id, WAIT, |r| r["state"] == "running").await;
+    }
+    // While they poll: a reset, a hang past the timeout, a truncated body, garbage, a slow answer.
+    scheduler.push_faults([Fault::Reset, Fault::Hang, Fault::Truncated, Fault::NotJson, Fault::Slow(Duration::from_millis(150))]);
     for id in &runs {
         let run = app.wait_for(id, WAIT, |r| r["released"] == true || r["state"] == "failed").await;
         assert_eq!(run["state"], "done", "{run}");
@@ -75,17 +91,14 @@ async fn random_503s_resets_hangs_and_garbage_still_finish_every_run_with_bounde
     for id in &runs {
         assert_eq!(scheduler.created(id), 1, "{id} was created once");
     }
-    // Each run needs 1 dispatch + 3 polls + 1 release; faults add retries, not floods.
+    // Each run needs 1 dispatch + 5 polls + 1 release; faults add retries, not floods.
     let calls = scheduler.arrivals().len();
-    assert!(calls <= runs.len() * 20, "{calls} calls for {} runs", runs.len());
-    let retries: usize = {
-        let mut total = 0;
-        for id in &runs {
-            total += app.events(id).await.iter().filter(|e| e["type"] == "retry" || e["type"] == "poll_error").count();
-        }
-        total
-    };
-    assert!(retries > 0, "the faults were seen and recorded as retries");
+    assert!(calls <= runs.len() * 25, "{calls} calls for {} runs", runs.len());
+    let mut retries = 0;
+    for id in &runs {
+        retries += app.events(id).await.iter().filter(|e| e["type"] == "retry" || e["type"] == "poll_error").count();
+    }
+    assert!(retries >= 5, "the faults were seen and recorded as retries ({retries})");
 }
 
 #[actix_web::test]
@@ -103,10 +116,21 @@ async fn retry_after_is_respected() {
         .collect();
     assert_eq!(dispatches.len(), 2);
     let waited = dispatches[1] - dispatches[0];
-    assert!(waited >= Duration::from_millis(950), "retried after {waited:?}, asked for 1 s");
-    assert!(waited < Duration::from_millis(2_500), "waited far too long: {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(950),
+        "retried after {waited:?}, asked for 1 s"
+    );
+    assert!(
+        waited < Duration::from_millis(2_500),
+        "waited far too long: {waited:?}"
+    );
     let events = app.events("patient-1").await;
-    assert!(events.iter().any(|e| e["type"] == "retry" && e["detail"].as_str().unwrap().contains("429")), "{events:?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "retry" && e["detail"].as_str().unwrap().contains("429")),
+        "{events:?}"
+    );
 }
 
 #[actix_web::test]
@@ -116,12 +140,23 @@ async fn other_4xx_answers_are_not_retried() {
     let run = app.wait_settled("refused-1").await;
     assert_eq!(run["failureCause"], "dispatch_rejected");
     assert!(run["error"].as_str().unwrap().contains("404"), "{run}");
-    assert_eq!(scheduler.arrivals().iter().filter(|a| a.method == "POST").count(), 1);
+    assert_eq!(
+        scheduler
+            .arrivals()
+            .iter()
+            .filter(|a| a.method == "POST")
+            .count(),
+        1
+    );
 }
 
 #[actix_web::test]
 async fn a_scheduler_that_goes_away_and_comes_back_loses_no_run() {
-    let (app, scheduler) = setup(3, json!({"retry": {"maxAttempts": 6, "initialBackoffMs": 100, "maxBackoffMs": 800}})).await;
+    let (app, scheduler) = setup(
+        3,
+        json!({"retry": {"maxAttempts": 6, "initialBackoffMs": 100, "maxBackoffMs": 800}}),
+    )
+    .await;
     let runs = ids("outage", 5);
     dispatch_all(&app, &runs).await;
     for id in &runs {
@@ -133,7 +168,13 @@ async fn a_scheduler_that_goes_away_and_comes_back_loses_no_run() {
     loop {
         let (_, pool) = app.get_json("/v1/pools/faulty").await;
         if pool["health"]["circuit"] == "open" {
-            assert!(pool["health"]["lastError"].as_str().unwrap().contains("connect"), "{pool}");
+            assert!(
+                pool["health"]["lastError"]
+                    .as_str()
+                    .unwrap()
+                    .contains("connect"),
+                "{pool}"
+            );
             break;
         }
         assert!(start.elapsed() < WAIT, "the breaker never opened: {pool}");
@@ -143,21 +184,37 @@ async fn a_scheduler_that_goes_away_and_comes_back_loses_no_run() {
     scheduler.come_back().await;
     let back = Instant::now();
     for id in &runs {
-        let run = app.wait_for(id, WAIT, |r| r["released"] == true || r["state"] == "failed").await;
+        let run = app
+            .wait_for(id, WAIT, |r| {
+                r["released"] == true || r["state"] == "failed"
+            })
+            .await;
         assert_eq!(run["state"], "done", "{run}");
         assert_eq!(scheduler.created(id), 1);
     }
     let (_, pool) = app.get_json("/v1/pools/faulty").await;
     assert_eq!(pool["health"]["circuit"], "closed");
     // Right after it came back, the first call is the breaker's single trial, not a burst.
-    let after: Vec<Instant> = scheduler.arrivals().iter().filter(|a| a.at >= back).map(|a| a.at).collect();
-    let first_burst = after.iter().filter(|t| **t < after[0] + Duration::from_millis(30)).count();
+    let after: Vec<Instant> = scheduler
+        .arrivals()
+        .iter()
+        .filter(|a| a.at >= back)
+        .map(|a| a.at)
+        .collect();
+    let first_burst = after
+        .iter()
+        .filter(|t| **t < after[0] + Duration::from_millis(30))
+        .count();
     assert_eq!(first_burst, 1, "calls resumed with one trial, not a burst");
 }
 
 #[actix_web::test]
 async fn while_the_breaker_is_open_only_trial_calls_reach_the_scheduler() {
-    let (app, scheduler) = setup(1_000, json!({"retry": {"maxAttempts": 6, "initialBackoffMs": 100, "maxBackoffMs": 800}})).await;
+    let (app, scheduler) = setup(
+        1_000,
+        json!({"retry": {"maxAttempts": 6, "initialBackoffMs": 100, "maxBackoffMs": 800}}),
+    )
+    .await;
     let runs = ids("breaker", 5);
     dispatch_all(&app, &runs).await;
     for id in &runs {
@@ -175,12 +232,23 @@ async fn while_the_breaker_is_open_only_trial_calls_reach_the_scheduler() {
         .filter(|t| *t >= outage_start && *t < outage_end)
         .collect();
     // Five failures open the breaker (cool-down: 4 × 100 ms, doubling up to 800 ms).
-    assert!(during.len() >= 5, "{} calls during the outage", during.len());
+    assert!(
+        during.len() >= 5,
+        "{} calls during the outage",
+        during.len()
+    );
     let opened = during[4];
-    let trials: Vec<Instant> = during.iter().copied().filter(|t| *t > opened + Duration::from_millis(150)).collect();
+    let trials: Vec<Instant> = during
+        .iter()
+        .copied()
+        .filter(|t| *t > opened + Duration::from_millis(150))
+        .collect();
     for pair in trials.windows(2) {
         let gap = pair[1] - pair[0];
-        assert!(gap >= Duration::from_millis(350), "two calls {gap:?} apart while the breaker was open");
+        assert!(
+            gap >= Duration::from_millis(350),
+            "two calls {gap:?} apart while the breaker was open"
+        );
     }
     assert!(trials.len() <= 8, "{} calls while open", trials.len());
     // The breaker never failed a run: all of them are still running.
@@ -199,9 +267,16 @@ async fn the_rate_budget_is_never_exceeded_in_any_second() {
         assert_eq!(run["state"], "done");
     }
     let times: Vec<Instant> = scheduler.arrivals().iter().map(|a| a.at).collect();
-    assert!(times.len() >= runs.len() * 4, "every run made its calls: {}", times.len());
+    assert!(
+        times.len() >= runs.len() * 4,
+        "every run made its calls: {}",
+        times.len()
+    );
     for (i, first) in times.iter().enumerate() {
-        let in_window = times[i..].iter().filter(|t| **t < *first + Duration::from_secs(1)).count();
+        let in_window = times[i..]
+            .iter()
+            .filter(|t| **t < *first + Duration::from_secs(1))
+            .count();
         assert!(in_window <= 5, "{in_window} calls within one second");
     }
 }
@@ -210,12 +285,25 @@ async fn the_rate_budget_is_never_exceeded_in_any_second() {
 async fn unreadable_polls_past_the_limit_fail_with_poll_errors() {
     let (app, scheduler) = setup(100, json!({})).await;
     app.dispatch("faulty", json!({"jobId": "garbage-1"})).await;
-    app.wait_for("garbage-1", WAIT, |r| r["state"] == "running").await;
+    app.wait_for("garbage-1", WAIT, |r| r["state"] == "running")
+        .await;
+    scheduler.push_faults([Fault::Huge, Fault::Truncated, Fault::NotJson]);
     scheduler.set_default_fault(Fault::NotJson);
     let run = app.wait_settled("garbage-1").await;
     assert_eq!(run["failureCause"], "poll_errors");
-    let errors = app.events("garbage-1").await.iter().filter(|e| e["type"] == "poll_error").count();
-    assert_eq!(errors, 4);
+    assert!(
+        run["error"].as_str().unwrap().contains("4 polls in a row"),
+        "{run}"
+    );
+    let events = app.events("garbage-1").await;
+    let reasons: Vec<&str> = events
+        .iter()
+        .filter(|e| e["type"] == "poll_error")
+        .map(|e| e["detail"].as_str().unwrap())
+        .collect();
+    assert_eq!(reasons.len(), 4, "{reasons:?}");
+    assert!(reasons[0].contains("larger than"), "{reasons:?}");
+    assert!(reasons[2].contains("not JSON"), "{reasons:?}");
 }
 
 #[actix_web::test]
@@ -234,16 +322,21 @@ async fn a_scheduler_that_forgets_jobs_gets_them_again_then_the_run_fails_as_los
 
 #[actix_web::test]
 async fn beyond_max_queued_the_api_answers_429_with_retry_after() {
-    let (app, scheduler) = setup(1_000, json!({"limits": {"maxInFlight": 1, "maxQueued": 2}})).await;
+    let (app, scheduler) =
+        setup(1_000, json!({"limits": {"maxInFlight": 1, "maxQueued": 2}})).await;
     for id in ["sat-0", "sat-1", "sat-2"] {
         let response = app.dispatch("faulty", json!({"jobId": id})).await;
         assert_eq!(response.status().as_u16(), 202);
     }
-    app.wait_for("sat-0", WAIT, |r| r["state"] == "running").await;
+    app.wait_for("sat-0", WAIT, |r| r["state"] == "running")
+        .await;
     let response = app.dispatch("faulty", json!({"jobId": "sat-3"})).await;
     assert_eq!(response.status().as_u16(), 429);
     assert!(response.headers().contains_key("retry-after"));
-    assert_eq!(response.json::<Value>().await.unwrap()["code"], "pool_saturated");
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["code"],
+        "pool_saturated"
+    );
     let (status, _) = app.get_json("/v1/runs/sat-3").await;
     assert_eq!(status, 404, "a refused run is not stored");
     assert_eq!(scheduler.created("sat-3"), 0);

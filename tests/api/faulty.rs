@@ -34,6 +34,8 @@ pub enum Fault {
     NotJson,
     /// Behave, but only after this delay.
     Slow(Duration),
+    /// 200 with a JSON body of 5 MiB (over cattery's 4 MiB cap).
+    Huge,
 }
 
 /// A recorded request.
@@ -141,7 +143,10 @@ impl FaultyScheduler {
             match TcpListener::bind(("127.0.0.1", self.port)).await {
                 Ok(listener) => break listener,
                 Err(e) => {
-                    assert!(start.elapsed() < Duration::from_secs(10), "cannot rebind: {e}");
+                    assert!(
+                        start.elapsed() < Duration::from_secs(10),
+                        "cannot rebind: {e}"
+                    );
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
@@ -154,7 +159,13 @@ impl FaultyScheduler {
     }
 
     pub fn created(&self, name: &str) -> usize {
-        self.state.lock().unwrap().created.get(name).copied().unwrap_or(0)
+        self.state
+            .lock()
+            .unwrap()
+            .created
+            .get(name)
+            .copied()
+            .unwrap_or(0)
     }
 
     pub fn total_created(&self) -> usize {
@@ -199,22 +210,66 @@ async fn handle(mut stream: TcpStream, state: Arc<Mutex<State>>) {
             let _ = stream.write_all(head.as_bytes()).await;
             let _ = stream.shutdown().await;
         }
-        Fault::NotJson => respond(&mut stream, 200, &[], "text/html", "<html>maintenance</html>").await,
+        Fault::NotJson => {
+            respond(
+                &mut stream,
+                200,
+                &[],
+                "text/html",
+                "<html>maintenance</html>",
+            )
+            .await
+        }
+        Fault::Huge => {
+            let body = format!(
+                "{{\"status\":\"Running\",\"padding\":\"{}\"}}",
+                "x".repeat(5 * 1024 * 1024)
+            );
+            respond(&mut stream, 200, &[], "application/json", &body).await;
+        }
         Fault::Unavailable => {
-            respond(&mut stream, 503, &[], "application/json", r#"{"message":"overloaded"}"#).await;
+            respond(
+                &mut stream,
+                503,
+                &[],
+                "application/json",
+                r#"{"message":"overloaded"}"#,
+            )
+            .await;
         }
         Fault::TooMany(seconds) => {
             let retry = seconds.to_string();
-            respond(&mut stream, 429, &[("retry-after", &retry)], "application/json", r#"{"message":"slow down"}"#).await;
+            respond(
+                &mut stream,
+                429,
+                &[("retry-after", &retry)],
+                "application/json",
+                r#"{"message":"slow down"}"#,
+            )
+            .await;
         }
         Fault::Slow(delay) => {
             tokio::time::sleep(delay).await;
             let (status, answer) = behave(&state, &method, &path, &body);
-            respond(&mut stream, status, &[], "application/json", &answer.to_string()).await;
+            respond(
+                &mut stream,
+                status,
+                &[],
+                "application/json",
+                &answer.to_string(),
+            )
+            .await;
         }
         Fault::None => {
             let (status, answer) = behave(&state, &method, &path, &body);
-            respond(&mut stream, status, &[], "application/json", &answer.to_string()).await;
+            respond(
+                &mut stream,
+                status,
+                &[],
+                "application/json",
+                &answer.to_string(),
+            )
+            .await;
         }
     }
 }
@@ -262,7 +317,13 @@ fn behave(state: &Arc<Mutex<State>>, method: &str, path: &str, body: &[u8]) -> (
     }
 }
 
-async fn respond(stream: &mut TcpStream, status: u16, headers: &[(&str, &str)], content_type: &str, body: &str) {
+async fn respond(
+    stream: &mut TcpStream,
+    status: u16,
+    headers: &[(&str, &str)],
+    content_type: &str,
+    body: &str,
+) {
     let reason = match status {
         200 => "OK",
         201 => "Created",

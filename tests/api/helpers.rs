@@ -59,6 +59,10 @@ pub fn test_settings(db: &TestDatabase, data_dir: &std::path::Path) -> Settings 
     settings.database.url = db.url().to_owned();
     settings.database.pool_size = 4;
     settings.local_pool.enabled = false;
+    // The schedulers of these tests listen on plain http on loopback, which the default egress
+    // policy refuses: allow exactly that.
+    settings.egress.allow_http = true;
+    settings.egress.allow_hosts = vec!["127.0.0.1".to_owned()];
     settings.local_pool.command =
         vec![cattery_bin().display().to_string(), "sample-job".to_owned()];
     settings.logging.level = "warn".to_owned();

@@ -8,14 +8,19 @@
     reason = "test helpers fail the test on any setup error"
 )]
 
+mod catfactory_scheduler;
 mod faulty;
 mod helpers;
 mod scheduler;
+mod security_support;
 
 mod auth;
+mod catfactory;
 mod cli;
 mod crash;
+mod egress;
 mod events;
+mod facade;
 mod faults;
 mod ops;
 mod persistence;

@@ -19,6 +19,10 @@ async fn healthz_and_readyz_answer_without_a_token() {
         body["backend"], expected,
         "the suite runs on the database it was asked to"
     );
+    assert!(
+        body["recoveryMs"].is_u64(),
+        "the recovery time at start is exposed: {body}"
+    );
 }
 
 #[actix_web::test]

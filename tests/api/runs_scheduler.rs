@@ -276,12 +276,16 @@ async fn replacing_the_manifest_keeps_runs_going_and_their_next_calls_use_the_ne
     })
     .await;
     app.dispatch("sched", json!({"jobId": "swap-1"})).await;
-    app.wait_for("swap-1", WAIT, |r| r["state"] == "running").await;
+    app.wait_for("swap-1", WAIT, |r| r["state"] == "running")
+        .await;
     // The new revision maps the scheduler's final word, which the old one did not know.
     let mut manifest = scheduler_manifest(&scheduler.base_url);
-    manifest["polling"] = json!({"intervalMs": 30, "maxIntervalMs": 100, "maxConsecutiveErrors": 3});
+    manifest["polling"] =
+        json!({"intervalMs": 30, "maxIntervalMs": 100, "maxConsecutiveErrors": 3});
     manifest["poll"]["map"]["statusMap"]["Finito"] = json!("done");
-    let replaced = app.put_pool("sched", manifest, json!({"SCHED_TOKEN": SCHED_TOKEN})).await;
+    let replaced = app
+        .put_pool("sched", manifest, json!({"SCHED_TOKEN": SCHED_TOKEN}))
+        .await;
     assert_eq!(replaced.status().as_u16(), 200);
     assert_eq!(replaced.json::<Value>().await.unwrap()["revision"], 2);
     let run = app.wait_settled("swap-1").await;

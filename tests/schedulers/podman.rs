@@ -45,7 +45,10 @@ impl Podman {
     async fn get(&self, path: &str) -> (u16, Value) {
         let response = self
             .client
-            .get(format!("{}/v4.0.0/libpod{path}", self.env.get("PODMAN_URL")))
+            .get(format!(
+                "{}/v4.0.0/libpod{path}",
+                self.env.get("PODMAN_URL")
+            ))
             .send()
             .await
             .unwrap();
@@ -186,7 +189,10 @@ async fn a_run_survives_a_restart_of_the_podman_service() {
 
     scheduler_script("podman", "restart").await;
     let run = app.run(&job_id).await;
-    assert_eq!(run["state"], "running", "the job ended before the restart: {run}");
+    assert_eq!(
+        run["state"], "running",
+        "the job ended before the restart: {run}"
+    );
 
     let run = app.wait_released(&job_id, "done", WAIT).await;
     assert_eq!(run["result"]["exitCode"], 0);

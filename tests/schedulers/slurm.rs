@@ -2,8 +2,7 @@
 //! on this machine.
 
 use crate::support::{
-    SLURM_LOCK, SchedulerEnv, TestApp, fast, scheduler_script, shipped_manifest, spawn_app,
-    unique,
+    SLURM_LOCK, SchedulerEnv, TestApp, fast, scheduler_script, shipped_manifest, spawn_app, unique,
 };
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -41,7 +40,10 @@ impl Slurm {
     async fn job(&self, id: &str) -> Value {
         let body: Value = self
             .client
-            .get(format!("{}/slurm/v0.0.38/job/{id}", self.env.get("SLURM_URL")))
+            .get(format!(
+                "{}/slurm/v0.0.38/job/{id}",
+                self.env.get("SLURM_URL")
+            ))
             .header("X-SLURM-USER-NAME", self.env.get("SLURM_USER"))
             .header("X-SLURM-USER-TOKEN", self.env.get("SLURM_JWT"))
             .send()
@@ -87,7 +89,9 @@ async fn a_job_runs_with_its_body_and_completes() {
     let run = app.wait_released(&job_id, "done", WAIT).await;
     assert_eq!(run["schedulerState"], "COMPLETED");
     assert_eq!(run["result"]["exitStatus"], 0);
-    let slurm_id = run["result"]["slurmJobId"].as_u64().expect("the Slurm job id");
+    let slurm_id = run["result"]["slurmJobId"]
+        .as_u64()
+        .expect("the Slurm job id");
     assert_eq!(run["externalId"], slurm_id.to_string());
     assert!(run["error"].is_null(), "{run}");
 
@@ -111,9 +115,7 @@ async fn a_job_runs_with_its_body_and_completes() {
 async fn a_failing_job_reports_its_state_reason_and_exit_status() {
     let Some(slurm) = Slurm::load() else { return };
     let _shared = SLURM_LOCK.read().await;
-    let (app, pool) = slurm
-        .start("#!/bin/sh\necho boom >&2\nexit 3\n")
-        .await;
+    let (app, pool) = slurm.start("#!/bin/sh\necho boom >&2\nexit 3\n").await;
     let job_id = unique("slurm-fail");
     app.dispatch(&pool, json!({"jobId": job_id, "job": {}}))
         .await;
@@ -208,7 +210,10 @@ async fn a_run_survives_a_restart_of_slurmctld_and_slurmrestd() {
     let after = std::fs::read_to_string("/run/slurmrestd.pid").unwrap_or_default();
     assert_ne!(before.trim(), after.trim(), "slurmrestd was not restarted");
     let run = app.run(&job_id).await;
-    assert_eq!(run["state"], "running", "the job ended before the restart: {run}");
+    assert_eq!(
+        run["state"], "running",
+        "the job ended before the restart: {run}"
+    );
 
     let run = app.wait_released(&job_id, "done", WAIT).await;
     assert_eq!(run["schedulerState"], "COMPLETED");

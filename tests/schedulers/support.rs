@@ -55,10 +55,7 @@ impl SchedulerEnv {
                      `bash .ci/start-schedulers.sh` (as root)",
                     path.display()
                 );
-                assert!(
-                    std::env::var_os("CI").is_none(),
-                    "CI is set and {reason}"
-                );
+                assert!(std::env::var_os("CI").is_none(), "CI is set and {reason}");
                 // Printed on the real stderr, so that a skip is visible even when the test
                 // harness captures output.
                 let _ = writeln!(std::io::stderr(), "SKIPPED: {reason}");
@@ -276,7 +273,8 @@ pub fn unique(prefix: &str) -> String {
 
 /// Fast polling and retries for a test pool.
 pub fn fast(manifest: &mut Value) {
-    manifest["polling"] = json!({"intervalMs": 200, "maxIntervalMs": 1000, "maxConsecutiveErrors": 8});
+    manifest["polling"] =
+        json!({"intervalMs": 200, "maxIntervalMs": 1000, "maxConsecutiveErrors": 8});
     manifest["retry"] = json!({"maxAttempts": 4, "initialBackoffMs": 100, "maxBackoffMs": 1000});
 }
 
@@ -295,3 +293,83 @@ pub static SLURM_LOCK: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(
 pub static PODMAN_LOCK: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 /// See [`SLURM_LOCK`].
 pub static KUBE_LOCK: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// A test scheduler's HTTP server on a fixed loopback port that can be stopped and started
+/// again while its state lives on, like a scheduler restarting over its persisted state.
+pub struct StubServer {
+    pub base_url: String,
+    port: u16,
+    handle: Option<actix_web::dev::ServerHandle>,
+    serve: Box<dyn Fn(std::net::TcpListener) -> actix_web::dev::Server>,
+}
+
+impl StubServer {
+    /// Starts `serve` on a free loopback port.
+    pub fn start(serve: impl Fn(std::net::TcpListener) -> actix_web::dev::Server + 'static) -> StubServer {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = serve(listener);
+        let handle = server.handle();
+        actix_web::rt::spawn(server);
+        StubServer {
+            base_url: format!("http://127.0.0.1:{port}"),
+            port,
+            handle: Some(handle),
+            serve: Box::new(serve),
+        }
+    }
+
+    /// Stops the server (connections are dropped), waits `down`, and starts it again on the
+    /// same port.
+    pub async fn restart(&mut self, down: Duration) {
+        if let Some(handle) = self.handle.take() {
+            handle.stop(false).await;
+        }
+        tokio::time::sleep(down).await;
+        let listener = std::net::TcpListener::bind(("127.0.0.1", self.port)).unwrap();
+        let server = (self.serve)(listener);
+        self.handle = Some(server.handle());
+        actix_web::rt::spawn(server);
+    }
+}
+
+/// A request a test scheduler received.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    /// The path, percent-decoded.
+    pub path: String,
+    pub query: HashMap<String, String>,
+    pub headers: HashMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+impl Seen {
+    pub fn of(req: &actix_web::HttpRequest, body: &[u8]) -> Seen {
+        Seen {
+            method: req.method().to_string(),
+            path: percent_encoding::percent_decode_str(req.path())
+                .decode_utf8_lossy()
+                .into_owned(),
+            query: url::form_urlencoded::parse(req.query_string().as_bytes())
+                .into_owned()
+                .collect(),
+            headers: req
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+                .collect(),
+            body: body.to_vec(),
+        }
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .get(&name.to_ascii_lowercase())
+            .map(String::as_str)
+    }
+}

@@ -1,0 +1,324 @@
+//! The egress policy through the real API: registration refuses forbidden URLs before any
+//! traffic, names are checked against what they resolve to when cattery connects, redirects are
+//! followed only when the manifest allows them and never carry credentials to another origin,
+//! and the built-in local pool is exempt.
+
+use crate::security_support::{Recorder, answer, redirect, simple_manifest, spawn_secure_app};
+
+use serde_json::{Value, json};
+
+fn problem_of(body: &Value) -> (String, String) {
+    let error = &body["errors"][0];
+    (
+        error["path"].as_str().unwrap_or_default().to_owned(),
+        error["message"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+#[actix_web::test]
+async fn the_default_policy_refuses_forbidden_urls_at_registration_before_any_traffic() {
+    // A scheduler on loopback: it must never hear from cattery.
+    let listener = Recorder::start(|_| answer(200, json!({}))).await;
+    let app = spawn_secure_app(
+        |s| s.egress = cattery::config::Settings::default().egress,
+        |_| {},
+    )
+    .await;
+    let port = listener.port;
+    let cases: Vec<(String, &str)> = vec![
+        (format!("http://127.0.0.1:{port}"), "scheme \"http\""),
+        (
+            format!("https://127.0.0.1:{port}"),
+            "127.0.0.1, a loopback address",
+        ),
+        (
+            format!("https://2130706433:{port}"),
+            "127.0.0.1, a loopback address",
+        ),
+        (
+            format!("https://0x7f.1:{port}"),
+            "127.0.0.1, a loopback address",
+        ),
+        (
+            format!("https://0177.0.0.1:{port}"),
+            "127.0.0.1, a loopback address",
+        ),
+        (
+            format!("https://%31%32%37.0.0.1:{port}"),
+            "127.0.0.1, a loopback address",
+        ),
+        (
+            format!("https://127.0.0.1.:{port}"),
+            "127.0.0.1, a loopback address",
+        ),
+        (
+            format!("https://localhost:{port}"),
+            "localhost is a loopback name",
+        ),
+        (
+            format!("https://localhost.:{port}"),
+            "localhost is a loopback name",
+        ),
+        (format!("https://[::1]:{port}"), "::1, a loopback address"),
+        (
+            format!("https://[::ffff:127.0.0.1]:{port}"),
+            "127.0.0.1, a loopback address",
+        ),
+        (format!("https://[::127.0.0.1]:{port}"), "embeds 127.0.0.1"),
+        (
+            format!("https://[64:ff9b::7f00:1]:{port}"),
+            "embeds 127.0.0.1",
+        ),
+        ("https://10.1.2.3".to_owned(), "a private address"),
+        ("https://[fd00::1]".to_owned(), "a unique-local address"),
+        ("https://[fe80::1]".to_owned(), "a link-local address"),
+        ("https://169.254.169.254".to_owned(), "never allowed"),
+        ("https://[fd00:ec2::254]".to_owned(), "never allowed"),
+        (
+            "https://metadata.google.internal.".to_owned(),
+            "cloud metadata service",
+        ),
+        (
+            "https://user:pass@scheduler.example".to_owned(),
+            "credentials",
+        ),
+    ];
+    for (base_url, expected) in &cases {
+        let (status, body) = app
+            .put_pool(
+                "p",
+                simple_manifest(base_url),
+                json!({"SCHED_TOKEN": "t0ken-value"}),
+            )
+            .await;
+        assert_eq!(status, 422, "{base_url}: {body}");
+        assert_eq!(body["code"], "validation_failed");
+        let (path, message) = problem_of(&body);
+        // A URL that does not parse as one (credentials are refused by the manifest itself).
+        if *expected == "credentials" {
+            assert_eq!(path, "manifest.baseUrl", "{base_url}: {body}");
+            assert!(message.contains(expected), "{base_url}: {message}");
+            continue;
+        }
+        assert_eq!(path, "manifest.baseUrl", "{base_url}: {body}");
+        assert!(
+            message.contains("egress policy") && message.contains(expected),
+            "{base_url}: {message}"
+        );
+    }
+
+    // The token URL of OAuth2 is checked the same way.
+    let mut oauth = simple_manifest("https://scheduler.example");
+    oauth["auth"] = json!({
+        "type": "oauth2_client_credentials",
+        "tokenUrl": format!("https://[::ffff:7f00:1]:{port}/token"),
+        "clientIdSecretRef": {"key": "ID"},
+        "clientSecretSecretRef": {"key": "SECRET"}
+    });
+    let (status, body) = app
+        .put_pool(
+            "p",
+            oauth,
+            json!({"ID": "client", "SECRET": "client-secret"}),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    let (path, message) = problem_of(&body);
+    assert_eq!(path, "manifest.auth.tokenUrl");
+    assert!(
+        message.contains("127.0.0.1, a loopback address"),
+        "{message}"
+    );
+
+    // Certificate checks cannot be turned off.
+    let mut insecure = simple_manifest("https://scheduler.example");
+    insecure["tls"] = json!({"insecureSkipVerify": true});
+    let (status, body) = app
+        .put_pool("p", insecure, json!({"SCHED_TOKEN": "t0ken-value"}))
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(problem_of(&body).0, "manifest.tls.insecureSkipVerify");
+
+    // Nothing was stored and nothing was sent.
+    let (_, pools) = app.get_json("/v1/pools").await;
+    assert_eq!(pools["pools"], json!([]));
+    assert!(listener.seen().is_empty());
+
+    // A public https scheduler registers (names are resolved only when cattery connects).
+    let (status, body) = app
+        .put_pool(
+            "p",
+            simple_manifest("https://scheduler.example:8443"),
+            json!({"SCHED_TOKEN": "t0ken-value"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+}
+
+#[actix_web::test]
+async fn a_name_that_resolves_to_loopback_is_refused_when_cattery_connects() {
+    let scheduler = Recorder::start(|seen| match seen.method.as_str() {
+        "POST" => answer(201, json!({})),
+        _ => answer(200, json!({"status": "Complete"})),
+    })
+    .await;
+    let pin = |app: &cattery::app::Application| {
+        app.gateway()
+            .deps
+            .adapter
+            .egress()
+            .pin("sched.test", vec!["127.0.0.1".parse().unwrap()]);
+    };
+    let manifest = simple_manifest(&format!("http://sched.test:{}", scheduler.port));
+
+    // Only the address 127.0.0.1 is allowed, as a URL host: the name passes registration (it
+    // is not resolved then) but every address it resolves to is refused at connect time.
+    let app = spawn_secure_app(|_| {}, pin).await;
+    let (status, body) = app
+        .put_pool(
+            "named",
+            manifest.clone(),
+            json!({"SCHED_TOKEN": "t0ken-value"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    app.dispatch("named", json!({"jobId": "rebound-1"})).await;
+    let run = app.wait_final("rebound-1").await;
+    assert_eq!(run["state"], "failed", "{run}");
+    assert_eq!(run["failureCause"], "dispatch_rejected", "{run}");
+    let error = run["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(
+            "egress policy refused the call: sched.test resolves to 127.0.0.1, a loopback address"
+        ),
+        "{error}"
+    );
+    assert!(
+        scheduler.seen().is_empty(),
+        "the refused address was reached"
+    );
+
+    // The same name allowed by name: the pinned address is really used.
+    let app = spawn_secure_app(|s| s.egress.allow_hosts.push("sched.test".to_owned()), pin).await;
+    let (status, _) = app
+        .put_pool("named", manifest, json!({"SCHED_TOKEN": "t0ken-value"}))
+        .await;
+    assert_eq!(status, 201);
+    app.dispatch("named", json!({"jobId": "allowed-1"})).await;
+    let run = app.wait_final("allowed-1").await;
+    assert_eq!(run["state"], "done", "{run}");
+    assert!(scheduler.seen().iter().any(|s| s.method == "POST"));
+}
+
+#[actix_web::test]
+async fn redirects_are_followed_only_when_allowed_checked_hop_by_hop_and_stripped_of_credentials() {
+    // Where redirected polls land: it records what arrives.
+    let target = Recorder::start(|_| answer(200, json!({"status": "Complete"}))).await;
+    let target_port = target.port;
+    // The scheduler: dispatch is accepted; polls of job "cross-*" go to the target on another
+    // port, polls of "inward-*" to localhost, every other poll to the same origin.
+    let scheduler = Recorder::start(move |seen| {
+        let name = seen.path.trim_start_matches("/jobs/").to_owned();
+        match (seen.method.as_str(), seen.path.as_str()) {
+            ("POST", "/jobs") => answer(201, json!({})),
+            ("GET", "/done") => answer(200, json!({"status": "Complete"})),
+            ("GET", _) if name.starts_with("cross") => redirect(
+                302,
+                &format!("http://127.0.0.1:{target_port}/status/{name}"),
+            ),
+            ("GET", _) if name.starts_with("inward") => redirect(
+                302,
+                &format!("http://localhost:{target_port}/status/{name}"),
+            ),
+            ("GET", _) => redirect(302, "/done"),
+            _ => answer(200, json!({})),
+        }
+    })
+    .await;
+    let app = spawn_secure_app(|_| {}, |_| {}).await;
+    let mut following = simple_manifest(&scheduler.base_url);
+    following["followRedirects"] = json!(true);
+    following["dispatch"]["request"]["headers"] = json!({"X-Api-Key": "{{secret \"API_KEY\"}}"});
+    following["poll"]["request"]["headers"] = json!({"X-Api-Key": "{{secret \"API_KEY\"}}"});
+    let secrets = json!({"SCHED_TOKEN": "sched-token-value", "API_KEY": "api-key-value"});
+    let (status, body) = app
+        .put_pool("follow", following.clone(), secrets.clone())
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let mut not_following = following.clone();
+    not_following["followRedirects"] = json!(false);
+    let (status, _) = app
+        .put_pool("nofollow", not_following, secrets.clone())
+        .await;
+    assert_eq!(status, 201);
+
+    // Same origin: followed.
+    app.dispatch("follow", json!({"jobId": "same-1"})).await;
+    assert_eq!(app.wait_final("same-1").await["state"], "done");
+
+    // Another allowed origin: followed, but no credential crosses.
+    app.dispatch("follow", json!({"jobId": "cross-1"})).await;
+    assert_eq!(app.wait_final("cross-1").await["state"], "done");
+    let landed = target.seen();
+    assert!(!landed.is_empty());
+    for seen in &landed {
+        assert_eq!(seen.header("authorization"), None, "{seen:?}");
+        assert_eq!(seen.header("x-api-key"), None, "{seen:?}");
+    }
+    let origin_poll = scheduler
+        .seen()
+        .into_iter()
+        .find(|s| s.path == "/jobs/cross-1")
+        .unwrap();
+    assert_eq!(
+        origin_poll.header("authorization"),
+        Some("Bearer sched-token-value")
+    );
+    assert_eq!(origin_poll.header("x-api-key"), Some("api-key-value"));
+
+    // A redirect to an internal host is refused before anything reaches it.
+    let before = target.seen().len();
+    app.dispatch("follow", json!({"jobId": "inward-1"})).await;
+    let run = app.wait_final("inward-1").await;
+    assert_eq!(run["state"], "failed", "{run}");
+    assert!(
+        run["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("localhost is a loopback name"),
+        "{run}"
+    );
+    assert_eq!(
+        target.seen().len(),
+        before,
+        "the internal target was reached"
+    );
+
+    // Without followRedirects the redirect is the answer: an unreadable poll, nothing followed.
+    app.dispatch("nofollow", json!({"jobId": "cross-2"})).await;
+    let run = app.wait_final("cross-2").await;
+    assert_eq!(run["state"], "failed", "{run}");
+    assert_eq!(run["failureCause"], "poll_errors", "{run}");
+    assert!(target.seen().iter().all(|s| s.path != "/status/cross-2"));
+}
+
+#[actix_web::test]
+async fn the_built_in_local_pool_is_exempt_under_the_default_policy() {
+    let app = spawn_secure_app(
+        |s| {
+            s.egress = cattery::config::Settings::default().egress;
+            s.local_pool.enabled = true;
+        },
+        |_| {},
+    )
+    .await;
+    let (status, body) = app
+        .dispatch(
+            "local",
+            json!({"jobId": "local-1", "job": {"steps": 1, "stepMs": 10}}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let run = app.wait_final("local-1").await;
+    assert_eq!(run["state"], "done", "{run}");
+}

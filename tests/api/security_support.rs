@@ -1,0 +1,223 @@
+//! Support for the security tests: an application whose egress state the test can reach (to pin
+//! a name to an address), and a loopback server that records every request and answers through
+//! a handler the test writes.
+
+use crate::helpers::{
+    ADMIN_TOKEN, DISPATCHER_TOKEN, MASTER_KEY, READER_TOKEN, TestDatabase, test_settings,
+};
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use cattery::app::{Application, Secrets};
+use cattery::config::Settings;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A running application built by the test itself.
+pub struct SecureApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub db: TestDatabase,
+    pub data_dir: tempfile::TempDir,
+}
+
+/// Starts the application with the test settings, adjusted, after `prepare` had the built
+/// application in hand (to pin names, for instance).
+pub async fn spawn_secure_app(
+    adjust: impl FnOnce(&mut Settings),
+    prepare: impl FnOnce(&Application),
+) -> SecureApp {
+    let db = TestDatabase::create().await;
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut settings = test_settings(&db, data_dir.path());
+    adjust(&mut settings);
+    let secrets = Secrets {
+        master_key: Some(MASTER_KEY.to_owned()),
+        admin_token: Some(ADMIN_TOKEN.to_owned()),
+    };
+    let app = Application::build(settings, secrets)
+        .await
+        .expect("the application starts");
+    prepare(&app);
+    let address = format!("http://127.0.0.1:{}", app.port());
+    actix_web::rt::spawn(app.run_until_stopped());
+    SecureApp {
+        address,
+        client: cattery::scheduler::http::plain_client().unwrap(),
+        db,
+        data_dir,
+    }
+}
+
+impl SecureApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub async fn put_pool(&self, name: &str, manifest: Value, secrets: Value) -> (u16, Value) {
+        let response = self
+            .client
+            .put(self.url(&format!("/v1/pools/{name}")))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({"manifest": manifest, "secrets": secrets}))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn dispatch(&self, pool: &str, body: Value) -> (u16, Value) {
+        let response = self
+            .client
+            .post(self.url(&format!("/v1/pools/{pool}/runs")))
+            .bearer_auth(DISPATCHER_TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .client
+            .get(self.url(path))
+            .bearer_auth(READER_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Polls the run until `done` holds, failing after 20 seconds.
+    pub async fn wait_for(&self, job_id: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let start = Instant::now();
+        loop {
+            let (status, run) = self.get_json(&format!("/v1/runs/{job_id}")).await;
+            assert_eq!(status, 200, "{run}");
+            if done(&run) {
+                return run;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "run {job_id} did not reach the expected state: {run}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Waits until the run is final.
+    pub async fn wait_final(&self, job_id: &str) -> Value {
+        self.wait_for(job_id, |run| {
+            matches!(run["state"].as_str(), Some("done" | "failed" | "cancelled"))
+        })
+        .await
+    }
+}
+
+/// A request a [`Recorder`] received.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub headers: HashMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+}
+
+/// A loopback server that records every request and answers with its handler.
+#[derive(Clone)]
+pub struct Recorder {
+    pub base_url: String,
+    pub port: u16,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+type Handler = Arc<dyn Fn(&Seen) -> HttpResponse + Send + Sync>;
+
+impl Recorder {
+    pub async fn start(
+        handler: impl Fn(&Seen) -> HttpResponse + Send + Sync + 'static,
+    ) -> Recorder {
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let handler: Handler = Arc::new(handler);
+        let recorded = seen.clone();
+        let server = HttpServer::new(move || {
+            let recorded = recorded.clone();
+            let handler = handler.clone();
+            App::new().default_service(web::to(move |req: HttpRequest, body: web::Bytes| {
+                let recorded = recorded.clone();
+                let handler = handler.clone();
+                async move {
+                    let seen = Seen {
+                        method: req.method().to_string(),
+                        path: req.path().to_owned(),
+                        headers: req
+                            .headers()
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
+                            .collect(),
+                        body: body.to_vec(),
+                    };
+                    recorded.lock().unwrap().push(seen.clone());
+                    handler(&seen)
+                }
+            }))
+        })
+        .workers(1)
+        .bind(("127.0.0.1", 0))
+        .unwrap();
+        let port = server.addrs()[0].port();
+        actix_web::rt::spawn(server.run());
+        Recorder {
+            base_url: format!("http://127.0.0.1:{port}"),
+            port,
+            seen,
+        }
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// An answer with a status and a JSON body.
+pub fn answer(status: u16, body: Value) -> HttpResponse {
+    HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap()).json(body)
+}
+
+/// A redirect.
+pub fn redirect(status: u16, location: &str) -> HttpResponse {
+    HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
+        .insert_header(("location", location))
+        .finish()
+}
+
+/// A minimal manifest: dispatch POST /jobs (201 with a uid), poll GET /jobs/{id} mapped by
+/// `status`, release DELETE /jobs/{id}; bearer auth from SCHED_TOKEN.
+pub fn simple_manifest(base_url: &str) -> Value {
+    json!({
+        "apiVersion": "cattery/v1",
+        "baseUrl": base_url,
+        "auth": {"type": "bearer", "secretRef": {"key": "SCHED_TOKEN"}},
+        "polling": {"intervalMs": 30, "maxIntervalMs": 100, "maxConsecutiveErrors": 3},
+        "retry": {"maxAttempts": 3, "initialBackoffMs": 10, "maxBackoffMs": 50},
+        "dispatch": {
+            "request": {"method": "POST", "path": "/jobs", "body": {"name": "{{run.dispatchId}}", "spec": "{{input.job}}"}},
+            "expect": [201]
+        },
+        "poll": {
+            "request": {"method": "GET", "path": "/jobs/{{run.dispatchId}}"},
+            "map": {"state": "status", "statusMap": {"Complete": "done", "Failed": "failed"}, "error": "message"}
+        },
+        "release": {"request": {"method": "DELETE", "path": "/jobs/{{run.dispatchId}}"}, "expect": [200, 404]}
+    })
+}
