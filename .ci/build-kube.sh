@@ -14,6 +14,8 @@ export DEBIAN_FRONTEND=noninteractive
 if [ -f /etc/apt/sources.list.d/debian.sources ]; then
   sed 's/^Types: deb$/Types: deb-src/' /etc/apt/sources.list.d/debian.sources \
     > /etc/apt/sources.list.d/debian-src.sources
+elif [ -f /etc/apt/sources.list ]; then
+  sed -n 's/^deb /deb-src /p' /etc/apt/sources.list > /etc/apt/sources.list.d/cattery-src.list
 fi
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends golang-go dpkg-dev rsync jq make \

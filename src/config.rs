@@ -91,7 +91,8 @@ pub struct DatabaseSettings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SecuritySettings {
-    /// A file holding the base64 master key; empty means `CATTERY_MASTER_KEY` or `<dataDir>/master.key`.
+    /// A file of base64 master keys, one per line, newest first; empty means
+    /// `CATTERY_MASTER_KEYS` / `CATTERY_MASTER_KEY` or `<dataDir>/master.key`.
     pub master_key_file: String,
 }
 
@@ -119,9 +120,11 @@ pub struct ApiToken {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EgressSettings {
-    /// Allow plain `http` schedulers.
+    /// Allow plain `http` (to any host the rest of the policy allows).
     pub allow_http: bool,
-    /// Hosts (exact, `.suffix`) and CIDRs that may be called although private.
+    /// Host names, `.suffix` entries, IP addresses (matched when a URL names them) and CIDRs
+    /// (matched against every address connected to) that may be called although the policy
+    /// refuses them by default. Cloud metadata and unspecified addresses are never allowed.
     pub allow_hosts: Vec<String>,
 }
 

@@ -477,6 +477,10 @@ fn observe(step: &mut Step, observation: Observation, policy: &Policy, env: Env)
     if observation.external_id.is_some() {
         step.run.external_id = observation.external_id.clone();
     }
+    // Each extra channel keeps the latest value a poll reported for it.
+    for (name, value) in &observation.fields {
+        step.run.fields.insert(name.clone(), value.clone());
+    }
     if observation.unmapped && !step.run.unmapped_seen {
         step.run.unmapped_seen = true;
         step.events.push(event(&step.run, env, "unmapped_status",
@@ -776,6 +780,7 @@ mod tests {
             failure_cause: None,
             detail: None,
             heartbeat_at: None,
+            fields: Map::new(),
             cancel_requested: false,
             release: ReleaseState::NotYet,
             attempts: Attempts::default(),

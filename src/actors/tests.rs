@@ -105,6 +105,7 @@ async fn submit(deps: &Deps, supervisor: &Addr<Supervisor>, pool: &str, id: &str
         failure_cause: None,
         detail: None,
         heartbeat_at: None,
+        fields: serde_json::Map::new(),
         cancel_requested: false,
         release: ReleaseState::NotYet,
         attempts: Attempts::default(),

@@ -114,6 +114,8 @@ pub struct RunRecord {
     pub detail: Option<String>,
     /// The scheduler's last heartbeat, as it reported it.
     pub heartbeat_at: Option<String>,
+    /// Extra channels mapped by `poll.map.fields`: the latest value each one had.
+    pub fields: Map<String, Value>,
     /// True once a caller asked for cancellation.
     pub cancel_requested: bool,
     /// Release progress.

@@ -353,10 +353,9 @@ fn reproduction_report(value: &Value) -> Option<Value> {
         "command".to_owned(),
         Value::String(string(object, "command")?.to_owned()),
     );
-    let status = match string(object, "status") {
-        Some(s @ ("reproduced" | "declared_infeasible")) => s,
-        _ => "inconclusive",
-    };
+    let status = string(object, "status")
+        .filter(|s| matches!(*s, "reproduced" | "declared_infeasible"))
+        .unwrap_or("inconclusive");
     out.insert("status".to_owned(), Value::String(status.to_owned()));
     out.insert(
         "testPaths".to_owned(),

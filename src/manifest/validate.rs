@@ -753,4 +753,82 @@ mod tests {
         assert_eq!(problems.len(), 1);
         assert_eq!(problems[0].path, "poll.request.headers.X-V");
     }
+
+    #[test]
+    fn map_result_fields_fields_and_coerce_are_read_and_checked() {
+        let mut doc = minimal();
+        doc["poll"]["map"] = json!({
+            "state": "status",
+            "result": "out",
+            "resultFields": {"prUrl": "links.pr"},
+            "fields": {"phase": "phase", "spans": "spans"},
+            "coerce": "cat-factory"
+        });
+        let manifest = build(&doc).unwrap();
+        let obs = manifest
+            .poll
+            .observe(br#"{"status": "cancelled", "out": {"summary": "s"}, "links": {"pr": "u"}, "phase": "clone", "spans": null}"#)
+            .unwrap();
+        assert_eq!(obs.state, Some(crate::domain::state::MappedState::Failed));
+        assert_eq!(obs.result, Some(json!({"summary": "s", "prUrl": "u"})));
+        assert_eq!(Value::Object(obs.fields), json!({"phase": "clone"}));
+
+        doc["poll"]["map"]["coerce"] = json!("javascript");
+        doc["poll"]["map"]["fields"] = json!({"state": "x", "bad-name": "y", "ok": "[["});
+        doc["poll"]["map"]["resultFields"] = json!({"prUrl": 3});
+        assert_eq!(
+            problem_paths(&doc),
+            [
+                "poll.map.resultFields.prUrl",
+                "poll.map.fields.bad-name",
+                "poll.map.fields.ok",
+                "poll.map.fields.state",
+                "poll.map.coerce",
+            ]
+        );
+    }
+
+    #[test]
+    fn without_coerce_result_fields_override_and_fields_pass_raw_values() {
+        let mut doc = minimal();
+        doc["poll"]["map"] = json!({
+            "state": "status",
+            "resultFields": {"branch": "b"},
+            "fields": {"coldStart": "coldStart"}
+        });
+        let manifest = build(&doc).unwrap();
+        let obs = manifest
+            .poll
+            .observe(br#"{"status": "cancelled", "b": 7, "coldStart": {"atMs": 1}}"#)
+            .unwrap();
+        assert_eq!(
+            obs.state,
+            Some(crate::domain::state::MappedState::Cancelled)
+        );
+        assert_eq!(obs.result, Some(json!({"branch": "7"})));
+        assert_eq!(Value::Object(obs.fields), json!({"coldStart": {"atMs": 1}}));
+    }
+
+    #[test]
+    fn a_query_list_repeats_the_parameter_and_an_empty_path_calls_the_base_url() {
+        let mut doc = minimal();
+        doc["poll"]["request"]["query"] = json!({"tag": ["a", "{{input.jobId}}"], "one": 1});
+        doc["release"]["request"]["path"] = json!("");
+        let manifest = build(&doc).unwrap();
+        let run = crate::manifest::fixtures::input("j-1", json!({}));
+        let secrets = crate::manifest::fixtures::secrets(&[]);
+        let poll = manifest.render(OpKind::Poll, &run, &secrets).unwrap();
+        assert_eq!(
+            poll.url.as_str(),
+            "https://sched.example/api/jobs/j-1?one=1&tag=a&tag=j-1"
+        );
+        let release = manifest.render(OpKind::Release, &run, &secrets).unwrap();
+        assert_eq!(release.url.as_str(), "https://sched.example/api");
+        doc["poll"]["request"]["query"] = json!({"tag": ["a", {"no": 1}]});
+        doc["release"]["request"]["path"] = json!("jobs");
+        assert_eq!(
+            problem_paths(&doc),
+            ["poll.request.query.tag.1", "release.request.path"]
+        );
+    }
 }

@@ -31,6 +31,9 @@ pub struct RunView {
     failure_cause: Option<String>,
     detail: Option<String>,
     heartbeat_at: Option<String>,
+    /// Extra channels mapped by `poll.map.fields` (absent when there are none).
+    #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
+    fields: serde_json::Map<String, Value>,
     cancel_requested: bool,
     released: bool,
     attempts: Attempts,
@@ -59,6 +62,7 @@ impl From<&RunRecord> for RunView {
             failure_cause: run.failure_cause.clone(),
             detail: run.detail.clone(),
             heartbeat_at: run.heartbeat_at.clone(),
+            fields: run.fields.clone(),
             cancel_requested: run.cancel_requested,
             released: run.release == ReleaseState::Done,
             attempts: run.attempts,

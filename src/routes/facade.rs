@@ -120,16 +120,38 @@ fn error(status: StatusCode, message: impl Into<String>) -> HttpResponse {
     HttpResponse::build(status).json(json!({ "error": message.into() }))
 }
 
-/// The facade when it is served, or the 404 the harness gives for an unknown route.
-fn served(facade: Option<&web::Data<Facade>>) -> Result<&Facade, HttpResponse> {
-    match facade {
-        Some(facade) if facade.enabled => Ok(facade),
-        _ => Err(error(StatusCode::NOT_FOUND, "not found")),
+/// A request the facade refuses before doing anything: its status and message.
+#[derive(Debug)]
+struct Refusal(StatusCode, &'static str);
+
+impl Refusal {
+    fn answer(self) -> HttpResponse {
+        error(self.0, self.1)
     }
 }
 
+/// The facade when it is served, or the 404 the harness gives for an unknown route.
+fn served(facade: Option<&web::Data<Facade>>) -> Result<&Facade, Refusal> {
+    match facade {
+        Some(facade) if facade.enabled => Ok(facade),
+        _ => Err(Refusal(StatusCode::NOT_FOUND, "not found")),
+    }
+}
+
+/// The facade, if served, and the caller, if let in: with the harness secret, or a bearer
+/// token of at least `needed`.
+fn admit<'a>(
+    req: &HttpRequest,
+    facade: Option<&'a web::Data<Facade>>,
+    needed: Role,
+) -> Result<&'a Facade, Refusal> {
+    let facade = served(facade)?;
+    gate(req, facade, needed)?;
+    Ok(facade)
+}
+
 /// Lets a request in with the harness secret, or a bearer token of at least `needed`.
-fn gate(req: &HttpRequest, facade: &Facade, needed: Role) -> Result<(), HttpResponse> {
+fn gate(req: &HttpRequest, facade: &Facade, needed: Role) -> Result<(), Refusal> {
     if let (Some(expected), Some(given)) = (
         facade.harness_secret.as_deref(),
         req.headers().get("x-harness-secret"),
@@ -153,8 +175,8 @@ fn gate(req: &HttpRequest, facade: &Facade, needed: Role) -> Result<(), HttpResp
     };
     match role {
         Some(role) if role >= needed => Ok(()),
-        Some(_) => Err(error(StatusCode::FORBIDDEN, "forbidden")),
-        None => Err(error(StatusCode::UNAUTHORIZED, "unauthorized")),
+        Some(_) => Err(Refusal(StatusCode::FORBIDDEN, "forbidden")),
+        None => Err(Refusal(StatusCode::UNAUTHORIZED, "unauthorized")),
     }
 }
 
@@ -183,9 +205,11 @@ fn heartbeat_millis(text: &str) -> Option<Value> {
         .map(|t| json!(t.timestamp_millis()))
 }
 
-/// The harness job view of a run (CATFACTORY.md §6.4).
+/// The harness job view of a run (CATFACTORY.md §6.4). The extra channels a manifest maps
+/// (`poll.map.fields`: `phase`, `followUps`, `callMetrics`, `coldStart`, …) are members of it
+/// too; the run's own members come after them and win.
 pub fn job_view(run: &RunRecord) -> Value {
-    let mut view = Map::new();
+    let mut view = run.fields.clone();
     view.insert("id".into(), json!(run.job_id.as_str()));
     view.insert("state".into(), json!(harness_state(run.state)));
     if let Some(at) = run.dispatched_at {
@@ -229,12 +253,29 @@ pub fn job_view(run: &RunRecord) -> Value {
     if let Some(detail) = &run.detail {
         view.insert("detail".into(), json!(detail));
     }
+    if let Some(list) = capabilities(run) {
+        view.insert("capabilities".into(), list);
+    }
     Value::Object(view)
 }
 
-/// The short answer of `POST /jobs` and `DELETE /jobs/{id}`.
+/// The capabilities the scheduler declared when it accepted the job (a dispatch capture
+/// named `capabilities` holding a list of strings), if any.
+fn capabilities(run: &RunRecord) -> Option<Value> {
+    run.captures
+        .get("capabilities")
+        .filter(|v| v.as_array().is_some_and(|a| a.iter().all(Value::is_string)))
+        .cloned()
+}
+
+/// The short answer of `POST /jobs` and `DELETE /jobs/{id}` (with the capabilities once the
+/// scheduler declared them).
 fn accepted(run: &RunRecord) -> Value {
-    json!({ "jobId": run.job_id.as_str(), "state": harness_state(run.state) })
+    let mut answer = json!({ "jobId": run.job_id.as_str(), "state": harness_state(run.state) });
+    if let (Some(list), Value::Object(map)) = (capabilities(run), &mut answer) {
+        map.insert("capabilities".into(), list);
+    }
+    answer
 }
 
 /// Maps a use-case failure onto a harness-shaped answer; internal causes go to the log.
@@ -282,7 +323,7 @@ fn failure(e: ServiceError) -> HttpResponse {
 pub async fn health(facade: Option<web::Data<Facade>>) -> HttpResponse {
     match served(facade.as_ref()) {
         Ok(_) => HttpResponse::Ok().json(json!({ "status": "ok" })),
-        Err(response) => response,
+        Err(refusal) => refusal.answer(),
     }
 }
 
@@ -296,13 +337,10 @@ pub async fn submit(
     limit: web::Data<BodyLimit>,
     payload: web::Payload,
 ) -> HttpResponse {
-    let facade = match served(facade.as_ref()) {
+    let facade = match admit(&req, facade.as_ref(), Role::Dispatcher) {
         Ok(facade) => facade,
-        Err(response) => return response,
+        Err(refusal) => return refusal.answer(),
     };
-    if let Err(response) = gate(&req, facade, Role::Dispatcher) {
-        return response;
-    }
     let body = match read_limited(payload, limit.0).await {
         Ok(body) => body,
         Err(e) => {
@@ -362,8 +400,8 @@ pub async fn submit(
     }
 }
 
-fn job_id_of(raw: &str) -> Result<JobId, HttpResponse> {
-    JobId::parse(raw).map_err(|_| error(StatusCode::NOT_FOUND, "job not found"))
+fn job_id_of(raw: &str) -> Result<JobId, Refusal> {
+    JobId::parse(raw).map_err(|_| Refusal(StatusCode::NOT_FOUND, "job not found"))
 }
 
 /// `GET /jobs/{id}`: 200 with the job view; 404 `{"error": "job not found"}`.
@@ -374,16 +412,12 @@ pub async fn get(
     gateway: web::Data<Gateway>,
     path: web::Path<String>,
 ) -> HttpResponse {
-    let facade = match served(facade.as_ref()) {
-        Ok(facade) => facade,
-        Err(response) => return response,
-    };
-    if let Err(response) = gate(&req, facade, Role::Reader) {
-        return response;
+    if let Err(refusal) = admit(&req, facade.as_ref(), Role::Reader) {
+        return refusal.answer();
     }
     let job_id = match job_id_of(&path) {
         Ok(id) => id,
-        Err(response) => return response,
+        Err(refusal) => return refusal.answer(),
     };
     match gateway.run(&job_id).await {
         Ok(run) => HttpResponse::Ok().json(job_view(&run)),
@@ -400,16 +434,12 @@ pub async fn cancel(
     gateway: web::Data<Gateway>,
     path: web::Path<String>,
 ) -> HttpResponse {
-    let facade = match served(facade.as_ref()) {
-        Ok(facade) => facade,
-        Err(response) => return response,
-    };
-    if let Err(response) = gate(&req, facade, Role::Dispatcher) {
-        return response;
+    if let Err(refusal) = admit(&req, facade.as_ref(), Role::Dispatcher) {
+        return refusal.answer();
     }
     let job_id = match job_id_of(&path) {
         Ok(id) => id,
-        Err(response) => return response,
+        Err(refusal) => return refusal.answer(),
     };
     let mut changes = gateway.deps.bus.subscribe();
     let run = match gateway.cancel_run(&job_id).await {

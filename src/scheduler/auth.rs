@@ -119,10 +119,25 @@ impl TokenCache {
         Ok(token)
     }
 
-    /// Drops the cached token of the pool's credential.
-    pub async fn invalidate(&self, pool: &PoolName, auth: &Auth, secrets: &SecretBundle) {
+    /// Drops the cached token of the pool's credential: only `refused` when given (so that
+    /// several calls refused with the same old token drop it once, not its successor).
+    pub async fn invalidate(
+        &self,
+        pool: &PoolName,
+        auth: &Auth,
+        secrets: &SecretBundle,
+        refused: Option<&SecretValue>,
+    ) {
         if let Some(key) = cache_key(pool, auth, secrets) {
-            *self.slot(&key).lock().await = None;
+            let slot = self.slot(&key);
+            let mut cached = slot.lock().await;
+            let matches = match (cached.as_ref(), refused) {
+                (Some(current), Some(refused)) => current.token.expose() == refused.expose(),
+                _ => true,
+            };
+            if matches {
+                *cached = None;
+            }
         }
     }
 }
@@ -285,13 +300,21 @@ mod tests {
         assert_eq!(again.expose(), "tok-1", "cached");
         assert_eq!(issued.load(Ordering::SeqCst), 1);
 
-        // A 401 drops it: the next call fetches a new token.
-        cache.invalidate(&pool, &auth, &bundle).await;
+        // A 401 drops it: the next call fetches a new token; a late 401 of a call that still
+        // used the old token does not drop the new one.
+        cache.invalidate(&pool, &auth, &bundle, Some(&again)).await;
         let renewed = cache
             .token(&pool, &auth, &bundle, &client, &guard, timeout)
             .await
             .unwrap();
         assert_eq!(renewed.expose(), "tok-2");
+        assert_eq!(issued.load(Ordering::SeqCst), 2);
+        cache.invalidate(&pool, &auth, &bundle, Some(&again)).await;
+        let kept = cache
+            .token(&pool, &auth, &bundle, &client, &guard, timeout)
+            .await
+            .unwrap();
+        assert_eq!(kept.expose(), "tok-2");
         assert_eq!(issued.load(Ordering::SeqCst), 2);
     }
 

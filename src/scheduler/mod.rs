@@ -112,6 +112,8 @@ struct Exchange {
     status: u16,
     retry_after_ms: Option<u64>,
     body: Result<Vec<u8>, String>,
+    /// The OAuth2 token sent, if any (a 401 drops exactly this one).
+    token: Option<crate::domain::secrets::SecretValue>,
 }
 
 impl Adapter {
@@ -207,7 +209,12 @@ impl Adapter {
         if exchange.status == 401 && matches!(manifest.auth, Auth::OAuth2ClientCredentials { .. }) {
             // The token may have expired or been revoked: drop it and try again with a new one.
             self.tokens
-                .invalidate(&pool.name, &manifest.auth, &pool.secrets)
+                .invalidate(
+                    &pool.name,
+                    &manifest.auth,
+                    &pool.secrets,
+                    exchange.token.as_ref(),
+                )
                 .await;
             return CallOutcome::Retryable {
                 message: format!(
@@ -243,6 +250,7 @@ impl Adapter {
             .request(method, request.url.clone())
             .timeout(timeout)
             .header(reqwest::header::ACCEPT, "application/json");
+        let mut sent_token = None;
         if let Auth::OAuth2ClientCredentials { .. } = pool.manifest.auth {
             let token = self
                 .tokens
@@ -261,6 +269,7 @@ impl Adapter {
                     unreadable: false,
                 })?;
             builder = builder.bearer_auth(token.expose());
+            sent_token = Some(token);
         }
         for (name, value) in &request.headers {
             builder = builder.header(name.as_str(), value.as_str());
@@ -291,6 +300,7 @@ impl Adapter {
             status,
             retry_after_ms,
             body,
+            token: sent_token,
         })
     }
 }

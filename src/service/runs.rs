@@ -219,6 +219,7 @@ impl Gateway {
             failure_cause: None,
             detail: None,
             heartbeat_at: None,
+            fields: Map::new(),
             cancel_requested: false,
             release: ReleaseState::NotYet,
             attempts: Attempts::default(),

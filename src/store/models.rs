@@ -219,6 +219,8 @@ pub(crate) struct RunRow {
     pub finished_at: Option<i64>,
     #[diesel(sql_type = BigInt)]
     pub updated_at: i64,
+    #[diesel(sql_type = Text)]
+    pub fields: String,
 }
 
 fn json_object(text: &str, what: &str) -> Result<Map<String, Value>, StoreError> {
@@ -266,6 +268,7 @@ impl RunRow {
             dispatched_at: run.dispatched_at,
             finished_at: run.finished_at,
             updated_at: run.updated_at,
+            fields: to_json(&run.fields),
         }
     }
 
@@ -303,6 +306,7 @@ impl RunRow {
             failure_cause: self.failure_cause,
             detail: self.detail,
             heartbeat_at: self.heartbeat_at,
+            fields: json_object(&self.fields, &field("fields"))?,
             cancel_requested: self.cancel_requested,
             release: ReleaseState::parse(&self.release_state).ok_or_else(|| {
                 corrupt(field(&format!("release_state {:?}", self.release_state)))

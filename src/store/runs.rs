@@ -12,7 +12,7 @@ use std::sync::LazyLock;
 
 /// Every column of `runs` except `job_sealed`, in the order of [`RunRow`]'s fields and of
 /// [`run_binds`]. Keep it in step with `migrations/*/…/up.sql`.
-pub(crate) const RUN_COLUMNS: [&str; 33] = [
+pub(crate) const RUN_COLUMNS: [&str; 34] = [
     "job_id",
     "pool",
     "kind",
@@ -46,6 +46,7 @@ pub(crate) const RUN_COLUMNS: [&str; 33] = [
     "dispatched_at",
     "finished_at",
     "updated_at",
+    "fields",
 ];
 
 /// Columns a commit never changes: the key and the creation time (the list order depends on it).
@@ -87,6 +88,7 @@ fn run_binds(row: RunRow) -> Vec<Bind> {
         Bind::OptBigInt(row.dispatched_at),
         Bind::OptBigInt(row.finished_at),
         Bind::BigInt(row.updated_at),
+        Bind::Text(row.fields),
     ]
 }
 

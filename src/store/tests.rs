@@ -50,6 +50,7 @@ fn bare_run(id: &str, pool: &str, created_at: Millis) -> RunRecord {
         failure_cause: None,
         detail: None,
         heartbeat_at: None,
+        fields: serde_json::Map::new(),
         cancel_requested: false,
         release: ReleaseState::NotYet,
         attempts: Attempts::default(),
@@ -92,6 +93,10 @@ fn full_run(id: &str, pool: &str) -> RunRecord {
         failure_cause: Some("oom".to_owned()),
         detail: Some("line one\nline two".to_owned()),
         heartbeat_at: Some("2026-11-29T12:00:00Z".to_owned()),
+        fields: json!({"phase": "clone", "followUps": [{"kind": "question", "title": "é?"}]})
+            .as_object()
+            .unwrap()
+            .clone(),
         cancel_requested: true,
         release: ReleaseState::Pending,
         attempts: Attempts {

@@ -125,9 +125,17 @@ pub fn spec(job_id: &str) -> Value {
 
 async fn submit(app: &TestApp, pool: &str, job_id: &str) {
     let response = app
-        .dispatch(pool, json!({"jobId": job_id, "kind": "agent", "job": spec(job_id)}))
+        .dispatch(
+            pool,
+            json!({"jobId": job_id, "kind": "agent", "job": spec(job_id)}),
+        )
         .await;
-    assert_eq!(response.status().as_u16(), 202, "{}", response.text().await.unwrap());
+    assert_eq!(
+        response.status().as_u16(),
+        202,
+        "{}",
+        response.text().await.unwrap()
+    );
 }
 
 /// The facade's job view of a run.
@@ -161,6 +169,8 @@ fn call_metric(seq: u64) -> Value {
 async fn the_transparent_proxy_example_registers_unchanged_and_runs_a_job() {
     let app = cf_app().await;
     let scheduler = CfScheduler::start(vec![]).await;
+    // Like the real API, the scheduler refuses calls without the pool's credential.
+    scheduler.require_header("authorization", "Bearer acme-api-token");
     let pool = register(
         &app,
         "acme",
@@ -176,7 +186,9 @@ async fn the_transparent_proxy_example_registers_unchanged_and_runs_a_job() {
         "exec-1-coder",
         vec![
             Reply::Json(json!({"state": "in_progress", "progress": {"completed": 1, "inProgress": 1, "total": 3},
-                               "callMetrics": [call_metric(1)]})),
+                               "callMetrics": [call_metric(1), {"seq": 2}],
+                               "sliceReviews": [{"label": "slice 1", "status": "completed", "report": "ok"}],
+                               "toolServers": []})),
             Reply::Json(json!({
                 "state": "Succeeded",
                 "progress": {"completed": 3, "inProgress": 0, "total": 3},
@@ -207,6 +219,13 @@ async fn the_transparent_proxy_example_registers_unchanged_and_runs_a_job() {
                          "cacheReadTokens": 0, "cacheWriteTokens": 0, "finishReason": null}]
     });
     assert_eq!(run["result"], expected_result);
+    // The live channels keep the latest value a poll reported, coerced; an empty list is
+    // "not observed" and does not replace anything.
+    let live = json!({
+        "callMetrics": expected_result["callMetrics"],
+        "sliceReviews": [{"label": "slice 1", "status": "completed", "report": "ok"}]
+    });
+    assert_eq!(run["fields"], live);
 
     // What the scheduler saw: the body Cat-Factory would send, the bearer header, the paths.
     let dispatches = scheduler.seen_with("POST", "/api/dispatch/agent");
@@ -226,12 +245,14 @@ async fn the_transparent_proxy_example_registers_unchanged_and_runs_a_job() {
     let polls = scheduler.seen_with("GET", "/api/jobs/exec-1-coder");
     assert!(polls.len() >= 2);
     assert!(
-        polls
-            .iter()
-            .all(|p| p.body.is_empty() && p.header("authorization") == Some("Bearer acme-api-token"))
+        polls.iter().all(
+            |p| p.body.is_empty() && p.header("authorization") == Some("Bearer acme-api-token")
+        )
     );
     assert_eq!(
-        scheduler.seen_with("DELETE", "/api/jobs/exec-1-coder").len(),
+        scheduler
+            .seen_with("DELETE", "/api/jobs/exec-1-coder")
+            .len(),
         1
     );
 
@@ -247,6 +268,14 @@ async fn the_transparent_proxy_example_registers_unchanged_and_runs_a_job() {
     );
     assert!(view["startedAt"].as_i64().is_some(), "{view}");
     assert!(view.get("error").is_none());
+    assert_eq!(view["callMetrics"], live["callMetrics"]);
+    assert_eq!(view["sliceReviews"], live["sliceReviews"]);
+    assert!(view.get("toolServers").is_none());
+    assert_eq!(
+        view["capabilities"],
+        json!(["mcpServers", "skills"]),
+        "read from the dispatch answer"
+    );
 }
 
 #[actix_web::test]
@@ -367,14 +396,60 @@ async fn status_words_are_read_with_cat_factory_vocabularies_and_the_status_map(
     let cases: Vec<(&str, Vec<Reply>, &str, Option<&str>)> = vec![
         ("w-queued", done_last("QUEUED"), "done", None),
         ("w-unknown", done_last("provisioning"), "done", None),
-        ("w-absent", vec![Reply::Json(json!({"job": {}})), Reply::Json(json!({"job": {"status": "  "}})), Reply::Json(json!({"job": {"status": "Complete"}}))], "done", None),
-        ("w-finished", vec![Reply::Json(json!({"job": {"status": " FINISHED"}}))], "done", None),
-        ("w-mapped-done", vec![Reply::Json(json!({"job": {"status": "Drained"}}))], "done", None),
-        ("w-first-wins", vec![Reply::Json(json!({"job": {"status": "wiped", "message": "disk wiped"}}))], "failed", Some("scheduler")),
-        ("w-cancelled", vec![Reply::Json(json!({"job": {"status": "Cancelled"}}))], "failed", Some("scheduler")),
-        ("w-timedout", vec![Reply::Json(json!({"job": {"status": "timed_out"}}))], "failed", Some("scheduler")),
-        ("w-evicted-mapped", vec![Reply::Json(json!({"job": {"status": "preempted"}}))], "failed", Some("lost")),
-        ("w-oom", vec![Reply::Json(json!({"job": {"status": "OOMKilled"}}))], "failed", Some("lost")),
+        (
+            "w-absent",
+            vec![
+                Reply::Json(json!({"job": {}})),
+                Reply::Json(json!({"job": {"status": "  "}})),
+                Reply::Json(json!({"job": {"status": "Complete"}})),
+            ],
+            "done",
+            None,
+        ),
+        (
+            "w-finished",
+            vec![Reply::Json(json!({"job": {"status": " FINISHED"}}))],
+            "done",
+            None,
+        ),
+        (
+            "w-mapped-done",
+            vec![Reply::Json(json!({"job": {"status": "Drained"}}))],
+            "done",
+            None,
+        ),
+        (
+            "w-first-wins",
+            vec![Reply::Json(
+                json!({"job": {"status": "wiped", "message": "disk wiped"}}),
+            )],
+            "failed",
+            Some("scheduler"),
+        ),
+        (
+            "w-cancelled",
+            vec![Reply::Json(json!({"job": {"status": "Cancelled"}}))],
+            "failed",
+            Some("scheduler"),
+        ),
+        (
+            "w-timedout",
+            vec![Reply::Json(json!({"job": {"status": "timed_out"}}))],
+            "failed",
+            Some("scheduler"),
+        ),
+        (
+            "w-evicted-mapped",
+            vec![Reply::Json(json!({"job": {"status": "preempted"}}))],
+            "failed",
+            Some("lost"),
+        ),
+        (
+            "w-oom",
+            vec![Reply::Json(json!({"job": {"status": "OOMKilled"}}))],
+            "failed",
+            Some("lost"),
+        ),
     ];
     for (job_id, script, _, _) in &cases {
         scheduler.script(job_id, script.clone());
@@ -423,7 +498,13 @@ async fn a_poll_answered_404_or_410_means_the_job_was_lost() {
         json!({}),
     )
     .await;
-    scheduler.script("lost-404", vec![Reply::Json(json!({"state": "running"})), Reply::Status(404, "no such job")]);
+    scheduler.script(
+        "lost-404",
+        vec![
+            Reply::Json(json!({"state": "running"})),
+            Reply::Status(404, "no such job"),
+        ],
+    );
     scheduler.script("lost-410", vec![Reply::Status(410, "gone")]);
     submit(&app, "gone", "lost-404").await;
     submit(&app, "gone", "lost-410").await;
@@ -456,7 +537,11 @@ async fn a_dispatch_answered_with_a_non_2xx_status_fails_the_run() {
         json!({}),
     )
     .await;
-    for (status, job_id) in [(409, "refused-409"), (400, "refused-400"), (404, "refused-404")] {
+    for (status, job_id) in [
+        (409, "refused-409"),
+        (400, "refused-400"),
+        (404, "refused-404"),
+    ] {
         scheduler.set_dispatch_status(status);
         submit(&app, "refusing", job_id).await;
         let run = app.wait_settled(job_id).await;
@@ -470,7 +555,11 @@ async fn a_dispatch_answered_with_a_non_2xx_status_fails_the_run() {
         assert_eq!(view["state"], "failed");
         assert_eq!(view["failureCause"], "dispatch_rejected");
     }
-    assert_eq!(scheduler.seen_with("POST", "/jobs").len(), 3, "no retries of a 4xx");
+    assert_eq!(
+        scheduler.seen_with("POST", "/jobs").len(),
+        3,
+        "no retries of a 4xx"
+    );
 
     // 429 and 5xx are retried by cattery (Cat-Factory fails at once) and then fail the run.
     scheduler.set_dispatch_status(503);
@@ -628,8 +717,16 @@ async fn variables_query_values_and_dot_paths_behave_as_in_cat_factory() {
     });
     let pool = register(&app, "vars", manifest, json!({})).await;
     let codes = warning_codes(&pool);
-    for code in ["unknown_variable", "empty_variable", "body_not_sent", "no_release"] {
-        assert!(codes.iter().any(|c| c == code), "{code} missing from {codes:?}");
+    for code in [
+        "unknown_variable",
+        "empty_variable",
+        "body_not_sent",
+        "no_release",
+    ] {
+        assert!(
+            codes.iter().any(|c| c == code),
+            "{code} missing from {codes:?}"
+        );
     }
     scheduler.script(
         "vars-done",
@@ -648,7 +745,9 @@ async fn variables_query_values_and_dot_paths_behave_as_in_cat_factory() {
     );
     scheduler.script(
         "vars-odd-cause",
-        vec![Reply::Json(json!({"items": [{"status": "failed", "cause": "oom", "detail": ""}]}))],
+        vec![Reply::Json(
+            json!({"items": [{"status": "failed", "cause": "oom", "detail": ""}]}),
+        )],
     );
     for job_id in ["vars-done", "vars-failed", "vars-odd-cause"] {
         submit(&app, "vars", job_id).await;
@@ -662,7 +761,11 @@ async fn variables_query_values_and_dot_paths_behave_as_in_cat_factory() {
         .into_iter()
         .find(|s| s.json()["jobId"] == "vars-done")
         .unwrap();
-    assert_eq!(dispatch.json(), spec("vars-done"), "the job spliced verbatim");
+    assert_eq!(
+        dispatch.json(),
+        spec("vars-done"),
+        "the job spliced verbatim"
+    );
     let query: Vec<(String, String)> = url::form_urlencoded::parse(dispatch.query.as_bytes())
         .into_owned()
         .collect();
@@ -682,10 +785,18 @@ async fn variables_query_values_and_dot_paths_behave_as_in_cat_factory() {
         dispatch.query
     );
     assert_eq!(dispatch.header("x-image"), Some("ui"));
-    assert_eq!(dispatch.header("x-typo"), Some("[][]"), "unknown keys render empty");
+    assert_eq!(
+        dispatch.header("x-typo"),
+        Some("[][]"),
+        "unknown keys render empty"
+    );
     let poll = &scheduler.seen_with("GET", "/jobs/vars-done")[0];
     assert_eq!(poll.query, "kind=", "input.kind exists only in dispatch");
-    assert_eq!(poll.header("x-job"), Some("[]"), "input.job exists only in dispatch");
+    assert_eq!(
+        poll.header("x-job"),
+        Some("[]"),
+        "input.job exists only in dispatch"
+    );
     assert!(poll.body.is_empty(), "no body with GET");
 
     assert_eq!(done["state"], "done");
@@ -701,7 +812,11 @@ async fn variables_query_values_and_dot_paths_behave_as_in_cat_factory() {
     assert_eq!(done["heartbeatAt"], "1700000000000");
     assert_eq!(failed["failureCause"], "branch-contended");
     assert_eq!(failed["detail"], "push raced");
-    assert_eq!(failed["heartbeatAt"], Value::Null, "an ISO date is not a number");
+    assert_eq!(
+        failed["heartbeatAt"],
+        Value::Null,
+        "an ISO date is not a number"
+    );
     assert_eq!(
         odd["failureCause"], "scheduler",
         "a cause Cat-Factory does not know is dropped"
@@ -736,14 +851,18 @@ async fn registration_accepts_both_shapes_and_reports_problems_where_they_were_w
     };
     let manifest = example(EXAMPLE_A, &scheduler);
 
-    let (status, body) = put(json!({"config": {"kind": "kubernetes", "kubernetes": {}}, "secrets": {}})).await;
+    let (status, body) =
+        put(json!({"config": {"kind": "kubernetes", "kubernetes": {}}, "secrets": {}})).await;
     assert_eq!(status, 422, "{body}");
     assert_eq!(body["errors"][0]["path"], "config.kind");
 
     let mut broken = manifest.clone();
     broken["dispatch"]["method"] = json!("HEAD");
     broken["response"]["statusMap"][1]["to"] = json!("finished");
-    let (status, body) = put(json!({"config": {"kind": "manifest", "manifest": broken}, "secrets": {"API_TOKEN": "t"}})).await;
+    let (status, body) = put(
+        json!({"config": {"kind": "manifest", "manifest": broken}, "secrets": {"API_TOKEN": "t"}}),
+    )
+    .await;
     assert_eq!(status, 422, "{body}");
     let paths: Vec<&str> = body["errors"]
         .as_array()
@@ -759,7 +878,8 @@ async fn registration_accepts_both_shapes_and_reports_problems_where_they_were_w
         ]
     );
 
-    let (status, body) = put(json!({"config": {"kind": "manifest", "manifest": manifest}, "secrets": {}})).await;
+    let (status, body) =
+        put(json!({"config": {"kind": "manifest", "manifest": manifest}, "secrets": {}})).await;
     assert_eq!(status, 422, "{body}");
     assert_eq!(body["code"], "missing_secrets");
     assert_eq!(body["errors"][0]["path"], "secrets.API_TOKEN");
@@ -774,7 +894,10 @@ async fn registration_accepts_both_shapes_and_reports_problems_where_they_were_w
     let mut website = manifest.clone();
     website["poll"]["queryTemplate"] = json!([{"key": "x", "value": "y"}]);
     website.as_object_mut().unwrap().remove("release");
-    let (status, body) = put(json!({"config": {"kind": "manifest", "manifest": website}, "secrets": {"API_TOKEN": "t"}})).await;
+    let (status, body) = put(
+        json!({"config": {"kind": "manifest", "manifest": website}, "secrets": {"API_TOKEN": "t"}}),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["revision"], 2);
     let codes = warning_codes(&body);
@@ -853,7 +976,13 @@ async fn a_converted_manifest_drives_the_scheduler_exactly_like_the_original() {
     assert!(stderr.contains("needs no conversion"), "{stderr}");
 
     let secrets = json!({"API_TOKEN": "same-token"});
-    let cf_pool = register(&app, "original", yaml_serde::from_str(&std::fs::read_to_string(&original).unwrap()).unwrap(), secrets.clone()).await;
+    let cf_pool = register(
+        &app,
+        "original",
+        yaml_serde::from_str(&std::fs::read_to_string(&original).unwrap()).unwrap(),
+        secrets.clone(),
+    )
+    .await;
     let v1_pool = app.put_pool("converted", from_yaml.clone(), secrets).await;
     assert_eq!(v1_pool.status().as_u16(), 201);
     let v1_pool: Value = v1_pool.json().await.unwrap();
@@ -861,9 +990,13 @@ async fn a_converted_manifest_drives_the_scheduler_exactly_like_the_original() {
     assert_eq!(v1_pool["format"], "cattery/v1");
 
     submit(&app, "original", "round-a").await;
-    let a = app.wait_for("round-a", WAIT, |r| r["released"] == true).await;
+    let a = app
+        .wait_for("round-a", WAIT, |r| r["released"] == true)
+        .await;
     submit(&app, "converted", "round-b").await;
-    let b = app.wait_for("round-b", WAIT, |r| r["released"] == true).await;
+    let b = app
+        .wait_for("round-b", WAIT, |r| r["released"] == true)
+        .await;
     assert_eq!(a["result"], json!({"summary": "same"}));
     assert_eq!(a["result"], b["result"]);
     assert_eq!(a["state"], b["state"]);

@@ -131,15 +131,6 @@ impl CfScheduler {
             .filter(|s| s.method == method && s.path == path)
             .collect()
     }
-
-    pub fn tokens_issued(&self) -> usize {
-        self.state.lock().unwrap().tokens_issued
-    }
-
-    /// True while the scheduler holds the job (dispatched and not released).
-    pub fn holds(&self, job_id: &str) -> bool {
-        self.state.lock().unwrap().jobs.contains_key(job_id)
-    }
 }
 
 fn not_found() -> HttpResponse {
@@ -186,7 +177,9 @@ async fn handle(
     let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let dispatched_id = match (method.as_str(), path.as_str()) {
         ("POST", "/jobs") => Some(parsed["jobId"].as_str().map(str::to_owned)),
-        ("POST", p) if p.starts_with("/dispatch/") => Some(parsed["id"].as_str().map(str::to_owned)),
+        ("POST", p) if p.starts_with("/dispatch/") => {
+            Some(parsed["id"].as_str().map(str::to_owned))
+        }
         ("POST", "/v1/jobs") => Some(parsed["name"].as_str().map(str::to_owned)),
         _ => None,
     };

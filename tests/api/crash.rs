@@ -88,6 +88,18 @@ impl Gateway {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    async fn register(&self, pool: &str, manifest: Value, secrets: Value) {
+        let response = self
+            .client
+            .put(format!("{}/v1/pools/{pool}", self.base()))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({"manifest": manifest, "secrets": secrets}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 201);
+    }
+
     async fn restart(&mut self) {
         self.process = Some(serve(&self.db, self.data_dir.path(), self.port, 5));
         wait_healthy(&format!("{}/readyz", self.base())).await;
@@ -101,11 +113,16 @@ impl Gateway {
     }
 
     async fn submit(&self, job_id: &str) -> Option<u16> {
+        self.submit_to("faulty", job_id, json!({"payload": job_id}))
+            .await
+    }
+
+    async fn submit_to(&self, pool: &str, job_id: &str, job: Value) -> Option<u16> {
         let response = self
             .client
-            .post(format!("{}/v1/pools/faulty/runs", self.base()))
+            .post(format!("{}/v1/pools/{pool}/runs", self.base()))
             .bearer_auth(ADMIN_TOKEN)
-            .json(&json!({"jobId": job_id, "job": {"payload": job_id}}))
+            .json(&json!({"jobId": job_id, "job": job}))
             .timeout(Duration::from_secs(5))
             .send()
             .await
@@ -114,10 +131,14 @@ impl Gateway {
     }
 
     async fn runs(&self) -> BTreeMap<String, Value> {
+        self.runs_of("faulty").await
+    }
+
+    async fn runs_of(&self, pool: &str) -> BTreeMap<String, Value> {
         let mut out = BTreeMap::new();
         let mut after: Option<String> = None;
         loop {
-            let mut url = format!("{}/v1/runs?pool=faulty&limit=1000", self.base());
+            let mut url = format!("{}/v1/runs?pool={pool}&limit=1000", self.base());
             if let Some(cursor) = &after {
                 url.push_str(&format!("&after={cursor}"));
             }
@@ -199,15 +220,9 @@ fn check_outcome(
 async fn kill_9_of_the_gateway_at_random_moments_loses_nothing_and_doubles_nothing() {
     let scheduler = FaultyScheduler::start(3).await;
     let mut gateway = Gateway::start(TestDatabase::create().await).await;
-    let registered = gateway
-        .client
-        .put(format!("{}/v1/pools/faulty", gateway.base()))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"manifest": manifest(&scheduler.base_url), "secrets": {}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(registered.status().as_u16(), 201);
+    gateway
+        .register("faulty", manifest(&scheduler.base_url), json!({}))
+        .await;
     // Answers take a little while, so that kills find calls in flight.
     scheduler.set_default_fault(Fault::Slow(Duration::from_millis(40)));
     let mut rng = fastrand::Rng::with_seed(42);
@@ -273,13 +288,8 @@ async fn a_scheduler_killed_and_restarted_under_a_running_gateway_loses_nothing(
     let scheduler = FaultyScheduler::start(4).await;
     let gateway = Gateway::start(TestDatabase::create().await).await;
     gateway
-        .client
-        .put(format!("{}/v1/pools/faulty", gateway.base()))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"manifest": manifest(&scheduler.base_url), "secrets": {}}))
-        .send()
-        .await
-        .unwrap();
+        .register("faulty", manifest(&scheduler.base_url), json!({}))
+        .await;
     let ids: Vec<String> = (0..100).map(|i| format!("outage-{i:03}")).collect();
     for (i, id) in ids.iter().enumerate() {
         assert_eq!(gateway.submit(id).await, Some(202));
@@ -302,13 +312,8 @@ async fn sigterm_drains_calls_in_flight_exits_0_and_everything_resumes_after_res
     let scheduler = FaultyScheduler::start(2).await;
     let mut gateway = Gateway::start(TestDatabase::create().await).await;
     gateway
-        .client
-        .put(format!("{}/v1/pools/faulty", gateway.base()))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"manifest": manifest(&scheduler.base_url), "secrets": {}}))
-        .send()
-        .await
-        .unwrap();
+        .register("faulty", manifest(&scheduler.base_url), json!({}))
+        .await;
     // Slow answers keep calls in flight when the signal arrives.
     scheduler.set_default_fault(Fault::Slow(Duration::from_millis(600)));
     let ids: Vec<String> = (0..20).map(|i| format!("term-{i:02}")).collect();
@@ -329,7 +334,11 @@ async fn sigterm_drains_calls_in_flight_exits_0_and_everything_resumes_after_res
     // Once the signal is handled, readiness says so and new runs are refused while calls in
     // flight finish.
     loop {
-        let ready = gateway.client.get(format!("{}/readyz", gateway.base())).send().await;
+        let ready = gateway
+            .client
+            .get(format!("{}/readyz", gateway.base()))
+            .send()
+            .await;
         match ready {
             Ok(response) => {
                 let body: Value = response.json().await.unwrap_or_default();
@@ -339,7 +348,10 @@ async fn sigterm_drains_calls_in_flight_exits_0_and_everything_resumes_after_res
             }
             Err(_) => break,
         }
-        assert!(sent.elapsed() < Duration::from_secs(5), "the signal was not handled");
+        assert!(
+            sent.elapsed() < Duration::from_secs(5),
+            "the signal was not handled"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let refused = gateway
@@ -376,4 +388,61 @@ async fn sigterm_drains_calls_in_flight_exits_0_and_everything_resumes_after_res
     gateway.restart().await;
     let runs = gateway.settle(ids.len()).await;
     check_outcome(&runs, &ids, &scheduler);
+}
+
+#[actix_web::test]
+async fn kill_9_of_the_gateway_with_the_local_pool_as_scheduler_loses_nothing() {
+    let token = "crash-local-pool-token";
+    let local = crate::helpers::start_local_pool(token).await;
+    let mut gateway = Gateway::start(TestDatabase::create().await).await;
+    gateway
+        .register(
+            "local",
+            crate::helpers::local_manifest(&local.base_url),
+            json!({"LOCAL_POOL_TOKEN": token}),
+        )
+        .await;
+    let mut rng = fastrand::Rng::with_seed(9);
+    let ids: Vec<String> = (0..40).map(|i| format!("local-crash-{i:02}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        let job = json!({"steps": 3, "stepMs": 60, "result": {"id": id}});
+        loop {
+            match gateway.submit_to("local", id, job.clone()).await {
+                Some(200 | 202) => break,
+                _ => gateway.restart().await,
+            }
+        }
+        if i % 10 == 9 {
+            tokio::time::sleep(Duration::from_millis(rng.u64(0..300))).await;
+            gateway.kill9();
+            gateway.restart().await;
+        }
+    }
+    let start = Instant::now();
+    let runs = loop {
+        let runs = gateway.runs_of("local").await;
+        if runs.len() == ids.len() && runs.values().all(|r| r["released"] == true) {
+            break runs;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "stuck: {:?}",
+            runs.values().find(|r| r["released"] != true)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let client = cattery::scheduler::http::plain_client().unwrap();
+    for id in &ids {
+        let run = &runs[id];
+        assert_eq!(run["state"], "done", "{run}");
+        assert_eq!(run["result"], json!({"id": id}), "{run}");
+        // Released: the local pool no longer holds the job.
+        let held = client
+            .get(format!("{}/jobs/{id}", local.base_url))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(held.status().as_u16(), 404);
+    }
 }

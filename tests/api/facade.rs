@@ -88,12 +88,17 @@ fn route(kind: &str, pool: &str) -> cattery::config::FacadeRoute {
 async fn health_is_open_and_jobs_need_a_token_or_the_harness_secret() {
     let app = facade_app("agents", vec![]).await;
     let scheduler = CfScheduler::start(vec![Reply::Json(json!({"state": "running"}))]).await;
-    let response = app.put_pool("agents", harness_pool(&scheduler), json!({})).await;
+    let response = app
+        .put_pool("agents", harness_pool(&scheduler), json!({}))
+        .await;
     assert_eq!(response.status().as_u16(), 201);
 
     let health = app.client.get(app.url("/health")).send().await.unwrap();
     assert_eq!(health.status().as_u16(), 200);
-    assert_eq!(health.json::<Value>().await.unwrap(), json!({"status": "ok"}));
+    assert_eq!(
+        health.json::<Value>().await.unwrap(),
+        json!({"status": "ok"})
+    );
 
     let job = spec("gate-1");
     assert_eq!(
@@ -114,7 +119,12 @@ async fn health_is_open_and_jobs_need_a_token_or_the_harness_secret() {
     let (status, body) = post_job(&app, &spec("gate-2"), Auth::Bearer(DISPATCHER_TOKEN)).await;
     assert_eq!((status, &body["state"]), (202, &json!("running")), "{body}");
 
-    let unauthenticated = app.client.get(app.url("/jobs/gate-1")).send().await.unwrap();
+    let unauthenticated = app
+        .client
+        .get(app.url("/jobs/gate-1"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(unauthenticated.status().as_u16(), 401);
     let with_secret = app
         .client
@@ -134,7 +144,9 @@ async fn jobs_are_routed_by_the_rules_and_a_repeat_reattaches() {
     let app = facade_app("agents", vec![route("deploy", "deployers")]).await;
     let scheduler = CfScheduler::start(vec![Reply::Json(json!({"state": "running"}))]).await;
     for pool in ["agents", "deployers"] {
-        let response = app.put_pool(pool, harness_pool(&scheduler), json!({})).await;
+        let response = app
+            .put_pool(pool, harness_pool(&scheduler), json!({}))
+            .await;
         assert_eq!(response.status().as_u16(), 201);
     }
     let agent = spec("route-agent");
@@ -174,7 +186,12 @@ async fn jobs_are_routed_by_the_rules_and_a_repeat_reattaches() {
         1
     );
 
-    let (status, body) = post_job(&app, &json!({"kind": "agent"}), Auth::Bearer(DISPATCHER_TOKEN)).await;
+    let (status, body) = post_job(
+        &app,
+        &json!({"kind": "agent"}),
+        Auth::Bearer(DISPATCHER_TOKEN),
+    )
+    .await;
     assert_eq!(status, 400, "{body}");
     assert!(body["error"].as_str().unwrap().contains("jobId"));
     let (status, body) = job_view(&app, "no-such-job").await;
@@ -182,11 +199,17 @@ async fn jobs_are_routed_by_the_rules_and_a_repeat_reattaches() {
 
     // DELETE cancels, waits for the run to settle, and is idempotent.
     let (status, body) = delete_job(&app, "route-agent").await;
-    assert_eq!((status, body), (200, json!({"jobId": "route-agent", "state": "failed"})));
+    assert_eq!(
+        (status, body),
+        (200, json!({"jobId": "route-agent", "state": "failed"}))
+    );
     let run = app.run("route-agent").await;
     assert_eq!(run["state"], "cancelled");
     let (status, body) = delete_job(&app, "route-agent").await;
-    assert_eq!((status, body), (200, json!({"jobId": "route-agent", "state": "failed"})));
+    assert_eq!(
+        (status, body),
+        (200, json!({"jobId": "route-agent", "state": "failed"}))
+    );
     let (status, _) = delete_job(&app, "no-such-job").await;
     assert_eq!(status, 404);
     let (_, view) = job_view(&app, "route-agent").await;
@@ -199,12 +222,21 @@ async fn a_job_without_a_pool_is_refused_like_an_unknown_kind() {
     let app = facade_app("", vec![route("agent", "missing-pool")]).await;
     let (status, body) = post_job(&app, &spec("nowhere-1"), Auth::Bearer(DISPATCHER_TOKEN)).await;
     assert_eq!(status, 404, "{body}");
-    assert!(body["error"].as_str().unwrap().contains("missing-pool"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("missing-pool"),
+        "{body}"
+    );
     let mut inline = spec("nowhere-2");
     inline["kind"] = json!("inline");
     let (status, body) = post_job(&app, &inline, Auth::Bearer(DISPATCHER_TOKEN)).await;
     assert_eq!(status, 404, "{body}");
-    assert!(body["error"].as_str().unwrap().contains("unknown job kind 'inline'"), "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown job kind 'inline'"),
+        "{body}"
+    );
 }
 
 /// The reference "raw harness behind a sticky gateway" manifest (CATFACTORY.md §9.4), pointed
@@ -271,7 +303,10 @@ async fn a_job_goes_through_two_catteries_one_the_runner_pool_of_the_other() {
     job["result"] = json!({"summary": "three steps", "prUrl": "https://github.com/o/r/pull/3",
                            "ralphVerdict": "continue", "stats": {"steps": 3}});
     let response = outer
-        .dispatch("inner", json!({"jobId": "chain-1", "kind": "agent", "job": job}))
+        .dispatch(
+            "inner",
+            json!({"jobId": "chain-1", "kind": "agent", "job": job}),
+        )
         .await;
     assert_eq!(response.status().as_u16(), 202);
 
@@ -302,4 +337,47 @@ async fn a_job_goes_through_two_catteries_one_the_runner_pool_of_the_other() {
     assert_eq!(view["state"], "done");
     assert_eq!(view["result"]["ralphVerdict"], "continue");
     assert!(view["heartbeatAt"].as_i64().is_some(), "{view}");
+}
+
+#[actix_web::test]
+async fn fields_cat_factory_cannot_map_pass_through_a_cattery_manifest() {
+    let app = facade_app("harness", vec![]).await;
+    let scheduler = CfScheduler::start(vec![]).await;
+    let mut manifest = harness_pool(&scheduler);
+    manifest["poll"]["map"] = json!({
+        "state": "state",
+        "result": "result",
+        "fields": {"phase": "phase", "coldStart": "coldStart", "spans": "spans",
+                   "harnessShutdown": "harnessShutdown", "evicted": "evicted"}
+    });
+    let response = app.put_pool("harness", manifest, json!({})).await;
+    assert_eq!(response.status().as_u16(), 201);
+    let result = json!({"summary": "s", "ralphVerdict": "continue", "stats": {"turns": 2},
+                        "infraSetup": {"db": "ok"}, "preview": {"url": "https://preview.example"}});
+    scheduler.script(
+        "pass-1",
+        vec![
+            Reply::Json(json!({"state": "running", "phase": "clone", "coldStart": {"atMs": 5, "message": "pulling"},
+                               "spans": [{"name": "clone", "ms": 40}], "evicted": "transient"})),
+            Reply::Json(json!({"state": "done", "phase": "done", "harnessShutdown": true, "result": result})),
+        ],
+    );
+    let (status, _) = post_job(&app, &spec("pass-1"), Auth::Bearer(DISPATCHER_TOKEN)).await;
+    assert_eq!(status, 202);
+    let run = app.wait_settled("pass-1").await;
+    assert_eq!(run["state"], "done");
+    assert_eq!(run["result"], result, "the result is passed through whole");
+    assert_eq!(
+        run["fields"],
+        json!({"phase": "done", "coldStart": {"atMs": 5, "message": "pulling"},
+               "spans": [{"name": "clone", "ms": 40}], "harnessShutdown": true, "evicted": "transient"})
+    );
+    let (_, view) = job_view(&app, "pass-1").await;
+    assert_eq!(view["state"], "done");
+    assert_eq!(view["phase"], "done");
+    assert_eq!(view["coldStart"]["message"], "pulling");
+    assert_eq!(view["harnessShutdown"], true);
+    assert_eq!(view["evicted"], "transient");
+    assert_eq!(view["result"]["ralphVerdict"], "continue");
+    assert_eq!(view["result"]["preview"]["url"], "https://preview.example");
 }

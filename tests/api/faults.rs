@@ -82,9 +82,19 @@ async fn random_503s_resets_hangs_and_garbage_still_finish_every_run_with_bounde
         app.wait_for(id, WAIT, |r| r["state"] == "running").await;
     }
     // While they poll: a reset, a hang past the timeout, a truncated body, garbage, a slow answer.
-    scheduler.push_faults([Fault::Reset, Fault::Hang, Fault::Truncated, Fault::NotJson, Fault::Slow(Duration::from_millis(150))]);
+    scheduler.push_faults([
+        Fault::Reset,
+        Fault::Hang,
+        Fault::Truncated,
+        Fault::NotJson,
+        Fault::Slow(Duration::from_millis(150)),
+    ]);
     for id in &runs {
-        let run = app.wait_for(id, WAIT, |r| r["released"] == true || r["state"] == "failed").await;
+        let run = app
+            .wait_for(id, WAIT, |r| {
+                r["released"] == true || r["state"] == "failed"
+            })
+            .await;
         assert_eq!(run["state"], "done", "{run}");
         assert_eq!(run["result"], json!({"name": id}));
     }
@@ -93,12 +103,24 @@ async fn random_503s_resets_hangs_and_garbage_still_finish_every_run_with_bounde
     }
     // Each run needs 1 dispatch + 5 polls + 1 release; faults add retries, not floods.
     let calls = scheduler.arrivals().len();
-    assert!(calls <= runs.len() * 25, "{calls} calls for {} runs", runs.len());
+    assert!(
+        calls <= runs.len() * 25,
+        "{calls} calls for {} runs",
+        runs.len()
+    );
     let mut retries = 0;
     for id in &runs {
-        retries += app.events(id).await.iter().filter(|e| e["type"] == "retry" || e["type"] == "poll_error").count();
+        retries += app
+            .events(id)
+            .await
+            .iter()
+            .filter(|e| e["type"] == "retry" || e["type"] == "poll_error")
+            .count();
     }
-    assert!(retries >= 5, "the faults were seen and recorded as retries ({retries})");
+    assert!(
+        retries >= 5,
+        "the faults were seen and recorded as retries ({retries})"
+    );
 }
 
 #[actix_web::test]

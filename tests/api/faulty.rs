@@ -197,11 +197,7 @@ async fn handle(mut stream: TcpStream, state: Arc<Mutex<State>>) {
         }
     };
     match fault {
-        Fault::Reset => {
-            // Closing with unread data makes the kernel send a reset.
-            let _ = stream.set_linger(Some(Duration::ZERO));
-            drop(stream);
-        }
+        Fault::Reset => drop(stream),
         Fault::Hang => {
             tokio::time::sleep(Duration::from_secs(3600)).await;
         }

@@ -27,3 +27,5 @@ mod persistence;
 mod pools;
 mod runs_local;
 mod runs_scheduler;
+mod security;
+mod security_props;

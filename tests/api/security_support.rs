@@ -221,3 +221,59 @@ pub fn simple_manifest(base_url: &str) -> Value {
         "release": {"request": {"method": "DELETE", "path": "/jobs/{{run.dispatchId}}"}, "expect": [200, 404]}
     })
 }
+
+#[derive(diesel::QueryableByName)]
+struct SealedRow {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    id: String,
+    #[diesel(sql_type = diesel::sql_types::Binary)]
+    sealed: Vec<u8>,
+}
+
+const POOL_ROWS: &str = "SELECT name AS id, secrets_sealed AS sealed FROM pools ORDER BY name";
+const JOB_ROWS: &str = "SELECT job_id AS id, job_sealed AS sealed FROM runs WHERE job_sealed IS NOT NULL ORDER BY job_id";
+
+/// `(row id, envelope)` pairs.
+pub type SealedRows = Vec<(String, Vec<u8>)>;
+
+/// The sealed secret bundles `(pool, envelope)` and job bodies `(jobId, envelope)`, read
+/// straight from the database.
+pub fn sealed_rows(db: &TestDatabase) -> (SealedRows, SealedRows) {
+    use diesel::{Connection as _, RunQueryDsl as _};
+    let pairs = |rows: Vec<SealedRow>| rows.into_iter().map(|r| (r.id, r.sealed)).collect();
+    if db.is_postgres() {
+        let mut conn = diesel::PgConnection::establish(db.url()).unwrap();
+        let pools = diesel::sql_query(POOL_ROWS).load(&mut conn).unwrap();
+        let jobs = diesel::sql_query(JOB_ROWS).load(&mut conn).unwrap();
+        (pairs(pools), pairs(jobs))
+    } else {
+        let path = db.sqlite_path().unwrap();
+        let mut conn = diesel::SqliteConnection::establish(path.to_str().unwrap()).unwrap();
+        let pools = diesel::sql_query(POOL_ROWS).load(&mut conn).unwrap();
+        let jobs = diesel::sql_query(JOB_ROWS).load(&mut conn).unwrap();
+        (pairs(pools), pairs(jobs))
+    }
+}
+
+/// Overwrites one run's sealed job body straight in the database.
+pub fn update_job_sealed(db: &TestDatabase, job_id: &str, sealed: &[u8]) {
+    use diesel::sql_types::{Binary, Text};
+    use diesel::{Connection as _, RunQueryDsl as _};
+    let changed = if db.is_postgres() {
+        let mut conn = diesel::PgConnection::establish(db.url()).unwrap();
+        diesel::sql_query("UPDATE runs SET job_sealed = $1 WHERE job_id = $2")
+            .bind::<Binary, _>(sealed)
+            .bind::<Text, _>(job_id)
+            .execute(&mut conn)
+            .unwrap()
+    } else {
+        let path = db.sqlite_path().unwrap();
+        let mut conn = diesel::SqliteConnection::establish(path.to_str().unwrap()).unwrap();
+        diesel::sql_query("UPDATE runs SET job_sealed = ? WHERE job_id = ?")
+            .bind::<Binary, _>(sealed)
+            .bind::<Text, _>(job_id)
+            .execute(&mut conn)
+            .unwrap()
+    };
+    assert_eq!(changed, 1);
+}

@@ -58,7 +58,12 @@ impl Kube {
         (app, pool)
     }
 
-    async fn request(&self, method: reqwest::Method, path: &str, body: Option<(&str, Value)>) -> (u16, Value) {
+    async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<(&str, Value)>,
+    ) -> (u16, Value) {
         let mut request = self
             .client
             .request(method, format!("{}{path}", self.url))
@@ -78,8 +83,12 @@ impl Kube {
     }
 
     async fn job(&self, name: &str) -> (u16, Value) {
-        self.request(reqwest::Method::GET, &format!("{}/{name}", self.jobs_path()), None)
-            .await
+        self.request(
+            reqwest::Method::GET,
+            &format!("{}/{name}", self.jobs_path()),
+            None,
+        )
+        .await
     }
 
     async fn pods_of(&self, job_name: &str) -> Vec<Value> {
@@ -123,7 +132,10 @@ impl Kube {
         let (status, body) = self
             .request(
                 reqwest::Method::PATCH,
-                &format!("/api/v1/namespaces/{}/pods/{pod_name}/status", self.namespace),
+                &format!(
+                    "/api/v1/namespaces/{}/pods/{pod_name}/status",
+                    self.namespace
+                ),
                 Some(("application/merge-patch+json", patch)),
             )
             .await;
@@ -136,9 +148,11 @@ impl Kube {
             (self.job(name).await.0 == 404).then_some(())
         })
         .await;
-        eventually("the garbage collector to delete the Job's Pods", WAIT, || async {
-            self.pods_of(name).await.is_empty().then_some(())
-        })
+        eventually(
+            "the garbage collector to delete the Job's Pods",
+            WAIT,
+            || async { self.pods_of(name).await.is_empty().then_some(()) },
+        )
         .await;
     }
 }
@@ -148,7 +162,13 @@ fn dns1123(text: &str) -> String {
     let cleaned: String = text
         .to_lowercase()
         .chars()
-        .map(|c| if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect();
     let cleaned = cleaned.trim_matches('-').to_owned();
     if cleaned == text && text.len() <= 63 {
@@ -186,12 +206,21 @@ async fn a_job_completes_when_its_pod_succeeds() {
         (status == 200).then_some(job)
     })
     .await;
-    assert_eq!(created["metadata"]["annotations"]["cattery.dev/job-id"], job_id.as_str());
-    assert_eq!(created["metadata"]["labels"]["app.kubernetes.io/managed-by"], "cattery");
+    assert_eq!(
+        created["metadata"]["annotations"]["cattery.dev/job-id"],
+        job_id.as_str()
+    );
+    assert_eq!(
+        created["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "cattery"
+    );
     assert_eq!(created["spec"]["backoffLimit"], 0);
     let env = &created["spec"]["template"]["spec"]["containers"][0]["env"];
     assert_eq!(env[0]["name"], "CATTERY_JOB");
-    assert_eq!(serde_json::from_str::<Value>(env[0]["value"].as_str().unwrap()).unwrap(), job);
+    assert_eq!(
+        serde_json::from_str::<Value>(env[0]["value"].as_str().unwrap()).unwrap(),
+        job
+    );
     assert_eq!(env[1]["value"], job_id.as_str());
     assert_eq!(env[2]["value"], "agent");
 
@@ -218,7 +247,8 @@ async fn a_job_fails_when_its_pod_fails() {
     let _shared = KUBE_LOCK.read().await;
     let (app, pool) = kube.start().await;
     let job_id = unique("kube-fail");
-    app.dispatch(&pool, json!({"jobId": job_id, "job": {}})).await;
+    app.dispatch(&pool, json!({"jobId": job_id, "job": {}}))
+        .await;
     let name = dns1123(&job_id);
     assert_eq!(name, job_id, "a valid label is kept as it is");
     kube.kubelet(&name, "Failed", 3).await;
@@ -245,20 +275,27 @@ async fn an_existing_job_of_the_same_name_is_adopted_on_409() {
         .request(
             reqwest::Method::POST,
             &kube.jobs_path(),
-            Some(("application/json", json!({
+            Some((
+                "application/json",
+                json!({
                 "apiVersion": "batch/v1", "kind": "Job",
                 "metadata": {"name": job_id},
                 "spec": {"backoffLimit": 0, "template": {"spec": {"restartPolicy": "Never",
-                    "containers": [{"name": "job", "image": "localhost/busybox:ci"}]}}}}))),
+                    "containers": [{"name": "job", "image": "localhost/busybox:ci"}]}}}}),
+            )),
         )
         .await;
     assert_eq!(status, 201, "{existing}");
 
-    app.dispatch(&pool, json!({"jobId": job_id, "job": {}})).await;
+    app.dispatch(&pool, json!({"jobId": job_id, "job": {}}))
+        .await;
     let run = app
         .wait_for(&job_id, WAIT, |run| run["externalId"].is_string())
         .await;
-    assert_eq!(run["externalId"], existing["metadata"]["uid"], "the same Job");
+    assert_eq!(
+        run["externalId"], existing["metadata"]["uid"],
+        "the same Job"
+    );
     kube.kubelet(&job_id, "Succeeded", 0).await;
     let run = app.wait_released(&job_id, "done", WAIT).await;
     assert_eq!(run["attempts"]["dispatch"], 1);
@@ -271,7 +308,8 @@ async fn cancelling_deletes_the_job_and_its_pods() {
     let _shared = KUBE_LOCK.read().await;
     let (app, pool) = kube.start().await;
     let job_id = unique("kube-cancel");
-    app.dispatch(&pool, json!({"jobId": job_id, "job": {}})).await;
+    app.dispatch(&pool, json!({"jobId": job_id, "job": {}}))
+        .await;
     app.wait_for(&job_id, WAIT, |run| run["schedulerState"] == "Running")
         .await;
     kube.kubelet(&job_id, "Running", 0).await;
@@ -289,7 +327,8 @@ async fn a_job_deleted_behind_the_gateways_back_reads_as_lost() {
     let _shared = KUBE_LOCK.read().await;
     let (app, pool) = kube.start().await;
     let job_id = unique("kube-lost");
-    app.dispatch(&pool, json!({"jobId": job_id, "job": {}})).await;
+    app.dispatch(&pool, json!({"jobId": job_id, "job": {}}))
+        .await;
     app.wait_for(&job_id, WAIT, |run| run["schedulerState"] == "Running")
         .await;
     let (status, body) = kube
@@ -313,7 +352,8 @@ async fn a_run_survives_a_restart_of_the_api_server() {
     let _exclusive = KUBE_LOCK.write().await;
     let (app, pool) = kube.start().await;
     let job_id = unique("kube-restart");
-    app.dispatch(&pool, json!({"jobId": job_id, "job": {}})).await;
+    app.dispatch(&pool, json!({"jobId": job_id, "job": {}}))
+        .await;
     app.wait_for(&job_id, WAIT, |run| run["schedulerState"] == "Running")
         .await;
 

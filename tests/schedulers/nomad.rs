@@ -21,7 +21,9 @@
 //! id's `/` travels as `%2F`. The tests play Nomad's client: they move allocations through
 //! pending, running and complete, failed or lost.
 
-use crate::support::{Seen, StubServer, TestApp, eventually, fast, shipped_manifest, spawn_app, unique};
+use crate::support::{
+    Seen, StubServer, TestApp, eventually, fast, shipped_manifest, spawn_app, unique,
+};
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use base64::Engine as _;
 use serde_json::{Value, json};
@@ -159,7 +161,13 @@ impl Nomad {
     }
 
     fn run_task(&self, job: &str) {
-        self.update(job, "running", "running", false, task_event("Started", 0, ""));
+        self.update(
+            job,
+            "running",
+            "running",
+            false,
+            task_event("Started", 0, ""),
+        );
     }
 
     fn finish_task(&self, job: &str, exit_code: i64, message: &str) {
@@ -172,7 +180,13 @@ impl Nomad {
             task_event("Terminated", exit_code, message),
         );
         if failed {
-            self.update(job, "failed", "dead", true, task_event("Not Restarting", 0, ""));
+            self.update(
+                job,
+                "failed",
+                "dead",
+                true,
+                task_event("Not Restarting", 0, ""),
+            );
         }
     }
 
@@ -238,14 +252,22 @@ fn text(status: u16, body: &str) -> HttpResponse {
         .body(body.to_owned())
 }
 
-async fn handle(req: HttpRequest, body: web::Bytes, state: web::Data<Arc<Mutex<State>>>) -> HttpResponse {
+async fn handle(
+    req: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<Arc<Mutex<State>>>,
+) -> HttpResponse {
     let seen = Seen::of(&req, &body);
     let mut state = state.lock().unwrap();
     state.seen.push(seen.clone());
     if seen.header("x-nomad-token") != Some(TOKEN) {
         return text(403, "Permission denied");
     }
-    let namespace = seen.query.get("namespace").cloned().unwrap_or_else(|| "default".to_owned());
+    let namespace = seen
+        .query
+        .get("namespace")
+        .cloned()
+        .unwrap_or_else(|| "default".to_owned());
     let Some(rest) = seen.path.strip_prefix("/v1/job/") else {
         return text(404, "Invalid URL");
     };
@@ -263,7 +285,12 @@ async fn handle(req: HttpRequest, body: web::Bytes, state: web::Data<Arc<Mutex<S
             .jobs
             .get(job)
             .filter(|j| j.namespace == namespace)
-            .map(|j| j.allocs.iter().map(|a| alloc_stub(job, &namespace, a)).collect())
+            .map(|j| {
+                j.allocs
+                    .iter()
+                    .map(|a| alloc_stub(job, &namespace, a))
+                    .collect()
+            })
             .unwrap_or_default();
         return HttpResponse::Ok().json(list);
     }
@@ -271,7 +298,11 @@ async fn handle(req: HttpRequest, body: web::Bytes, state: web::Data<Arc<Mutex<S
         "DELETE" => {
             let purge = seen.query.get("purge").is_some_and(|v| v == "true");
             let index = state.next_index();
-            let Some(job) = state.jobs.get_mut(rest).filter(|j| j.namespace == namespace) else {
+            let Some(job) = state
+                .jobs
+                .get_mut(rest)
+                .filter(|j| j.namespace == namespace)
+            else {
                 return HttpResponse::Ok().json(json!({
                     "EvalID": "", "EvalCreateIndex": 0, "JobModifyIndex": 0, "Index": 0}));
             };
@@ -318,13 +349,22 @@ fn dispatch(state: &mut State, parent: &str, namespace: &str, seen: &Seen) -> Ht
         return text(404, &format!("parameterized job {parent:?} not found"));
     };
     if job.payload == "required" && payload.is_empty() {
-        return text(500, "Payload is not provided but required by parameterized job");
+        return text(
+            500,
+            "Payload is not provided but required by parameterized job",
+        );
     }
     if job.payload == "forbidden" && !payload.is_empty() {
         return text(500, "Payload provided but forbidden by parameterized job");
     }
     if payload.len() > PAYLOAD_LIMIT {
-        return text(500, &format!("Payload exceeds maximum size; {} > {PAYLOAD_LIMIT}", payload.len()));
+        return text(
+            500,
+            &format!(
+                "Payload exceeds maximum size; {} > {PAYLOAD_LIMIT}",
+                payload.len()
+            ),
+        );
     }
     let missing: Vec<&str> = job
         .meta_required
@@ -333,16 +373,28 @@ fn dispatch(state: &mut State, parent: &str, namespace: &str, seen: &Seen) -> Ht
         .filter(|k| !meta.contains_key(*k))
         .collect();
     if !missing.is_empty() {
-        return text(500, &format!("Dispatch did not provide required meta keys: {missing:?}"));
+        return text(
+            500,
+            &format!("Dispatch did not provide required meta keys: {missing:?}"),
+        );
     }
     let unpermitted: Vec<&String> = meta
         .keys()
-        .filter(|k| !job.meta_required.contains(&k.as_str()) && !job.meta_optional.contains(&k.as_str()))
+        .filter(|k| {
+            !job.meta_required.contains(&k.as_str()) && !job.meta_optional.contains(&k.as_str())
+        })
         .collect();
     if !unpermitted.is_empty() {
-        return text(500, &format!("Dispatch provided unpermitted meta keys: {unpermitted:?}"));
+        return text(
+            500,
+            &format!("Dispatch provided unpermitted meta keys: {unpermitted:?}"),
+        );
     }
-    let token = seen.query.get("idempotency_token").cloned().unwrap_or_default();
+    let token = seen
+        .query
+        .get("idempotency_token")
+        .cloned()
+        .unwrap_or_default();
     if !token.is_empty()
         && let Some((id, _)) = state
             .jobs
@@ -399,7 +451,8 @@ async fn setup(nomad: &Nomad, adjust: impl FnOnce(&mut Value)) -> (TestApp, Stri
     manifest["baseUrl"] = json!(nomad.server.base_url);
     fast(&mut manifest);
     adjust(&mut manifest);
-    app.register(&pool, manifest, json!({"NOMAD_TOKEN": TOKEN})).await;
+    app.register(&pool, manifest, json!({"NOMAD_TOKEN": TOKEN}))
+        .await;
     (app, pool)
 }
 
@@ -409,7 +462,8 @@ async fn a_dispatched_job_runs_to_completion_and_is_purged() {
     let (app, pool) = setup(&nomad, |_| {}).await;
     let job_id = unique("nomad-ok");
     let job = json!({"prompt": "it's \"quoted\"\nline two", "n": [1, null], "ü": "✓"});
-    app.dispatch(&pool, json!({"jobId": job_id, "kind": "agent", "job": job})).await;
+    app.dispatch(&pool, json!({"jobId": job_id, "kind": "agent", "job": job}))
+        .await;
 
     let dispatched = nomad.wait_dispatched(&job_id).await;
     let calls = nomad.seen("POST", "/dispatch");
@@ -421,17 +475,23 @@ async fn a_dispatched_job_runs_to_completion_and_is_purged() {
     {
         let state = nomad.state.lock().unwrap();
         let stored = &state.jobs[&dispatched];
-        assert_eq!(serde_json::from_slice::<Value>(&stored.payload).unwrap(), job);
+        assert_eq!(
+            serde_json::from_slice::<Value>(&stored.payload).unwrap(),
+            job
+        );
         assert_eq!(stored.meta["cattery_job_id"], job_id);
         assert_eq!(stored.meta["cattery_job_kind"], "agent");
         assert_eq!(stored.meta["cattery_pool"], pool);
     }
 
-    let run = app.wait_for(&job_id, WAIT, |run| run["schedulerState"] == "pending").await;
+    let run = app
+        .wait_for(&job_id, WAIT, |run| run["schedulerState"] == "pending")
+        .await;
     assert_eq!(run["state"], "pending");
     assert_eq!(run["externalId"], dispatched.as_str());
     nomad.run_task(&dispatched);
-    app.wait_for(&job_id, WAIT, |run| run["state"] == "running").await;
+    app.wait_for(&job_id, WAIT, |run| run["state"] == "running")
+        .await;
     nomad.finish_task(&dispatched, 0, "");
 
     let run = app.wait_released(&job_id, "done", WAIT).await;
@@ -441,7 +501,11 @@ async fn a_dispatched_job_runs_to_completion_and_is_purged() {
     assert!(nomad.is_purged(&dispatched));
     // The dispatched id's `/` travelled encoded, as Nomad's own client sends it.
     let polls = nomad.seen("GET", "/allocations");
-    assert!(polls.iter().all(|s| s.path == format!("/v1/job/{dispatched}/allocations")));
+    assert!(
+        polls
+            .iter()
+            .all(|s| s.path == format!("/v1/job/{dispatched}/allocations"))
+    );
     let deletes = nomad.seen("DELETE", &dispatched);
     assert_eq!(deletes[0].query["purge"], "true");
 }
@@ -451,14 +515,18 @@ async fn a_failed_allocation_fails_the_run_with_the_task_event() {
     let nomad = Nomad::start();
     let (app, pool) = setup(&nomad, |_| {}).await;
     let job_id = unique("nomad-fail");
-    app.dispatch(&pool, json!({"jobId": job_id, "job": {}})).await;
+    app.dispatch(&pool, json!({"jobId": job_id, "job": {}}))
+        .await;
     let dispatched = nomad.wait_dispatched(&job_id).await;
     nomad.run_task(&dispatched);
     nomad.finish_task(&dispatched, 3, "boom");
 
     let run = app.wait_released(&job_id, "failed", WAIT).await;
     assert_eq!(run["schedulerState"], "failed");
-    assert_eq!(run["error"], r#"Terminated: Exit Code: 3, Exit Message: "boom""#);
+    assert_eq!(
+        run["error"],
+        r#"Terminated: Exit Code: 3, Exit Message: "boom""#
+    );
     assert!(run["result"].is_null(), "{run}");
     assert!(nomad.is_purged(&dispatched));
 }
@@ -469,12 +537,23 @@ async fn a_lost_dispatch_answer_is_retried_under_the_same_idempotency_token() {
     nomad.state.lock().unwrap().lose_next_answer = true;
     let (app, pool) = setup(&nomad, |_| {}).await;
     let job_id = unique("nomad-idem");
-    app.dispatch(&pool, json!({"jobId": job_id, "job": {}})).await;
+    app.dispatch(&pool, json!({"jobId": job_id, "job": {}}))
+        .await;
 
-    let run = app.wait_for(&job_id, WAIT, |run| run["schedulerState"] == "pending").await;
-    assert_eq!(nomad.seen("POST", "/dispatch").len(), 2, "the dispatch was retried");
+    let run = app
+        .wait_for(&job_id, WAIT, |run| run["schedulerState"] == "pending")
+        .await;
+    assert_eq!(
+        nomad.seen("POST", "/dispatch").len(),
+        2,
+        "the dispatch was retried"
+    );
     let dispatched = nomad.dispatched(&job_id);
-    assert_eq!(dispatched.len(), 1, "one job despite two dispatches: {dispatched:?}");
+    assert_eq!(
+        dispatched.len(),
+        1,
+        "one job despite two dispatches: {dispatched:?}"
+    );
     assert_eq!(run["externalId"], dispatched[0].as_str());
     nomad.run_task(&dispatched[0]);
     nomad.finish_task(&dispatched[0], 0, "");
@@ -486,10 +565,17 @@ async fn a_lost_allocation_is_dispatched_again_under_a_new_token() {
     let nomad = Nomad::start();
     let (app, pool) = setup(&nomad, |m| m["lost"] = json!({"redispatch": 1})).await;
     let job_id = unique("nomad-lost");
-    app.dispatch(&pool, json!({"jobId": job_id, "job": {"x": 1}})).await;
+    app.dispatch(&pool, json!({"jobId": job_id, "job": {"x": 1}}))
+        .await;
     let first = nomad.wait_dispatched(&job_id).await;
     nomad.run_task(&first);
-    nomad.update(&first, "lost", "dead", true, task_event("Killing", 0, "node down"));
+    nomad.update(
+        &first,
+        "lost",
+        "dead",
+        true,
+        task_event("Killing", 0, "node down"),
+    );
 
     let second = nomad.wait_dispatched(&format!("{job_id}-1")).await;
     assert_ne!(first, second);
@@ -505,10 +591,12 @@ async fn cancelling_stops_and_purges_the_dispatched_job() {
     let nomad = Nomad::start();
     let (app, pool) = setup(&nomad, |_| {}).await;
     let job_id = unique("nomad-cancel");
-    app.dispatch(&pool, json!({"jobId": job_id, "job": {}})).await;
+    app.dispatch(&pool, json!({"jobId": job_id, "job": {}}))
+        .await;
     let dispatched = nomad.wait_dispatched(&job_id).await;
     nomad.run_task(&dispatched);
-    app.wait_for(&job_id, WAIT, |run| run["state"] == "running").await;
+    app.wait_for(&job_id, WAIT, |run| run["state"] == "running")
+        .await;
 
     app.cancel(&job_id).await;
     app.wait_released(&job_id, "cancelled", WAIT).await;
@@ -521,10 +609,12 @@ async fn a_run_survives_a_restart_of_the_scheduler() {
     let mut nomad = Nomad::start();
     let (app, pool) = setup(&nomad, |_| {}).await;
     let job_id = unique("nomad-restart");
-    app.dispatch(&pool, json!({"jobId": job_id, "job": {}})).await;
+    app.dispatch(&pool, json!({"jobId": job_id, "job": {}}))
+        .await;
     let dispatched = nomad.wait_dispatched(&job_id).await;
     nomad.run_task(&dispatched);
-    app.wait_for(&job_id, WAIT, |run| run["state"] == "running").await;
+    app.wait_for(&job_id, WAIT, |run| run["state"] == "running")
+        .await;
 
     let polls_before = nomad.seen("GET", "/allocations").len();
     nomad.server.restart(Duration::from_secs(2)).await;
@@ -533,7 +623,10 @@ async fn a_run_survives_a_restart_of_the_scheduler() {
     assert_eq!(run["schedulerState"], "complete");
     assert!(nomad.seen("GET", "/allocations").len() > polls_before);
     let types = crate::support::event_types(&app.events(&job_id).await);
-    assert!(types.iter().any(|t| t == "poll_error" || t == "retry"), "{types:?}");
+    assert!(
+        types.iter().any(|t| t == "poll_error" || t == "retry"),
+        "{types:?}"
+    );
 }
 
 #[actix_web::test]
@@ -544,11 +637,15 @@ async fn a_wrong_token_is_refused_and_fails_the_dispatch() {
     let mut manifest = shipped_manifest("nomad.yaml");
     manifest["baseUrl"] = json!(nomad.server.base_url);
     fast(&mut manifest);
-    app.register(&pool, manifest, json!({"NOMAD_TOKEN": "not-the-token"})).await;
+    app.register(&pool, manifest, json!({"NOMAD_TOKEN": "not-the-token"}))
+        .await;
     let job_id = unique("nomad-acl");
-    app.dispatch(&pool, json!({"jobId": job_id, "job": {}})).await;
+    app.dispatch(&pool, json!({"jobId": job_id, "job": {}}))
+        .await;
 
-    let run = app.wait_for(&job_id, WAIT, |run| run["state"] == "failed").await;
+    let run = app
+        .wait_for(&job_id, WAIT, |run| run["state"] == "failed")
+        .await;
     assert_eq!(run["failureCause"], "dispatch_rejected");
     assert!(run["error"].as_str().unwrap().contains("403"), "{run}");
     assert!(nomad.dispatched(&job_id).is_empty());

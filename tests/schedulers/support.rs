@@ -305,7 +305,9 @@ pub struct StubServer {
 
 impl StubServer {
     /// Starts `serve` on a free loopback port.
-    pub fn start(serve: impl Fn(std::net::TcpListener) -> actix_web::dev::Server + 'static) -> StubServer {
+    pub fn start(
+        serve: impl Fn(std::net::TcpListener) -> actix_web::dev::Server + 'static,
+    ) -> StubServer {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let server = serve(listener);
