@@ -1,8 +1,9 @@
 //! `GET /v1/events`: a server-sent event per run change, resumable from the persisted log.
 //!
-//! The stream subscribes to the live bus first, then replays the log after `Last-Event-ID`,
-//! then forwards live changes it has not sent yet. A subscriber that falls behind the bus
-//! re-reads the log, so no committed change is skipped.
+//! The stream subscribes to the live bus first, then sends what the persisted log holds after
+//! `Last-Event-ID`, then reads the log again whenever the bus says a matching run changed. The
+//! log is in commit order, so ids only grow and a client that resumes from the last id it saw
+//! misses nothing.
 
 use super::auth::{Caller, Role};
 use super::dto::RunView;
@@ -62,7 +63,10 @@ pub async fn stream(
     };
     let (sender, receiver) = mpsc::channel::<web::Bytes>(64);
     let filter = Filter { pool, job_id };
-    actix_web::rt::spawn(pump(gateway.into_inner(), filter, last_seen, sender));
+    // Subscribe before answering, so that every change committed after the client got the
+    // answer reaches it live, in order.
+    let live = gateway.deps.bus.subscribe();
+    actix_web::rt::spawn(pump(gateway.into_inner(), filter, last_seen, live, sender));
     let body = futures_util::stream::unfold(receiver, |mut receiver| async move {
         receiver
             .recv()
@@ -97,45 +101,40 @@ async fn pump(
     gateway: std::sync::Arc<Gateway>,
     filter: Filter,
     mut last_seen: i64,
+    mut live: broadcast::Receiver<crate::bus::RunChange>,
     sender: mpsc::Sender<web::Bytes>,
 ) {
-    let mut live = gateway.deps.bus.subscribe();
+    // The log is the source: it is in commit order, while changes may reach the bus in another
+    // order (runs committed in one batch publish as their answers arrive). The bus only says
+    // when to read the log again.
+    let mut due = true;
     loop {
-        // Catch up from the log.
-        match replay(&gateway, &filter, last_seen, &sender).await {
-            Some(seq) => last_seen = seq,
-            None => return,
-        }
-        // Then follow the bus until we fall behind it.
-        loop {
-            let next = tokio::time::timeout(KEEP_ALIVE, live.recv()).await;
-            match next {
-                Err(_) => {
-                    if sender
-                        .send(web::Bytes::from_static(b": keep-alive\n\n"))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-                Ok(Ok(change)) => {
-                    let Some(last) = change.events.iter().map(|e| e.seq).max() else {
-                        continue;
-                    };
-                    if last <= last_seen {
-                        continue;
-                    }
-                    last_seen = last;
-                    if filter.matches(&change.run.pool, &change.run.job_id)
-                        && sender.send(frame(last, &change.run)).await.is_err()
-                    {
-                        return;
-                    }
-                }
-                Ok(Err(broadcast::error::RecvError::Lagged(_))) => break,
-                Ok(Err(broadcast::error::RecvError::Closed)) => return,
+        if due {
+            match replay(&gateway, &filter, last_seen, &sender).await {
+                Some(seq) => last_seen = seq,
+                None => return,
             }
+            due = false;
+        }
+        match tokio::time::timeout(KEEP_ALIVE, live.recv()).await {
+            Err(_) => {
+                if sender
+                    .send(web::Bytes::from_static(b": keep-alive\n\n"))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Ok(Ok(change)) => {
+                due = filter.matches(&change.run.pool, &change.run.job_id);
+                // Take whatever else is waiting, so that a burst costs one read of the log.
+                while let Ok(change) = live.try_recv() {
+                    due |= filter.matches(&change.run.pool, &change.run.job_id);
+                }
+            }
+            Ok(Err(broadcast::error::RecvError::Lagged(_))) => due = true,
+            Ok(Err(broadcast::error::RecvError::Closed)) => return,
         }
     }
 }

@@ -119,8 +119,8 @@ pub async fn send(
                 target.scheme()
             )));
         }
-        let to_get = status == 303 && next.method() != reqwest::Method::HEAD
-            || matches!(status.as_u16(), 301 | 302) && next.method() == reqwest::Method::POST;
+        let to_get = (status == 303 && next.method() != reqwest::Method::HEAD)
+            || (matches!(status.as_u16(), 301 | 302) && next.method() == reqwest::Method::POST);
         if to_get {
             *next.method_mut() = reqwest::Method::GET;
             *next.body_mut() = None;

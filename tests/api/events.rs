@@ -77,11 +77,15 @@ async fn the_stream_follows_a_run_and_resumes_after_the_last_event_id() {
         .iter()
         .map(|(_, v)| v["state"].as_str().unwrap())
         .collect();
-    assert_eq!(states.first(), Some(&"queued"));
-    assert!(
-        states.contains(&"running") && states.contains(&"done"),
-        "{states:?}"
-    );
+    // Each frame carries the run as it stood when the frame was sent: states only move forward
+    // along the lifecycle, and the stream ends on the finished, released run.
+    let order = ["queued", "dispatching", "pending", "running", "done"];
+    let ranks: Vec<usize> = states
+        .iter()
+        .map(|s| order.iter().position(|o| o == s).unwrap())
+        .collect();
+    assert!(ranks.windows(2).all(|w| w[0] <= w[1]), "{states:?}");
+    assert_eq!(states.last(), Some(&"done"), "{states:?}");
     let ids: Vec<i64> = frames.iter().map(|(id, _)| *id).collect();
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
 
@@ -107,4 +111,38 @@ async fn the_stream_follows_a_run_and_resumes_after_the_last_event_id() {
         .await
         .unwrap();
     assert_eq!(bad.status().as_u16(), 422);
+}
+
+#[actix_web::test]
+async fn no_change_is_lost_when_many_runs_commit_together() {
+    let app = spawn_app().await;
+    let scheduler = TestScheduler::start(vec![Answer::Json(json!({"status": "Complete"}))]).await;
+    app.put_pool(
+        "sched",
+        scheduler_manifest(&scheduler.base_url),
+        json!({"SCHED_TOKEN": SCHED_TOKEN}),
+    )
+    .await;
+    let stream = app
+        .client
+        .get(app.url("/v1/events?pool=sched"))
+        .bearer_auth(READER_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let ids: Vec<String> = (0..20).map(|i| format!("many-{i}")).collect();
+    for id in &ids {
+        app.dispatch("sched", json!({"jobId": id})).await;
+    }
+    // Every run's last change (its release) reaches the stream.
+    let frames = read_frames(stream, |frames| {
+        ids.iter().all(|id| {
+            frames
+                .iter()
+                .any(|(_, v)| v["jobId"] == *id && v["released"] == true)
+        })
+    })
+    .await;
+    let seqs: Vec<i64> = frames.iter().map(|(id, _)| *id).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
 }
