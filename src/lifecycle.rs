@@ -288,6 +288,8 @@ pub fn apply(run: &RunRecord, input: Input, policy: &Policy, env: Env) -> Step {
         Input::Called(OpKind::Dispatch, outcome) => apply_dispatch(&mut step, outcome, policy, env),
         Input::Called(OpKind::Poll, outcome) => apply_poll(&mut step, outcome, policy, env),
         Input::Called(OpKind::Release, outcome) => apply_release(&mut step, outcome, policy, env),
+        // The failure log is fetched by the adapter on the way to a failed observation.
+        Input::Called(OpKind::FailureLog, _) => {}
     }
     step
 }

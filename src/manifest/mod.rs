@@ -84,6 +84,8 @@ pub enum OpKind {
     Poll,
     /// Cancel / clean up the job.
     Release,
+    /// Fetch the end of a failed job's log (optional; its text answer extends the run's error).
+    FailureLog,
 }
 
 impl OpKind {
@@ -93,6 +95,7 @@ impl OpKind {
             OpKind::Dispatch => "dispatch",
             OpKind::Poll => "poll",
             OpKind::Release => "release",
+            OpKind::FailureLog => "failureLog",
         }
     }
 }

@@ -82,6 +82,9 @@ pub struct Manifest {
     pub poll: Operation,
     /// `release`, if the manifest has one.
     pub release: Option<Operation>,
+    /// `failureLog`, if the manifest has one: fetched once when the scheduler reports a job
+    /// failed; the end of its text answer is added to the run's error.
+    pub failure_log: Option<Operation>,
     /// Non-fatal remarks (`no_release`, `no_state_mapping`, `poll_many_unsupported`).
     pub warnings: Vec<Warning>,
     pub(crate) vars: Map<String, Value>,
@@ -139,6 +142,7 @@ impl Manifest {
             OpKind::Dispatch => Some(&self.dispatch),
             OpKind::Poll => Some(&self.poll),
             OpKind::Release => self.release.as_ref(),
+            OpKind::FailureLog => self.failure_log.as_ref(),
         }
     }
 

@@ -38,6 +38,7 @@ fn op_fields(kind: OpKind) -> &'static [&'static str] {
         OpKind::Dispatch => &["request", "expect", "alreadyExists", "timeoutMs", "capture"],
         OpKind::Poll => &["request", "expect", "notFound", "timeoutMs", "map"],
         OpKind::Release => &["request", "expect", "notFound", "timeoutMs"],
+        OpKind::FailureLog => &["request", "expect", "timeoutMs"],
     }
 }
 
@@ -155,8 +156,9 @@ fn read_not_found(kind: OpKind, fields: &Fields<'_>, problems: &mut Problems) ->
         OpKind::Dispatch => NotFound::Reject,
         OpKind::Poll => NotFound::Lost,
         OpKind::Release => NotFound::Success,
+        OpKind::FailureLog => NotFound::Reject,
     };
-    if kind == OpKind::Dispatch {
+    if matches!(kind, OpKind::Dispatch | OpKind::FailureLog) {
         return default;
     }
     let Some(word) = fields.str("notFound", problems) else {

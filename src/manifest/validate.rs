@@ -28,6 +28,7 @@ const TOP_FIELDS: &[&str] = &[
     "dispatch",
     "poll",
     "release",
+    "failureLog",
     "pollMany",
 ];
 
@@ -91,6 +92,9 @@ pub(crate) fn build(doc: &Value, defaults: &Defaults) -> Result<Manifest, Manife
     let release = root
         .get("release")
         .and_then(|v| operation::parse(OpKind::Release, v, &mut env, &mut problems));
+    let failure_log = root
+        .get("failureLog")
+        .and_then(|v| operation::parse(OpKind::FailureLog, v, &mut env, &mut problems));
 
     let mut warnings = Vec::new();
     if let Some(value) = root.get("pollMany") {
@@ -130,6 +134,7 @@ pub(crate) fn build(doc: &Value, defaults: &Defaults) -> Result<Manifest, Manife
     for op in std::iter::once(&dispatch)
         .chain(Some(&poll))
         .chain(release.as_ref())
+        .chain(failure_log.as_ref())
     {
         secret_keys.extend(op.secret_keys().iter().cloned());
     }
@@ -148,6 +153,7 @@ pub(crate) fn build(doc: &Value, defaults: &Defaults) -> Result<Manifest, Manife
         dispatch,
         poll,
         release,
+        failure_log,
         warnings,
         vars,
         engine,
@@ -168,7 +174,12 @@ pub(crate) fn build(doc: &Value, defaults: &Defaults) -> Result<Manifest, Manife
 fn trial_render(manifest: &Manifest, captures: &BTreeSet<String>, problems: &mut Problems) {
     let input = context::sample_input(captures);
     let secrets = context::sample_secrets(manifest.secret_keys());
-    for kind in [OpKind::Dispatch, OpKind::Poll, OpKind::Release] {
+    for kind in [
+        OpKind::Dispatch,
+        OpKind::Poll,
+        OpKind::Release,
+        OpKind::FailureLog,
+    ] {
         if manifest.operation(kind).is_none() {
             continue;
         }

@@ -46,7 +46,7 @@ pub fn classify(
                 Ok(observation) => CallOutcome::Observed(Box::new(observation)),
                 Err(e) => retryable(format!("poll → {status}: {e}"), true),
             },
-            OpKind::Release => CallOutcome::Accepted {
+            OpKind::Release | OpKind::FailureLog => CallOutcome::Accepted {
                 captures: serde_json::Map::new(),
                 note: None,
             },
@@ -76,7 +76,9 @@ pub fn classify(
     match op {
         // An answer a poll cannot use counts as an unreadable poll, not as the job's failure.
         OpKind::Poll => retryable(message, true),
-        OpKind::Dispatch | OpKind::Release => CallOutcome::Rejected { message },
+        OpKind::Dispatch | OpKind::Release | OpKind::FailureLog => {
+            CallOutcome::Rejected { message }
+        }
     }
 }
 

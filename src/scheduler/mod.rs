@@ -168,11 +168,49 @@ impl Adapter {
                 };
             }
         };
-        let outcome = self.call_admitted(pool, op, input, &guard).await;
+        let mut outcome = self.call_admitted(pool, op, input, &guard).await;
+        if let CallOutcome::Observed(observation) = &mut outcome
+            && observation.state == Some(crate::domain::state::MappedState::Failed)
+            && pool.manifest.failure_log.is_some()
+        {
+            if let Some(tail) = self.failure_log(pool, input, &guard).await {
+                observation.error = Some(match observation.error.take() {
+                    Some(error) => format!("{error}; log tail: {tail}"),
+                    None => format!("log tail: {tail}"),
+                });
+            }
+        }
         // No secret and no job value leaves the adapter in a message.
         let outcome = crate::redact::scrub_outcome(outcome, &pool.secrets, &input.job);
         guard.record(trial, signal_of(&outcome), Instant::now(), base, max);
         outcome
+    }
+
+    /// Fetches the end of a failed job's log with the manifest's `failureLog` operation. Best
+    /// effort: any failure only means the error has no log tail.
+    async fn failure_log(
+        &self,
+        pool: &PoolRuntime,
+        input: &RenderInput,
+        guard: &PoolGuard,
+    ) -> Option<String> {
+        let manifest = &pool.manifest;
+        let operation = manifest.failure_log.as_ref()?;
+        let request = manifest
+            .render(OpKind::FailureLog, input, &pool.secrets)
+            .ok()?;
+        let wait = guard.reserve(manifest.limits.requests_per_second, Instant::now());
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        let timeout =
+            Duration::from_millis(operation.timeout_ms.unwrap_or(manifest.limits.timeout_ms));
+        let exchange = self.send(pool, request, timeout).await.ok()?;
+        if !operation.is_success(exchange.status) {
+            return None;
+        }
+        let tail = log_tail(&exchange.body.ok()?);
+        (!tail.is_empty()).then_some(tail)
     }
 
     async fn call_admitted(
@@ -302,5 +340,59 @@ impl Adapter {
             body,
             token: sent_token,
         })
+    }
+}
+
+/// How much of the end of a failure log is kept.
+const LOG_TAIL_CHARS: usize = 1_000;
+
+/// The end of a log as one line of text: control characters (including the frame headers of
+/// Docker-style multiplexed log streams) become spaces, runs of spaces shrink to one.
+fn log_tail(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let mut cleaned = String::with_capacity(text.len().min(64 * 1024));
+    let mut last_space = true;
+    for c in text.chars() {
+        let c = if c.is_control() || c == char::REPLACEMENT_CHARACTER {
+            ' '
+        } else {
+            c
+        };
+        if c == ' ' {
+            if !last_space {
+                cleaned.push(' ');
+            }
+            last_space = true;
+        } else {
+            cleaned.push(c);
+            last_space = false;
+        }
+    }
+    let trimmed = cleaned.trim();
+    let count = trimmed.chars().count();
+    if count <= LOG_TAIL_CHARS {
+        trimmed.to_owned()
+    } else {
+        let tail: String = trimmed.chars().skip(count - LOG_TAIL_CHARS).collect();
+        format!("…{tail}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_tail;
+
+    #[test]
+    fn a_log_tail_is_one_clean_line_of_the_last_characters() {
+        // A Docker-style frame header (stream 2, size 12) before the text.
+        let framed =
+            b"\x02\x00\x00\x00\x00\x00\x00\x0cboom: failed\n\x01\x00\x00\x00\x00\x00\x00\x03ok\n";
+        assert_eq!(log_tail(framed), "boom: failed ok");
+        let long = "x".repeat(5_000) + " the end";
+        let tail = log_tail(long.as_bytes());
+        assert!(tail.starts_with('…'));
+        assert!(tail.ends_with("the end"));
+        assert_eq!(tail.chars().count(), 1_001);
+        assert_eq!(log_tail(b"  \n\t "), "");
     }
 }

@@ -247,3 +247,34 @@ async fn deleting_a_pool_answers_204_then_404() {
         (404, Some("pool_not_found"))
     );
 }
+
+#[actix_web::test]
+async fn a_failure_log_operation_takes_only_request_expect_and_timeout() {
+    let app = spawn_app().await;
+    let mut manifest = scheduler_manifest("http://127.0.0.1:9");
+    manifest["failureLog"] = json!({
+        "request": {"method": "GET", "path": "/logs/{{run.dispatchId}}", "query": {"uid": "{{capture.uid}}"}},
+        "map": {"state": "status"}
+    });
+    let refused = app
+        .put_pool("logs", manifest.clone(), json!({"SCHED_TOKEN": "x"}))
+        .await;
+    assert_eq!(refused.status().as_u16(), 422);
+    assert_eq!(
+        paths(&refused.json::<Value>().await.unwrap()),
+        ["manifest.failureLog.map"]
+    );
+    manifest["failureLog"]
+        .as_object_mut()
+        .unwrap()
+        .remove("map");
+    let accepted = app
+        .put_pool("logs", manifest, json!({"SCHED_TOKEN": "x"}))
+        .await;
+    assert_eq!(
+        accepted.status().as_u16(),
+        201,
+        "{}",
+        accepted.text().await.unwrap()
+    );
+}

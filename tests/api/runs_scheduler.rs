@@ -293,3 +293,27 @@ async fn replacing_the_manifest_keeps_runs_going_and_their_next_calls_use_the_ne
     assert_eq!(run["manifestRevision"], 2);
     assert_eq!(scheduler.created("swap-1"), 1);
 }
+
+#[actix_web::test]
+async fn a_failed_job_gets_the_tail_of_its_log_in_the_error() {
+    let script = vec![Answer::Json(
+        json!({"status": "Failed", "message": "exit code 3"}),
+    )];
+    let (app, scheduler) = setup(script, |m, _| {
+        m["failureLog"] = json!({"request": {"method": "GET", "path": "/logs/{{run.dispatchId}}"}});
+    })
+    .await;
+    app.dispatch("sched", json!({"jobId": "logged-1"})).await;
+    let run = app.wait_settled("logged-1").await;
+    assert_eq!(run["state"], "failed");
+    assert_eq!(
+        run["error"],
+        "exit code 3; log tail: starting logged-1 the job said: boom"
+    );
+    let fetches = scheduler.seen_with("GET", "/logs/logged-1");
+    assert_eq!(fetches.len(), 1);
+    assert_eq!(
+        fetches[0].header("authorization"),
+        Some(format!("Bearer {SCHED_TOKEN}").as_str())
+    );
+}

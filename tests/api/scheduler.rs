@@ -196,6 +196,16 @@ async fn handle(
                 }
             }
         }
+        ("GET", p) if p.starts_with("/logs/") => {
+            let name = p.trim_start_matches("/logs/");
+            if state.jobs.contains_key(name) {
+                HttpResponse::Ok()
+                    .content_type("text/plain")
+                    .body(format!("starting {name}\nthe job said: boom\n"))
+            } else {
+                HttpResponse::NotFound().json(json!({"message": "not found"}))
+            }
+        }
         ("DELETE", p) if p.starts_with("/jobs/") => {
             let name = p.trim_start_matches("/jobs/").to_owned();
             match state.jobs.remove(&name) {

@@ -117,7 +117,10 @@ async fn a_failing_container_reports_its_exit_code() {
 
     let run = app.wait_released(&job_id, "failed", WAIT).await;
     assert_eq!(run["schedulerState"], "failed");
-    assert_eq!(run["error"], "the container exited with code 3");
+    assert_eq!(
+        run["error"],
+        "the container exited with code 3; log tail: boom"
+    );
     assert_eq!(run["failureCause"], "scheduler");
     assert!(run["result"].is_null(), "{run}");
     podman.wait_pod_gone(&pod_name(&job_id)).await;
