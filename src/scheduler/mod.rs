@@ -172,13 +172,12 @@ impl Adapter {
         if let CallOutcome::Observed(observation) = &mut outcome
             && observation.state == Some(crate::domain::state::MappedState::Failed)
             && pool.manifest.failure_log.is_some()
+            && let Some(tail) = self.failure_log(pool, input, &guard).await
         {
-            if let Some(tail) = self.failure_log(pool, input, &guard).await {
-                observation.error = Some(match observation.error.take() {
-                    Some(error) => format!("{error}; log tail: {tail}"),
-                    None => format!("log tail: {tail}"),
-                });
-            }
+            observation.error = Some(match observation.error.take() {
+                Some(error) => format!("{error}; log tail: {tail}"),
+                None => format!("log tail: {tail}"),
+            });
         }
         // No secret and no job value leaves the adapter in a message.
         let outcome = crate::redact::scrub_outcome(outcome, &pool.secrets, &input.job);
