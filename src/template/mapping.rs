@@ -29,6 +29,47 @@ impl PartialEq for Expr {
     }
 }
 
+/// The JMESPath runtime: the standard functions plus `div` and `mod`, integer arithmetic that
+/// JMESPath lacks (for example a wait status into an exit code: `div(exit_code, `256`)`).
+static RUNTIME: std::sync::LazyLock<jmespath::Runtime> = std::sync::LazyLock::new(|| {
+    use jmespath::functions::{ArgumentType, CustomFunction, Signature};
+    let mut runtime = jmespath::Runtime::new();
+    runtime.register_builtin_functions();
+    let numbers = || Signature::new(vec![ArgumentType::Number, ArgumentType::Number], None);
+    runtime.register_function(
+        "div",
+        Box::new(CustomFunction::new(
+            numbers(),
+            Box::new(|args, _| Ok(arithmetic(args, |a, b| a.div_euclid(b)))),
+        )),
+    );
+    runtime.register_function(
+        "mod",
+        Box::new(CustomFunction::new(
+            numbers(),
+            Box::new(|args, _| Ok(arithmetic(args, |a, b| a.rem_euclid(b)))),
+        )),
+    );
+    runtime
+});
+
+/// Applies an integer operation to two numeric arguments (truncated toward zero); `null` when
+/// either is not a whole number or the divisor is zero.
+fn arithmetic(args: &[jmespath::Rcvar], op: fn(i64, i64) -> i64) -> jmespath::Rcvar {
+    let int = |v: &jmespath::Rcvar| v.as_number().filter(|n| n.is_finite() && n.fract() == 0.0);
+    let value = match (args.first().and_then(int), args.get(1).and_then(int)) {
+        #[expect(
+            clippy::cast_possible_truncation,
+            reason = "whole numbers within i64 range; larger ones saturate"
+        )]
+        (Some(a), Some(b)) if b != 0.0 => {
+            jmespath::Variable::Number(serde_json::Number::from(op(a as i64, b as i64)))
+        }
+        _ => jmespath::Variable::Null,
+    };
+    jmespath::Rcvar::new(value)
+}
+
 /// Compiles `source` (found at manifest path `path`), or records why it does not compile.
 pub(crate) fn compile(path: &str, source: &str, problems: &mut Vec<Problem>) -> Option<Expr> {
     if source.trim().is_empty() {
@@ -38,7 +79,7 @@ pub(crate) fn compile(path: &str, source: &str, problems: &mut Vec<Problem>) -> 
         });
         return None;
     }
-    match jmespath::compile(source) {
+    match RUNTIME.compile(source) {
         Ok(expr) => Some(Expr {
             path: path.to_owned(),
             expr,
@@ -298,6 +339,33 @@ mod tests {
         let e = compile("poll.map.x", source, &mut problems);
         assert!(problems.is_empty(), "{problems:?}");
         e
+    }
+
+    #[test]
+    fn div_and_mod_do_integer_arithmetic_and_give_null_when_they_cannot() {
+        let eval = |source: &str, doc: Value| expr(source).unwrap().eval(&doc).unwrap();
+        assert_eq!(
+            eval("div(exit_code, `256`)", json!({"exit_code": 768})),
+            json!(3)
+        );
+        assert_eq!(
+            eval("mod(exit_code, `256`)", json!({"exit_code": 9})),
+            json!(9)
+        );
+        assert_eq!(eval("div(`-7`, `2`)", json!({})), json!(-4));
+        assert_eq!(eval("div(`7`, `0`)", json!({})), Value::Null);
+        assert_eq!(eval("div(`7.5`, `2`)", json!({})), Value::Null);
+        assert_eq!(
+            eval("length(@)", json!([1, 2])),
+            json!(2),
+            "the standard functions stay"
+        );
+        let mut problems = Vec::new();
+        let wrong = compile("poll.map.x", "div(name, `2`)", &mut problems).unwrap();
+        assert!(
+            wrong.eval(&json!({"name": "x"})).is_err(),
+            "a string is refused by the signature"
+        );
     }
 
     #[test]
