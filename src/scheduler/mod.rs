@@ -157,6 +157,23 @@ impl Adapter {
     pub async fn call(&self, pool: &PoolRuntime, op: OpKind, input: &RenderInput) -> CallOutcome {
         let guard = self.guard(&pool.name);
         let (base, max) = cooldowns(&pool.manifest);
+        // A request that cannot be rendered is refused before the breaker is asked: it says
+        // nothing about the scheduler's health.
+        let manifest = &pool.manifest;
+        let Some(operation) = manifest.operation(op) else {
+            return CallOutcome::Rejected {
+                message: format!("the manifest has no {} operation", op.as_str()),
+            };
+        };
+        let request = match manifest.render(op, input, &pool.secrets) {
+            Ok(request) => request,
+            Err(e) => {
+                let rejected = CallOutcome::Rejected {
+                    message: e.to_string(),
+                };
+                return crate::redact::scrub_outcome(rejected, &pool.secrets, &input.job);
+            }
+        };
         let now = Instant::now();
         let trial = match guard.admit(now) {
             Admission::Go { trial } => trial,
@@ -168,7 +185,9 @@ impl Adapter {
                 };
             }
         };
-        let mut outcome = self.call_admitted(pool, op, input, &guard).await;
+        let mut outcome = self
+            .call_admitted(pool, op, operation, request, &guard)
+            .await;
         if let CallOutcome::Observed(observation) = &mut outcome
             && observation.state == Some(crate::domain::state::MappedState::Failed)
             && pool.manifest.failure_log.is_some()
@@ -216,23 +235,11 @@ impl Adapter {
         &self,
         pool: &PoolRuntime,
         op: OpKind,
-        input: &RenderInput,
+        operation: &crate::manifest::Operation,
+        request: RenderedRequest,
         guard: &PoolGuard,
     ) -> CallOutcome {
         let manifest = &pool.manifest;
-        let Some(operation) = manifest.operation(op) else {
-            return CallOutcome::Rejected {
-                message: format!("the manifest has no {} operation", op.as_str()),
-            };
-        };
-        let request = match manifest.render(op, input, &pool.secrets) {
-            Ok(request) => request,
-            Err(e) => {
-                return CallOutcome::Rejected {
-                    message: e.to_string(),
-                };
-            }
-        };
         let wait = guard.reserve(manifest.limits.requests_per_second, Instant::now());
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
