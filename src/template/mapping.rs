@@ -40,31 +40,31 @@ static RUNTIME: std::sync::LazyLock<jmespath::Runtime> = std::sync::LazyLock::ne
         "div",
         Box::new(CustomFunction::new(
             numbers(),
-            Box::new(|args, _| Ok(arithmetic(args, |a, b| a.div_euclid(b)))),
+            Box::new(|args, _| Ok(arithmetic(args, i64::checked_div_euclid))),
         )),
     );
     runtime.register_function(
         "mod",
         Box::new(CustomFunction::new(
             numbers(),
-            Box::new(|args, _| Ok(arithmetic(args, |a, b| a.rem_euclid(b)))),
+            Box::new(|args, _| Ok(arithmetic(args, i64::checked_rem_euclid))),
         )),
     );
     runtime
 });
 
 /// Applies an integer operation to two numeric arguments (truncated toward zero); `null` when
-/// either is not a whole number or the divisor is zero.
-fn arithmetic(args: &[jmespath::Rcvar], op: fn(i64, i64) -> i64) -> jmespath::Rcvar {
+/// either is not a whole number, the divisor is zero, or the result overflows (`i64::MIN / -1`).
+fn arithmetic(args: &[jmespath::Rcvar], op: fn(i64, i64) -> Option<i64>) -> jmespath::Rcvar {
     let int = |v: &jmespath::Rcvar| v.as_number().filter(|n| n.is_finite() && n.fract() == 0.0);
     let value = match (args.first().and_then(int), args.get(1).and_then(int)) {
         #[expect(
             clippy::cast_possible_truncation,
             reason = "whole numbers within i64 range; larger ones saturate"
         )]
-        (Some(a), Some(b)) if b != 0.0 => {
-            jmespath::Variable::Number(serde_json::Number::from(op(a as i64, b as i64)))
-        }
+        (Some(a), Some(b)) => op(a as i64, b as i64).map_or(jmespath::Variable::Null, |n| {
+            jmespath::Variable::Number(serde_json::Number::from(n))
+        }),
         _ => jmespath::Variable::Null,
     };
     jmespath::Rcvar::new(value)
@@ -355,6 +355,7 @@ mod tests {
         assert_eq!(eval("div(`-7`, `2`)", json!({})), json!(-4));
         assert_eq!(eval("div(`7`, `0`)", json!({})), Value::Null);
         assert_eq!(eval("div(`7.5`, `2`)", json!({})), Value::Null);
+        assert_eq!(eval("mod(`7`, `0`)", json!({})), Value::Null);
         assert_eq!(
             eval("length(@)", json!([1, 2])),
             json!(2),
@@ -365,6 +366,30 @@ mod tests {
         assert!(
             wrong.eval(&json!({"name": "x"})).is_err(),
             "a string is refused by the signature"
+        );
+    }
+
+    #[test]
+    fn div_and_mod_overflowing_give_null_not_a_panic() {
+        // i64::MIN / -1 overflows; an answer can hold both numbers (-1e19 saturates to i64::MIN).
+        for doc in [
+            json!({"a": -9_223_372_036_854_775_808_i64, "b": -1}),
+            json!({"a": -1e19, "b": -1}),
+        ] {
+            for source in ["div(a, b)", "mod(a, b)"] {
+                assert_eq!(
+                    expr(source).unwrap().eval(&doc).unwrap(),
+                    Value::Null,
+                    "{source} of {doc}"
+                );
+            }
+        }
+        assert_eq!(
+            expr("div(a, b)")
+                .unwrap()
+                .eval(&json!({"a": -8, "b": -1}))
+                .unwrap(),
+            json!(8)
         );
     }
 

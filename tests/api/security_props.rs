@@ -1,4 +1,4 @@
-//! Property tests over hostile input (the bounded stand-in for fuzzing; see README "Security"):
+//! Property tests over hostile input (beside the cargo-fuzz targets of fuzz/; see README "Security"):
 //! manifest parsing and validation, template rendering with hostile values, JMESPath mapping of
 //! hostile answers, the egress URL check and redaction never panic, and keep their promises.
 //!
