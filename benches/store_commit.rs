@@ -7,7 +7,7 @@
 #![expect(clippy::unwrap_used, reason = "a benchmark stops on any setup error")]
 
 use cattery::domain::ids::{JobId, PoolName};
-use cattery::domain::run::{Attempts, NewEvent, ReleaseState, RunRecord, now_millis};
+use cattery::domain::run::{NewEvent, RunRecord, now_millis};
 use cattery::domain::state::RunState;
 use cattery::store::Store;
 use cattery::store::testing::{TestBackend, TestDatabase};
@@ -17,40 +17,11 @@ use std::time::Instant;
 const RUNS: usize = 2_000;
 
 fn run(i: usize) -> RunRecord {
-    let now = now_millis();
-    RunRecord {
-        job_id: JobId::parse(&format!("bench-{i}")).unwrap(),
-        pool: PoolName::parse("bench").unwrap(),
-        kind: None,
-        labels: serde_json::Map::new(),
-        request_digest: "d".into(),
-        deadline_at: None,
-        callback_url: None,
-        state: RunState::Queued,
-        scheduler_state: None,
-        external_id: None,
-        dispatch_id: format!("bench-{i}"),
-        captures: serde_json::Map::new(),
-        progress: None,
-        result: None,
-        error: None,
-        failure_cause: None,
-        detail: None,
-        heartbeat_at: None,
-        fields: serde_json::Map::new(),
-        cancel_requested: false,
-        release: ReleaseState::NotYet,
-        attempts: Attempts::default(),
-        poll_errors: 0,
-        poll_interval_ms: 0,
-        next_at: None,
-        unmapped_seen: false,
-        manifest_revision: 1,
-        created_at: now,
-        dispatched_at: None,
-        finished_at: None,
-        updated_at: now,
-    }
+    RunRecord::queued(
+        JobId::parse(&format!("bench-{i}")).unwrap(),
+        PoolName::parse("bench").unwrap(),
+        now_millis(),
+    )
 }
 
 fn transition(run: &RunRecord) -> (RunRecord, Vec<NewEvent>) {

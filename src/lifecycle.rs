@@ -743,7 +743,7 @@ fn to_u32(value: i64) -> u32 {
 mod tests {
     use super::*;
     use crate::domain::ids::{JobId, PoolName};
-    use crate::domain::run::{Attempts, Progress};
+    use crate::domain::run::Progress;
 
     fn policy() -> Policy {
         Policy {
@@ -764,37 +764,15 @@ mod tests {
 
     fn queued() -> RunRecord {
         RunRecord {
-            job_id: JobId::parse("job-1").unwrap(),
-            pool: PoolName::parse("pool").unwrap(),
-            kind: None,
-            labels: Map::new(),
             request_digest: "d".to_owned(),
-            deadline_at: None,
-            callback_url: None,
-            state: RunState::Queued,
-            scheduler_state: None,
-            external_id: None,
-            dispatch_id: "job-1".to_owned(),
-            captures: Map::new(),
-            progress: None,
-            result: None,
-            error: None,
-            failure_cause: None,
-            detail: None,
-            heartbeat_at: None,
-            fields: Map::new(),
-            cancel_requested: false,
-            release: ReleaseState::NotYet,
-            attempts: Attempts::default(),
-            poll_errors: 0,
             poll_interval_ms: 1_000,
-            next_at: None,
-            unmapped_seen: false,
-            manifest_revision: 1,
             created_at: 0,
-            dispatched_at: None,
-            finished_at: None,
             updated_at: 0,
+            ..RunRecord::queued(
+                JobId::parse("job-1").unwrap(),
+                PoolName::parse("pool").unwrap(),
+                0,
+            )
         }
     }
 

@@ -7,7 +7,7 @@ use crate::bus::EventBus;
 use crate::config::EgressSettings;
 use crate::crypto::{Sealer, binding};
 use crate::domain::ids::{JobId, PoolName};
-use crate::domain::run::{Attempts, NewEvent, ReleaseState, RunRecord, now_millis};
+use crate::domain::run::{NewEvent, ReleaseState, RunRecord, now_millis};
 use crate::domain::secrets::SecretBundle;
 use crate::domain::state::RunState;
 use crate::egress::{Egress, EgressPolicy};
@@ -86,39 +86,7 @@ fn runtime(name: &str, base_url: &str) -> PoolRuntime {
 async fn submit(deps: &Deps, supervisor: &Addr<Supervisor>, pool: &str, id: &str) -> JobId {
     let job_id = JobId::parse(id).unwrap();
     let now = now_millis();
-    let run = RunRecord {
-        job_id: job_id.clone(),
-        pool: PoolName::parse(pool).unwrap(),
-        kind: None,
-        labels: serde_json::Map::new(),
-        request_digest: "d".into(),
-        deadline_at: None,
-        callback_url: None,
-        state: RunState::Queued,
-        scheduler_state: None,
-        external_id: None,
-        dispatch_id: id.into(),
-        captures: serde_json::Map::new(),
-        progress: None,
-        result: None,
-        error: None,
-        failure_cause: None,
-        detail: None,
-        heartbeat_at: None,
-        fields: serde_json::Map::new(),
-        cancel_requested: false,
-        release: ReleaseState::NotYet,
-        attempts: Attempts::default(),
-        poll_errors: 0,
-        poll_interval_ms: 0,
-        next_at: None,
-        unmapped_seen: false,
-        manifest_revision: 1,
-        created_at: now,
-        dispatched_at: None,
-        finished_at: None,
-        updated_at: now,
-    };
+    let run = RunRecord::queued(job_id.clone(), PoolName::parse(pool).unwrap(), now);
     let sealed = deps.sealer.seal(b"{}", &binding::run_job(id)).unwrap();
     let event = NewEvent {
         job_id: job_id.clone(),

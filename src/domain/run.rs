@@ -144,6 +144,44 @@ pub struct RunRecord {
 }
 
 impl RunRecord {
+    /// A new run waiting for a slot in `pool`: dispatched under its own id, nothing counted,
+    /// no deadline, manifest revision 1 (callers set what they know).
+    pub fn queued(job_id: JobId, pool: PoolName, now: Millis) -> RunRecord {
+        RunRecord {
+            dispatch_id: job_id.to_string(),
+            job_id,
+            pool,
+            kind: None,
+            labels: Map::new(),
+            request_digest: String::new(),
+            deadline_at: None,
+            callback_url: None,
+            state: RunState::Queued,
+            scheduler_state: None,
+            external_id: None,
+            captures: Map::new(),
+            progress: None,
+            result: None,
+            error: None,
+            failure_cause: None,
+            detail: None,
+            heartbeat_at: None,
+            fields: Map::new(),
+            cancel_requested: false,
+            release: ReleaseState::NotYet,
+            attempts: Attempts::default(),
+            poll_errors: 0,
+            poll_interval_ms: 0,
+            next_at: None,
+            unmapped_seen: false,
+            manifest_revision: 1,
+            created_at: now,
+            dispatched_at: None,
+            finished_at: None,
+            updated_at: now,
+        }
+    }
+
     /// True while the run still needs work from cattery: unfinished, or finished with a release due.
     pub fn needs_work(&self) -> bool {
         !self.state.is_final() || self.release == ReleaseState::Pending

@@ -118,20 +118,8 @@ impl Gateway {
             updated_at: now,
         };
         let stored = self.deps.store.put_pool(record).await?;
-        let runtime = PoolRuntime::new(
-            name.clone(),
-            stored.revision,
-            Arc::new(manifest),
-            bundle,
-            self.deps.adapter.egress(),
-        )
-        .map_err(|e| {
-            ServiceError::Validation(vec![problem("manifest.tls.caCertPem", e.to_string())])
-        })?;
-        self.supervisor
-            .send(UpsertPool(runtime))
-            .await
-            .map_err(|_| ServiceError::Unavailable)?;
+        self.activate(&name, stored.revision, manifest, bundle)
+            .await?;
         tracing::info!(pool = %name, revision = stored.revision, "pool registered");
         Ok((stored, existing.is_none()))
     }
@@ -160,9 +148,22 @@ impl Gateway {
             .put_pool_secrets(name, sealed, keys, now_millis())
             .await?
             .ok_or_else(|| ServiceError::PoolNotFound(name.to_string()))?;
+        self.activate(name, updated.revision, manifest, bundle)
+            .await?;
+        Ok(updated)
+    }
+
+    /// Hands a pool's compiled manifest and secrets to its actor (started or swapped in).
+    async fn activate(
+        &self,
+        name: &PoolName,
+        revision: i64,
+        manifest: Manifest,
+        bundle: SecretBundle,
+    ) -> Result<(), ServiceError> {
         let runtime = PoolRuntime::new(
             name.clone(),
-            updated.revision,
+            revision,
             Arc::new(manifest),
             bundle,
             self.deps.adapter.egress(),
@@ -173,8 +174,7 @@ impl Gateway {
         self.supervisor
             .send(UpsertPool(runtime))
             .await
-            .map_err(|_| ServiceError::Unavailable)?;
-        Ok(updated)
+            .map_err(|_| ServiceError::Unavailable)
     }
 
     /// A stored pool.

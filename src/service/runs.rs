@@ -4,7 +4,7 @@ use super::{Gateway, ServiceError, canonical_json, problem};
 use crate::actors::supervisor::{CancelRunOf, ResumeRuns, SubmitRun};
 use crate::crypto::{binding, sha256_hex};
 use crate::domain::ids::{JobId, PoolName};
-use crate::domain::run::{Attempts, EventRecord, NewEvent, ReleaseState, RunRecord, now_millis};
+use crate::domain::run::{EventRecord, NewEvent, RunRecord, now_millis};
 use crate::domain::state::RunState;
 use crate::manifest::Problem;
 use crate::store::{InsertOutcome, RunFilter, RunPage};
@@ -199,39 +199,14 @@ impl Gateway {
         let now = now_millis();
         let deadline = submission.deadline_seconds.or(live.deadline_seconds);
         let run = RunRecord {
-            job_id: submission.job_id.clone(),
-            pool: pool.clone(),
             kind: submission.kind.clone(),
             labels: submission.labels.clone(),
             request_digest: digest.clone(),
             deadline_at: deadline.map(|seconds| {
                 now.saturating_add(i64::try_from(seconds.saturating_mul(1000)).unwrap_or(i64::MAX))
             }),
-            callback_url: None,
-            state: RunState::Queued,
-            scheduler_state: None,
-            external_id: None,
-            dispatch_id: submission.job_id.to_string(),
-            captures: Map::new(),
-            progress: None,
-            result: None,
-            error: None,
-            failure_cause: None,
-            detail: None,
-            heartbeat_at: None,
-            fields: Map::new(),
-            cancel_requested: false,
-            release: ReleaseState::NotYet,
-            attempts: Attempts::default(),
-            poll_errors: 0,
-            poll_interval_ms: 0,
-            next_at: None,
-            unmapped_seen: false,
             manifest_revision: live.revision,
-            created_at: now,
-            dispatched_at: None,
-            finished_at: None,
-            updated_at: now,
+            ..RunRecord::queued(submission.job_id.clone(), pool.clone(), now)
         };
         let job = Value::Object(submission.job.unwrap_or_default());
         let clear = serde_json::to_vec(&job).map_err(|e| ServiceError::Internal(e.into()))?;
