@@ -9,6 +9,8 @@
 #   restart  stops and starts kube-apiserver; etcd and the controller manager keep running.
 #   stop     stops the three processes, by pid file.
 set -euo pipefail
+# Daemons started here must not hold a checkout's directory as their working directory.
+cd /
 BIN=${CATTERY_KUBE_DIR:-/opt/cattery-kube}
 D=${CATTERY_KUBE_DATA:-/var/lib/cattery-kube}
 DIR=${CATTERY_SCHEDULERS_DIR:-/tmp/cattery-schedulers}

@@ -55,8 +55,10 @@ CONF
 
 start_service() {
   if ! alive "$PIDFILE"; then
-    setsid podman system service --time=0 "tcp:127.0.0.1:$PORT" \
-      >>/var/log/cattery-podman-service.log 2>&1 </dev/null &
+    # From /, so that the service never holds a working directory that a checkout deletes
+    # (podman resolves its own working directory on every play kube).
+    (cd / && exec setsid podman system service --time=0 "tcp:127.0.0.1:$PORT" \
+      >>/var/log/cattery-podman-service.log 2>&1 </dev/null) &
     echo $! > "$PIDFILE"
   fi
   for _ in $(seq 1 80); do

@@ -8,6 +8,8 @@
 #            jobs keep running in slurmd and slurmctld recovers them from its state files.
 #   stop     stops every daemon start started, by pid file.
 set -euo pipefail
+# Daemons started here must not hold a checkout's directory as their working directory.
+cd /
 DIR=${CATTERY_SCHEDULERS_DIR:-/tmp/cattery-schedulers}
 PORT=6820
 URL=http://127.0.0.1:$PORT
