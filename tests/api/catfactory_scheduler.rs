@@ -16,6 +16,7 @@
 //! credential on every job call (401 otherwise). A repeated dispatch of a known id re-attaches
 //! (2xx with the job's state), as Cat-Factory requires of pools.
 
+pub use crate::scheduler::Seen;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -28,32 +29,6 @@ pub enum Reply {
     Json(Value),
     /// This status with this raw body.
     Status(u16, &'static str),
-}
-
-/// A request the scheduler received.
-#[derive(Debug, Clone)]
-pub struct Seen {
-    pub method: String,
-    pub path: String,
-    pub query: String,
-    pub headers: HashMap<String, String>,
-    pub body: Vec<u8>,
-}
-
-impl Seen {
-    pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
-    }
-
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .get(&name.to_ascii_lowercase())
-            .map(String::as_str)
-    }
-
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).to_string()
-    }
 }
 
 #[derive(Debug, Default)]
@@ -150,13 +125,7 @@ async fn handle(
         .iter()
         .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
         .collect();
-    state.seen.push(Seen {
-        method: method.clone(),
-        path: path.clone(),
-        query: req.query_string().to_owned(),
-        headers: headers.clone(),
-        body: body.to_vec(),
-    });
+    state.seen.push(Seen::of(&req, &body));
     if method == "POST" && path == "/oauth/token" {
         let form = String::from_utf8_lossy(&body).to_string();
         if !form.contains("grant_type=client_credentials") || !form.contains("client_secret=") {

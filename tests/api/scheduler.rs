@@ -31,6 +31,25 @@ pub struct Seen {
 }
 
 impl Seen {
+    /// Records a request as a test scheduler received it.
+    pub fn of(req: &HttpRequest, body: &[u8]) -> Seen {
+        Seen {
+            method: req.method().to_string(),
+            path: req.path().to_owned(),
+            query: req.query_string().to_owned(),
+            headers: req
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+                .collect(),
+            body: body.to_vec(),
+        }
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).to_string()
+    }
+
     pub fn json(&self) -> Value {
         serde_json::from_slice(&self.body).unwrap_or(Value::Null)
     }
@@ -129,17 +148,7 @@ async fn handle(
 ) -> HttpResponse {
     let mut state = state.lock().unwrap();
     let path = req.path().to_owned();
-    state.seen.push(Seen {
-        method: req.method().to_string(),
-        path: path.clone(),
-        query: req.query_string().to_owned(),
-        headers: req
-            .headers()
-            .iter()
-            .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
-            .collect(),
-        body: body.to_vec(),
-    });
+    state.seen.push(Seen::of(&req, &body));
     let method = req.method().as_str().to_owned();
     match (method.as_str(), path.as_str()) {
         ("POST", "/oauth/token") => {
