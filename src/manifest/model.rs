@@ -346,7 +346,7 @@ mod tests {
         doc["poll"]["request"] = json!({
             "method": "POST",
             "path": "/jobs/{{input.jobId}}",
-            "bodyTemplate": "{\"name\": \"{{input.job.name}}\", \"job\": {{json input.job}}, \"upper\": \"{{upper input.job.name}}\"}"
+            "bodyTemplate": "{\"name\": \"{{input.labels.team}}\", \"labels\": {{json input.labels}}, \"upper\": \"{{upper input.labels.team}}\"}"
         });
         build(&doc).unwrap()
     }
@@ -395,7 +395,7 @@ mod tests {
         let poll = m.render(OpKind::Poll, &run, &secrets(&[])).unwrap();
         let body = body_json(&poll);
         assert_eq!(body["name"], HOSTILE);
-        assert_eq!(body["job"], job);
+        assert_eq!(body["labels"], json!({"team": HOSTILE}));
         assert_eq!(body["upper"], HOSTILE.to_uppercase());
         assert_eq!(poll.url.path(), "/api/jobs/x%2F..%2Fy");
     }
