@@ -99,6 +99,11 @@ impl Application {
     pub async fn build(settings: Settings, secrets: Secrets) -> anyhow::Result<Application> {
         let started = Instant::now();
         crate::scheduler::http::install_crypto_provider();
+        settings
+            .defaults
+            .polling
+            .check()
+            .map_err(|message| anyhow::anyhow!(message))?;
         std::fs::create_dir_all(&settings.data_dir).with_context(|| {
             format!("cannot create the data dir {}", settings.data_dir.display())
         })?;
@@ -291,7 +296,7 @@ pub fn defaults_of(settings: &Settings) -> Defaults {
             interval_ms: d.polling.interval_ms,
             max_interval_ms: d.polling.max_interval_ms,
             max_consecutive_errors: d.polling.max_consecutive_errors,
-            ..base.polling
+            deadline_seconds: d.polling.deadline_seconds,
         },
     }
 }

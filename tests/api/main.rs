@@ -18,6 +18,7 @@ mod auth;
 mod catfactory;
 mod cli;
 mod crash;
+mod deadlines;
 mod egress;
 mod events;
 mod facade;
