@@ -12,7 +12,9 @@ use actix::prelude::*;
 use std::collections::HashMap;
 use tokio::sync::oneshot;
 
-/// Start a pool, or swap the manifest of a running one.
+/// Start a pool, or swap the manifest of a running one. A runtime whose revision is older than
+/// the one the pool already runs is ignored: concurrent registrations may reach the supervisor
+/// in any order, and the newest stored revision must win.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct UpsertPool(pub PoolRuntime);
@@ -119,6 +121,19 @@ impl Handler<UpsertPool> for Supervisor {
 
     fn handle(&mut self, msg: UpsertPool, _ctx: &mut Self::Context) {
         let name = msg.0.name.clone();
+        if let Some(current) = self.runtimes.get(&name)
+            && current.revision > msg.0.revision
+        {
+            tracing::info!(
+                pool = %name,
+                revision = msg.0.revision,
+                running = current.revision,
+                "ignoring pool revision {} of {name}: revision {} is already running",
+                msg.0.revision,
+                current.revision
+            );
+            return;
+        }
         self.runtimes.insert(name.clone(), msg.0.clone());
         match self.pools.get(&name) {
             Some(addr) if addr.connected() => addr.do_send(UpdateRuntime(msg.0)),
