@@ -275,7 +275,7 @@ impl RunActor {
             actor.deps.activity.leave();
             match result {
                 Ok(records) => {
-                    actor.run = run;
+                    actor.run = run.committed();
                     actor.deps.bus.publish(records, &actor.run);
                     if actor.run.cancel_requested || actor.run.state.is_final() {
                         actor.answer_cancel_waiters();
@@ -284,6 +284,12 @@ impl RunActor {
                         actor.free_slot();
                     }
                     actor.drive(ctx);
+                }
+                Err(e @ crate::store::StoreError::Stale { .. }) => {
+                    // Someone else changed the run since this actor read it: never overwrite
+                    // that. Stopping lets the pool restart the run from the stored state.
+                    tracing::warn!(job_id = %actor.run.job_id, error = %e, "a run step lost to a newer stored state; reloading the run");
+                    ctx.stop();
                 }
                 Err(e) => {
                     tracing::error!(job_id = %actor.run.job_id, error = %e, "cannot commit a run step; retrying");

@@ -63,6 +63,7 @@ fn bare_run(id: &str, pool: &str, created_at: Millis) -> RunRecord {
         dispatched_at: None,
         finished_at: None,
         updated_at: created_at,
+        version: 0,
     }
 }
 
@@ -114,6 +115,7 @@ fn full_run(id: &str, pool: &str) -> RunRecord {
         dispatched_at: Some(1_700_000_000_500),
         finished_at: Some(1_700_000_100_000),
         updated_at: 1_700_000_200_000,
+        version: 0,
     }
 }
 
@@ -244,7 +246,7 @@ async fn a_commit_overwrites_the_run_and_appends_its_events(backend: TestBackend
     assert!(created.seq < stored[0].seq && stored[0].seq < stored[1].seq);
     assert_eq!(stored[1].event, events[1]);
 
-    let mut expected = updated;
+    let mut expected = updated.committed();
     expected.created_at = 100;
     assert_eq!(store.get_run(&run.job_id).await.unwrap(), Some(expected));
     // The job body is not part of a commit.
@@ -907,7 +909,10 @@ async fn committed_data_survives_a_new_connection(backend: TestBackend) {
     drop(store);
 
     let reopened = Store::connect(db.url(), 2).await.unwrap();
-    assert_eq!(reopened.get_run(&run.job_id).await.unwrap(), Some(next));
+    assert_eq!(
+        reopened.get_run(&run.job_id).await.unwrap(),
+        Some(next.committed())
+    );
     assert_eq!(reopened.run_events(&run.job_id).await.unwrap().len(), 2);
     assert_eq!(reopened.list_pools().await.unwrap().len(), 1);
 }
@@ -932,6 +937,69 @@ async fn a_corrupt_row_is_reported_without_its_contents(backend: TestBackend) {
         }
         other => panic!("expected Corrupt, got {other:?}"),
     }
+}
+
+async fn a_commit_derived_from_an_older_version_is_refused_and_changes_nothing(
+    backend: TestBackend,
+) {
+    let (_db, store) = open(backend).await;
+    let read = bare_run("raced", "p", 1);
+    insert(&store, &read).await;
+
+    // One writer moves the run on.
+    let mut first = read.clone();
+    first.state = RunState::Cancelled;
+    first.cancel_requested = true;
+    let winner = transition(&first, RunState::Queued, RunState::Cancelled, "cancel");
+    store.commit(first.clone(), vec![winner]).await.unwrap();
+
+    // Another, working from the same old read, loses instead of overwriting.
+    let mut second = read.clone();
+    second.state = RunState::Dispatching;
+    let loser = transition(&second, RunState::Queued, RunState::Dispatching, "slot");
+    match store.commit(second, vec![loser]).await {
+        Err(StoreError::Stale { what, read, stored }) => {
+            assert!(what.contains("raced"), "{what}");
+            assert_eq!((read, stored), (0, 1));
+        }
+        other => panic!("expected Stale, got {other:?}"),
+    }
+    let stored = store.get_run(&read.job_id).await.unwrap().unwrap();
+    assert_eq!(stored, first.clone().committed());
+    assert_eq!(store.run_events(&read.job_id).await.unwrap().len(), 2);
+
+    // A commit from the current version goes through, and so on.
+    let mut next = stored.clone();
+    next.detail = Some("noted".to_owned());
+    store.commit(next.clone(), Vec::new()).await.unwrap();
+    assert_eq!(
+        store.get_run(&read.job_id).await.unwrap(),
+        Some(next.committed())
+    );
+    // A stale commit of an unknown run is still reported as missing.
+    assert!(matches!(
+        store.commit(bare_run("nobody", "p", 1), Vec::new()).await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+async fn a_second_exclusive_store_on_one_database_is_refused_until_the_first_is_gone(
+    backend: TestBackend,
+) {
+    let (db, shared) = open(backend).await;
+    let first = Store::connect_exclusive(db.url(), 2).await.unwrap();
+    match Store::connect_exclusive(db.url(), 2).await {
+        Err(err @ StoreError::InUse { .. }) => {
+            let message = err.to_string();
+            assert!(message.contains("another cattery gateway"), "{message}");
+            assert!(!message.contains("postgres://"), "{message}");
+        }
+        other => panic!("expected InUse, got {other:?}"),
+    }
+    // Tools that do not drive runs still connect.
+    shared.ping().await.unwrap();
+    drop(first);
+    let _second = Store::connect_exclusive(db.url(), 2).await.unwrap();
 }
 
 /// Declares one test per behaviour above, on the backend the environment names: SQLite, or
@@ -968,6 +1036,8 @@ on_both_backends!(
     job_bodies_can_be_cleared_and_resealed,
     committed_data_survives_a_new_connection,
     a_corrupt_row_is_reported_without_its_contents,
+    a_commit_derived_from_an_older_version_is_refused_and_changes_nothing,
+    a_second_exclusive_store_on_one_database_is_refused_until_the_first_is_gone,
 );
 
 // ---- backend-independent checks ----

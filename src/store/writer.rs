@@ -192,10 +192,20 @@ fn apply(conn: &mut DbConn, request: &WriteRequest) -> Result<Outcome, StoreErro
             for event in events {
                 check_event_owner(run, event)?;
             }
-            if !runs::update(conn, run)? {
-                return Err(StoreError::NotFound {
-                    what: format!("run {}", run.job_id),
-                });
+            match runs::update(conn, run)? {
+                runs::Updated::Done => {}
+                runs::Updated::Missing => {
+                    return Err(StoreError::NotFound {
+                        what: format!("run {}", run.job_id),
+                    });
+                }
+                runs::Updated::Stale { stored } => {
+                    return Err(StoreError::Stale {
+                        what: format!("run {}", run.job_id),
+                        read: run.version,
+                        stored,
+                    });
+                }
             }
             events
                 .iter()

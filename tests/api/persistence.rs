@@ -12,19 +12,7 @@ use std::time::{Duration, Instant};
 const TOKEN: &str = "local-pool-persist-token";
 
 fn serve(db: &TestDatabase, data_dir: &std::path::Path, port: u16) -> crate::helpers::ChildProcess {
-    let child = Command::new(cattery_bin())
-        .arg("serve")
-        .env("CATTERY_DATABASE_URL", db.url())
-        .env("CATTERY_BIND", format!("127.0.0.1:{port}"))
-        .env("CATTERY__DATADIR", data_dir)
-        .env("CATTERY__LOCALPOOL__ENABLED", "false")
-        .env("CATTERY__EGRESS__ALLOWHTTP", "true")
-        .env("CATTERY__EGRESS__ALLOWHOSTS", "[127.0.0.1]")
-        .env("CATTERY__EGRESS__ALLOWHTTP", "true")
-        .env("CATTERY__EGRESS__ALLOWHOSTS", "[127.0.0.1]")
-        .env("CATTERY__LOGGING__LEVEL", "warn")
-        .env("CATTERY_MASTER_KEY", MASTER_KEY)
-        .env("CATTERY_ADMIN_TOKEN", ADMIN_TOKEN)
+    let child = serve_command(db, data_dir, port)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -33,6 +21,23 @@ fn serve(db: &TestDatabase, data_dir: &std::path::Path, port: u16) -> crate::hel
         child,
         base_url: format!("http://127.0.0.1:{port}"),
     }
+}
+
+/// `cattery serve` on `db`, listening on `port`, with its output not yet directed.
+fn serve_command(db: &TestDatabase, data_dir: &std::path::Path, port: u16) -> Command {
+    let mut command = Command::new(cattery_bin());
+    command
+        .arg("serve")
+        .env("CATTERY_DATABASE_URL", db.url())
+        .env("CATTERY_BIND", format!("127.0.0.1:{port}"))
+        .env("CATTERY__DATADIR", data_dir)
+        .env("CATTERY__LOCALPOOL__ENABLED", "false")
+        .env("CATTERY__EGRESS__ALLOWHTTP", "true")
+        .env("CATTERY__EGRESS__ALLOWHOSTS", "[127.0.0.1]")
+        .env("CATTERY__LOGGING__LEVEL", "warn")
+        .env("CATTERY_MASTER_KEY", MASTER_KEY)
+        .env("CATTERY_ADMIN_TOKEN", ADMIN_TOKEN);
+    command
 }
 
 #[actix_web::test]
@@ -120,4 +125,71 @@ async fn a_running_run_resumes_after_the_gateway_is_killed_and_restarted() {
         );
     }
     drop(restarted);
+}
+
+/// Waits for a child process to exit on its own; fails the test after `limit`.
+fn wait_exit(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(start.elapsed() < limit, "the process did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[actix_web::test]
+async fn a_second_gateway_on_the_same_database_refuses_to_start_until_the_first_is_gone() {
+    let db = TestDatabase::create().await;
+    // Separate data dirs: what the gateways share, and what the lock guards, is the database.
+    let (first_dir, second_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let client = cattery::scheduler::http::plain_client().unwrap();
+    let mut first = serve(&db, first_dir.path(), free_port());
+    wait_healthy(&format!("{}/readyz", first.base_url)).await;
+
+    for _ in 0..2 {
+        let mut second = serve_command(&db, second_dir.path(), free_port())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let status = wait_exit(&mut second, Duration::from_secs(20));
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert!(!status.success(), "the second gateway started: {stderr}");
+        assert!(
+            stderr.contains("already in use by another cattery gateway"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("postgres://"), "{stderr}");
+        // The first one keeps serving.
+        let ready = client
+            .get(format!("{}/readyz", first.base_url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ready.status().as_u16(), 200);
+    }
+
+    // Once the first is gone, however abruptly, a new one starts.
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    let next = serve(&db, second_dir.path(), free_port());
+    wait_healthy(&format!("{}/readyz", next.base_url)).await;
+    drop(next);
+    // And after a clean stop too.
+    let mut clean = serve(&db, first_dir.path(), free_port());
+    wait_healthy(&format!("{}/readyz", clean.base_url)).await;
+    let pid = clean.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(wait_exit(&mut clean.child, Duration::from_secs(20)).success());
+    let last = serve(&db, second_dir.path(), free_port());
+    wait_healthy(&format!("{}/readyz", last.base_url)).await;
 }
