@@ -147,7 +147,8 @@ impl RunActor {
             }
             Action::Finished => {
                 self.free_slot();
-                self.drop_job_body();
+                // The final commit dropped the stored body; drop the decrypted copy too.
+                self.job = None;
                 self.pool.do_send(RunFinished(self.run.job_id.clone()));
                 ctx.stop();
             }
@@ -297,20 +298,6 @@ impl RunActor {
                 }
             }
         }));
-    }
-
-    /// A finished run that needs no more calls does not need its job body (which carries
-    /// short-lived credentials) any more: drop it from the store.
-    fn drop_job_body(&mut self) {
-        self.job = None;
-        let store = self.deps.store.clone();
-        let job_id = self.run.job_id.clone();
-        // Detached from the actor, which stops right away.
-        actix::spawn(async move {
-            if let Err(e) = store.clear_job_sealed(&job_id).await {
-                tracing::warn!(job_id = %job_id, error = %e, "cannot drop a finished run's job body");
-            }
-        });
     }
 
     fn answer_cancel_waiters(&mut self) {

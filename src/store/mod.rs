@@ -474,6 +474,16 @@ impl Store {
             .await
     }
 
+    /// Drops the job bodies that finished runs still hold (final, no release pending); returns
+    /// how many. A commit that makes a run final drops its body itself; this sweeps what an
+    /// older version or a crash left behind, at start.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn clear_finished_job_bodies(&self) -> Result<usize, StoreError> {
+        self.with_conn(runs::clear_finished_job_bodies).await
+    }
+
     /// Drops a run's job body once nothing needs it (no further dispatch can happen).
     ///
     /// # Errors
@@ -535,7 +545,8 @@ impl Store {
     }
 
     /// Overwrites a run (all columns but its id, creation time and job body) and appends its
-    /// events, atomically; answers once the transaction has committed. Concurrent commits are
+    /// events, atomically; answers once the transaction has committed. When the run no longer
+    /// needs work (final, no release pending), its job body is dropped in the same transaction. Concurrent commits are
     /// grouped into few transactions by the writer thread. Event sequence numbers increase in
     /// commit order.
     ///

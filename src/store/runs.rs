@@ -140,6 +140,16 @@ static UNFINISHED_STATES: LazyLock<String> = LazyLock::new(|| {
         .join(", ")
 });
 
+/// `'done', 'failed', 'cancelled'`, for SQL.
+static FINAL_STATES: LazyLock<String> = LazyLock::new(|| {
+    RunState::ALL
+        .iter()
+        .filter(|s| s.is_final())
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
+});
+
 fn load(conn: &mut DbConn, sql: &str, binds: Vec<Bind>) -> Result<Vec<RunRecord>, StoreError> {
     let rows: Vec<RunRow> = raw_query(conn, sql, binds).load(conn)?;
     rows.into_iter().map(RunRow::into_record).collect()
@@ -295,6 +305,23 @@ pub(crate) fn clear_job_sealed(conn: &mut DbConn, job_id: &JobId) -> Result<(), 
     )
     .execute(conn)?;
     Ok(())
+}
+
+/// Drops the job bodies of every run that no longer needs one (final, no release pending):
+/// leftovers of a crash, or of a version that dropped bodies after the final commit. Returns how
+/// many were dropped.
+pub(crate) fn clear_finished_job_bodies(conn: &mut DbConn) -> Result<usize, StoreError> {
+    let sql = format!(
+        "UPDATE runs SET job_sealed = NULL WHERE job_sealed IS NOT NULL \
+         AND state IN ({}) AND release_state <> ?",
+        *FINAL_STATES
+    );
+    Ok(raw_query(
+        conn,
+        &sql,
+        vec![Bind::Text(ReleaseState::Pending.as_str().to_owned())],
+    )
+    .execute(conn)?)
 }
 
 /// Replaces a run's job body only if it still is `old` (so a body dropped meanwhile stays dropped).

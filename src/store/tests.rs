@@ -1002,6 +1002,66 @@ async fn a_second_exclusive_store_on_one_database_is_refused_until_the_first_is_
     let _second = Store::connect_exclusive(db.url(), 2).await.unwrap();
 }
 
+async fn a_final_commit_drops_the_job_body_unless_a_release_still_needs_it(backend: TestBackend) {
+    let (_db, store) = open(backend).await;
+    let body = Some(b"sealed".to_vec());
+    let released = bare_run("released-later", "p", 1);
+    insert(&store, &released).await;
+    let mut run = released.clone();
+    for (state, release, kept) in [
+        (RunState::Running, ReleaseState::NotYet, true),
+        // Final, but the release (and its redaction) may still need the body.
+        (RunState::Done, ReleaseState::Pending, true),
+        (RunState::Done, ReleaseState::Done, false),
+    ] {
+        run.state = state;
+        run.release = release;
+        store.commit(run.clone(), Vec::new()).await.unwrap();
+        run = run.committed();
+        assert_eq!(
+            store.get_job_sealed(&run.job_id).await.unwrap(),
+            if kept { body.clone() } else { None },
+            "{state:?} with release {release:?}"
+        );
+    }
+
+    let cancelled = bare_run("cancelled-at-once", "p", 2);
+    insert(&store, &cancelled).await;
+    let mut stale = cancelled.clone();
+    stale.version = 7;
+    stale.state = RunState::Cancelled;
+    stale.release = ReleaseState::NotNeeded;
+    // A commit that is refused drops nothing.
+    assert!(store.commit(stale.clone(), Vec::new()).await.is_err());
+    assert_eq!(store.get_job_sealed(&cancelled.job_id).await.unwrap(), body);
+    stale.version = 0;
+    store.commit(stale, Vec::new()).await.unwrap();
+    assert_eq!(store.get_job_sealed(&cancelled.job_id).await.unwrap(), None);
+    assert!(store.sealed_job_ids().await.unwrap().is_empty());
+}
+
+async fn leftover_job_bodies_of_finished_runs_are_swept(backend: TestBackend) {
+    let (_db, store) = open(backend).await;
+    let body = Some(b"sealed".to_vec());
+    let mut leftover = bare_run("leftover", "p", 1);
+    leftover.state = RunState::Failed;
+    leftover.release = ReleaseState::GaveUp;
+    let mut releasing = bare_run("releasing", "p", 2);
+    releasing.state = RunState::Done;
+    releasing.release = ReleaseState::Pending;
+    let mut running = bare_run("running", "p", 3);
+    running.state = RunState::Running;
+    for run in [&leftover, &releasing, &running] {
+        insert(&store, run).await;
+    }
+    assert_eq!(store.clear_finished_job_bodies().await.unwrap(), 1);
+    assert_eq!(store.get_job_sealed(&leftover.job_id).await.unwrap(), None);
+    for kept in [&releasing, &running] {
+        assert_eq!(store.get_job_sealed(&kept.job_id).await.unwrap(), body);
+    }
+    assert_eq!(store.clear_finished_job_bodies().await.unwrap(), 0);
+}
+
 /// Declares one test per behaviour above, on the backend the environment names: SQLite, or
 /// PostgreSQL when `TEST_DATABASE_URL` is set (the test script runs the suite once for each).
 macro_rules! on_both_backends {
@@ -1038,6 +1098,8 @@ on_both_backends!(
     a_corrupt_row_is_reported_without_its_contents,
     a_commit_derived_from_an_older_version_is_refused_and_changes_nothing,
     a_second_exclusive_store_on_one_database_is_refused_until_the_first_is_gone,
+    a_final_commit_drops_the_job_body_unless_a_release_still_needs_it,
+    leftover_job_bodies_of_finished_runs_are_swept,
 );
 
 // ---- backend-independent checks ----

@@ -207,6 +207,12 @@ fn apply(conn: &mut DbConn, request: &WriteRequest) -> Result<Outcome, StoreErro
                     });
                 }
             }
+            if !run.needs_work() {
+                // Nothing will dispatch or release this run again: its job body (which carries
+                // the caller's short-lived credentials) goes in the same transaction as the
+                // state that makes it useless, so no crash or failed follow-up can leave it.
+                runs::clear_job_sealed(conn, &run.job_id)?;
+            }
             events
                 .iter()
                 .map(|event| events::append(conn, &run.pool, event.clone()))

@@ -2,9 +2,13 @@
 //! and job bodies are never stored in clear.
 
 use crate::helpers::{
-    ADMIN_TOKEN, MASTER_KEY, TestDatabase, cattery_bin, free_port, local_manifest,
+    ADMIN_TOKEN, MASTER_KEY, TestDatabase, cattery_bin, free_port, local_manifest, spawn_app,
     start_local_pool, wait_healthy,
 };
+use cattery::domain::ids::{JobId, PoolName};
+use cattery::domain::run::{NewEvent, ReleaseState, RunRecord};
+use cattery::domain::state::RunState;
+use cattery::store::{InsertOutcome, Store};
 use serde_json::{Value, json};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -192,4 +196,92 @@ async fn a_second_gateway_on_the_same_database_refuses_to_start_until_the_first_
     assert!(wait_exit(&mut clean.child, Duration::from_secs(20)).success());
     let last = serve(&db, second_dir.path(), free_port());
     wait_healthy(&format!("{}/readyz", last.base_url)).await;
+}
+
+#[actix_web::test]
+async fn a_finished_runs_job_body_is_gone_from_the_database_once_it_reads_final() {
+    let app = spawn_app().await;
+    let pool = start_local_pool(TOKEN).await;
+    let registered = app
+        .put_pool(
+            "local",
+            local_manifest(&pool.base_url),
+            json!({"LOCAL_POOL_TOKEN": TOKEN}),
+        )
+        .await;
+    assert_eq!(registered.status().as_u16(), 201);
+    let accepted = app
+        .dispatch(
+            "local",
+            json!({"jobId": "body-1", "job": {"steps": 1, "stepMs": 10, "ghToken": "ghs_body"}}),
+        )
+        .await;
+    assert_eq!(accepted.status().as_u16(), 202);
+    let store = Store::connect(app.db.url(), 1).await.unwrap();
+    let job_id = JobId::parse("body-1").unwrap();
+    assert!(store.get_job_sealed(&job_id).await.unwrap().is_some());
+    let run = app
+        .wait_for("body-1", Duration::from_secs(20), |run| {
+            run["state"] == "done" && run["released"] == true
+        })
+        .await;
+    assert_eq!(run["state"], "done", "{run}");
+    // Read straight from the database as soon as the API reports the final, released state.
+    assert_eq!(store.get_job_sealed(&job_id).await.unwrap(), None);
+    assert!(store.sealed_job_ids().await.unwrap().is_empty());
+}
+
+/// Stores a run of pool `p` directly, in `state` with `release`, holding a job body.
+async fn stored_run(store: &Store, id: &str, state: RunState, release: ReleaseState) -> JobId {
+    let job_id = JobId::parse(id).unwrap();
+    let run = RunRecord {
+        state,
+        release,
+        ..RunRecord::queued(job_id.clone(), PoolName::parse("p").unwrap(), 1)
+    };
+    let event = NewEvent {
+        job_id: job_id.clone(),
+        at: 1,
+        kind: "transition".to_owned(),
+        from: None,
+        to: Some(state),
+        detail: None,
+    };
+    let inserted = store
+        .insert_run(run, Some(b"sealed-body".to_vec()), event)
+        .await
+        .unwrap();
+    assert!(matches!(inserted, InsertOutcome::Inserted(_)));
+    job_id
+}
+
+#[actix_web::test]
+async fn job_bodies_left_behind_by_finished_runs_are_swept_at_start() {
+    let db = TestDatabase::create().await;
+    let store = Store::connect(db.url(), 1).await.unwrap();
+    let leftover = stored_run(&store, "leftover", RunState::Failed, ReleaseState::GaveUp).await;
+    let cancelled = stored_run(
+        &store,
+        "cancelled",
+        RunState::Cancelled,
+        ReleaseState::NotNeeded,
+    )
+    .await;
+    let releasing = stored_run(&store, "releasing", RunState::Done, ReleaseState::Pending).await;
+    let queued = stored_run(&store, "queued", RunState::Queued, ReleaseState::NotYet).await;
+
+    let data_dir = tempfile::tempdir().unwrap();
+    let gateway = serve(&db, data_dir.path(), free_port());
+    wait_healthy(&format!("{}/readyz", gateway.base_url)).await;
+    for swept in [&leftover, &cancelled] {
+        assert_eq!(store.get_job_sealed(swept).await.unwrap(), None, "{swept}");
+    }
+    // Runs that may still dispatch or release keep theirs.
+    for kept in [&releasing, &queued] {
+        assert_eq!(
+            store.get_job_sealed(kept).await.unwrap(),
+            Some(b"sealed-body".to_vec()),
+            "{kept}"
+        );
+    }
 }
