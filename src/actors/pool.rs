@@ -192,11 +192,8 @@ impl PoolActor {
             deps.activity.leave();
             match committed {
                 Ok(records) => {
+                    // The store dropped the job body in the same commit: nothing needs it now.
                     deps.bus.publish(records, &step.run);
-                    // Never dispatched: its job body is not needed any more.
-                    if let Err(e) = deps.store.clear_job_sealed(&step.run.job_id).await {
-                        tracing::warn!(job_id = %step.run.job_id, error = %e, "cannot drop an unqueued run's job body");
-                    }
                     if let Some(reply) = reply {
                         let _ = reply.send(Ok(step.run));
                     }

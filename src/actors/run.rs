@@ -155,7 +155,8 @@ impl RunActor {
             }
             Action::Finished => {
                 self.free_slot();
-                self.drop_job_body();
+                // The final commit dropped the stored body; drop the decrypted copy too.
+                self.job = None;
                 self.pool.do_send(RunFinished(self.run.job_id.clone()));
                 ctx.stop();
             }
@@ -318,7 +319,7 @@ impl RunActor {
                 Ok(records) => {
                     actor.busy = false;
                     actor.store_failures = 0;
-                    actor.run = run;
+                    actor.run = run.committed();
                     actor.deps.bus.publish(records, &actor.run);
                     if actor.run.cancel_requested || actor.run.state.is_final() {
                         actor.answer_cancel_waiters();
@@ -327,6 +328,12 @@ impl RunActor {
                         actor.free_slot();
                     }
                     actor.drive(ctx);
+                }
+                Err(e @ crate::store::StoreError::Stale { .. }) => {
+                    // Someone else changed the run since this actor read it: never overwrite
+                    // that. Stopping lets the pool restart the run from the stored state.
+                    tracing::warn!(job_id = %actor.run.job_id, error = %e, "a run step lost to a newer stored state; reloading the run");
+                    ctx.stop();
                 }
                 Err(e) => {
                     // Still busy: nothing else may start before this step is committed.
@@ -337,20 +344,6 @@ impl RunActor {
                 }
             }
         }));
-    }
-
-    /// A finished run that needs no more calls does not need its job body (which carries
-    /// short-lived credentials) any more: drop it from the store.
-    fn drop_job_body(&mut self) {
-        self.job = None;
-        let store = self.deps.store.clone();
-        let job_id = self.run.job_id.clone();
-        // Detached from the actor, which stops right away.
-        actix::spawn(async move {
-            if let Err(e) = store.clear_job_sealed(&job_id).await {
-                tracing::warn!(job_id = %job_id, error = %e, "cannot drop a finished run's job body");
-            }
-        });
     }
 
     fn answer_cancel_waiters(&mut self) {

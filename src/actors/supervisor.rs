@@ -12,7 +12,9 @@ use actix::prelude::*;
 use std::collections::HashMap;
 use tokio::sync::oneshot;
 
-/// Start a pool, or swap the manifest of a running one.
+/// Start a pool, or swap the manifest of a running one. A runtime whose revision is older than
+/// the one the pool already runs is ignored: concurrent registrations may reach the supervisor
+/// in any order, and the newest stored revision must win.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct UpsertPool(pub PoolRuntime);
@@ -110,8 +112,21 @@ impl Actor for Supervisor {
 
 impl Supervisor {
     /// Starts or updates a pool's actor. Returns the address of a new actor, if one was started.
+    /// A runtime older than the revision already running is ignored: concurrent registrations
+    /// cannot leave an older manifest in charge.
     fn upsert(&mut self, runtime: PoolRuntime) -> Option<Addr<PoolActor>> {
         let name = runtime.name.clone();
+        if let Some(current) = self.runtimes.get(&name)
+            && current.revision > runtime.revision
+        {
+            tracing::info!(
+                pool = %name,
+                revision = runtime.revision,
+                running = current.revision,
+                "ignoring an older revision of a pool: a newer one is already running"
+            );
+            return None;
+        }
         self.runtimes.insert(name.clone(), runtime.clone());
         match self.pools.get(&name) {
             Some(addr) if addr.connected() => {
