@@ -65,12 +65,24 @@ pub struct LiveStats {
     pub queued: usize,
     /// Runs holding a slot.
     pub in_flight: usize,
+    /// The manifest's `maxInFlight`.
+    pub max_in_flight: usize,
     /// The manifest's `maxQueued`.
     pub max_queued: usize,
     /// The manifest's default deadline.
     pub deadline_seconds: Option<u64>,
     /// The manifest revision in use.
     pub revision: i64,
+}
+
+impl LiveStats {
+    /// Whether one more run may be accepted: `maxQueued` bounds only the runs that would be left
+    /// waiting, so a pool with a free slot takes a run whatever its `maxQueued` (even 0).
+    pub fn admits_one_more(&self) -> bool {
+        let free = self.max_in_flight.saturating_sub(self.in_flight);
+        let waiting_after = self.queued.saturating_add(1).saturating_sub(free);
+        waiting_after <= self.max_queued
+    }
 }
 
 /// Read the pool's live counts.
@@ -308,6 +320,7 @@ impl Handler<GetStats> for PoolActor {
         MessageResult(LiveStats {
             queued: self.queue.len(),
             in_flight: self.slots.len(),
+            max_in_flight: self.max_in_flight(),
             max_queued: usize::try_from(runtime.manifest.limits.max_queued).unwrap_or(usize::MAX),
             deadline_seconds: runtime.manifest.polling.deadline_seconds,
             revision: runtime.revision,
@@ -414,5 +427,42 @@ impl Handler<Crash> for PoolActor {
             },
             None => panic!("a pool actor crashes on purpose"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LiveStats;
+
+    fn stats(
+        queued: usize,
+        in_flight: usize,
+        max_in_flight: usize,
+        max_queued: usize,
+    ) -> LiveStats {
+        LiveStats {
+            queued,
+            in_flight,
+            max_in_flight,
+            max_queued,
+            ..LiveStats::default()
+        }
+    }
+
+    #[test]
+    fn max_queued_bounds_only_the_runs_left_waiting() {
+        assert!(
+            stats(0, 0, 1, 0).admits_one_more(),
+            "a free slot takes a run"
+        );
+        assert!(stats(0, 1, 2, 0).admits_one_more());
+        assert!(
+            !stats(0, 2, 2, 0).admits_one_more(),
+            "no slot, nothing may wait"
+        );
+        assert!(stats(1, 2, 2, 2).admits_one_more());
+        assert!(!stats(2, 2, 2, 2).admits_one_more());
+        // While draining, runs wait even with free slots: they count against maxQueued.
+        assert!(!stats(3, 0, 2, 1).admits_one_more());
     }
 }

@@ -13,6 +13,13 @@ use tokio::sync::oneshot;
 
 /// Largest accepted job body, as JSON text.
 pub const MAX_JOB_BYTES: usize = 1024 * 1024;
+/// Most labels a run may carry: labels are kept with the run and shown in every RunView and
+/// event, so their count and size are bounded like the job's.
+pub const MAX_LABELS: usize = 64;
+/// Longest label name, in characters.
+pub const MAX_LABEL_NAME_CHARS: usize = 63;
+/// Longest label value, in bytes of UTF-8.
+pub const MAX_LABEL_VALUE_BYTES: usize = 256;
 /// Longest accepted deadline (30 days).
 const MAX_DEADLINE_SECONDS: u64 = 30 * 24 * 3600;
 
@@ -106,14 +113,7 @@ impl Submission {
         let labels = match object.get("labels") {
             None | Some(Value::Null) => Map::new(),
             Some(Value::Object(labels)) => {
-                for (key, value) in labels {
-                    if !value.is_string() {
-                        problems.push(problem(
-                            &format!("labels.{key}"),
-                            "label values must be strings",
-                        ));
-                    }
-                }
+                check_labels(labels, &mut problems);
                 labels.clone()
             }
             Some(_) => {
@@ -167,6 +167,50 @@ impl Submission {
     }
 }
 
+/// Checks the labels' count, names and values, adding a problem for each bound broken. A bad
+/// name is reported on `labels` without repeating it, since it may be arbitrarily long.
+fn check_labels(labels: &Map<String, Value>, problems: &mut Vec<Problem>) {
+    if labels.len() > MAX_LABELS {
+        problems.push(problem(
+            "labels",
+            format!(
+                "at most {MAX_LABELS} labels are allowed, found {}",
+                labels.len()
+            ),
+        ));
+    }
+    let bad_names = labels.keys().filter(|name| !label_name_ok(name)).count();
+    if bad_names > 0 {
+        problems.push(problem(
+            "labels",
+            format!(
+                "label names must be 1-{MAX_LABEL_NAME_CHARS} printable characters; {bad_names} are not"
+            ),
+        ));
+    }
+    for (name, value) in labels {
+        let path = if label_name_ok(name) {
+            format!("labels.{name}")
+        } else {
+            "labels".to_owned()
+        };
+        match value {
+            Value::String(text) if text.len() > MAX_LABEL_VALUE_BYTES => problems.push(problem(
+                &path,
+                format!("a label value must be at most {MAX_LABEL_VALUE_BYTES} bytes"),
+            )),
+            Value::String(_) => {}
+            _ => problems.push(problem(&path, "label values must be strings")),
+        }
+    }
+}
+
+fn label_name_ok(name: &str) -> bool {
+    !name.is_empty()
+        && name.chars().count() <= MAX_LABEL_NAME_CHARS
+        && !name.chars().any(char::is_control)
+}
+
 impl Gateway {
     /// Submits a run. Returns the run and whether it was created (false: an identical
     /// submission existed already).
@@ -190,7 +234,7 @@ impl Gateway {
             .live_stats(pool)
             .await
             .ok_or(ServiceError::Unavailable)?;
-        if live.queued >= live.max_queued {
+        if !live.admits_one_more() {
             return Err(ServiceError::Saturated {
                 pool: pool.to_string(),
                 queued: live.queued,

@@ -25,6 +25,7 @@ mod faults;
 mod ops;
 mod persistence;
 mod pools;
+mod runs_admission;
 mod runs_local;
 mod runs_scheduler;
 mod security;
