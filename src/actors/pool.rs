@@ -4,7 +4,8 @@
 use super::run::{CancelRun, RunActor};
 use super::{Deps, SharedRuntime, policy_of};
 use crate::domain::ids::JobId;
-use crate::domain::run::{RunRecord, now_millis};
+use crate::domain::run::{Millis, RunRecord, now_millis};
+use crate::domain::state::RunState;
 use crate::lifecycle::{self, Env};
 use crate::scheduler::PoolRuntime;
 use actix::prelude::*;
@@ -95,12 +96,39 @@ pub struct GetStats;
 #[rtype(result = "()")]
 pub struct Retire;
 
+/// A committed `queued` run as the queue keeps it: only what ordering, granting and expiring
+/// need. The record itself (labels, captures, ...) stays in the store until a slot is granted,
+/// so a long queue costs a few bytes per run, not a copy of each run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Waiting {
+    job_id: JobId,
+    /// When the run's deadline passes, if it has one.
+    deadline_at: Option<Millis>,
+}
+
+impl Waiting {
+    fn of(run: &RunRecord) -> Self {
+        Self {
+            job_id: run.job_id.clone(),
+            deadline_at: run.deadline_at,
+        }
+    }
+}
+
+/// How long a cancel waits before it is handled again when its run is between the queue and
+/// its actor (the run's record is being loaded for its slot).
+const CANCEL_RETRY: Duration = Duration::from_millis(20);
+/// How long the pool waits before granting again after the store failed to load a granted run.
+const GRANT_RETRY: Duration = Duration::from_millis(500);
+
 /// The actor of one pool.
 pub struct PoolActor {
     runtime: SharedRuntime,
     deps: Deps,
     /// Committed `queued` runs, oldest first.
-    queue: VecDeque<RunRecord>,
+    queue: VecDeque<Waiting>,
+    /// Runs granted a slot whose record is being loaded to start their actor.
+    granting: HashSet<JobId>,
     /// Live run actors.
     runs: HashMap<JobId, Addr<RunActor>>,
     /// Runs holding a slot (a finished run that still releases holds none). A set, not a
@@ -121,6 +149,7 @@ impl PoolActor {
             runtime: SharedRuntime::new(runtime),
             deps,
             queue: VecDeque::new(),
+            granting: HashSet::new(),
             runs: HashMap::new(),
             slots: HashSet::new(),
             retired: false,
@@ -131,15 +160,61 @@ impl PoolActor {
         usize::try_from(self.runtime.current().manifest.limits.max_in_flight).unwrap_or(usize::MAX)
     }
 
-    /// Grants free slots to queued runs, oldest first (none while the gateway drains).
+    /// Grants free slots to queued runs, oldest first (none while the gateway drains). The slot
+    /// is taken at once; the run's record is loaded from the store and its actor started when
+    /// it arrives.
     fn pump(&mut self, ctx: &mut Context<Self>) {
         while self.slots.len() < self.max_in_flight() && !self.deps.activity.is_draining() {
-            let Some(run) = self.queue.pop_front() else {
+            let Some(waiting) = self.queue.pop_front() else {
                 break;
             };
-            self.start_run(run, true, ctx);
+            self.slots.insert(waiting.job_id.clone());
+            self.granting.insert(waiting.job_id.clone());
+            let store = self.deps.store.clone();
+            let fut = async move {
+                let loaded = store.get_run(&waiting.job_id).await;
+                (waiting, loaded)
+            };
+            ctx.spawn(
+                fut.into_actor(self)
+                    .map(|(waiting, loaded), actor, ctx| actor.granted(waiting, loaded, ctx)),
+            );
         }
         self.maybe_stop(ctx);
+    }
+
+    /// Starts the actor of a run granted a slot, once its record is loaded.
+    fn granted(
+        &mut self,
+        waiting: Waiting,
+        loaded: Result<Option<RunRecord>, crate::store::StoreError>,
+        ctx: &mut Context<Self>,
+    ) {
+        self.granting.remove(&waiting.job_id);
+        match loaded {
+            Ok(Some(run)) if run.state == RunState::Queued => self.start_run(run, true, ctx),
+            Ok(Some(run)) if run.needs_work() && !self.runs.contains_key(&run.job_id) => {
+                // It moved on without this pool's grant (another replica took it): drive it as
+                // it stands.
+                self.start_run(run, false, ctx);
+                self.pump(ctx);
+            }
+            Ok(_) => {
+                self.slots.remove(&waiting.job_id);
+                self.pump(ctx);
+            }
+            Err(e) => {
+                tracing::error!(job_id = %waiting.job_id, error = %e, "cannot load a run granted a slot; it waits");
+                self.slots.remove(&waiting.job_id);
+                self.queue.push_front(waiting);
+                ctx.run_later(GRANT_RETRY, |actor, ctx| actor.pump(ctx));
+            }
+        }
+    }
+
+    /// Whether the run is waiting in the queue or being granted a slot.
+    fn is_waiting(&self, job_id: &JobId) -> bool {
+        self.granting.contains(job_id) || self.queue.iter().any(|w| &w.job_id == job_id)
     }
 
     fn start_run(&mut self, run: RunRecord, granted: bool, ctx: &mut Context<Self>) {
@@ -190,9 +265,9 @@ impl PoolActor {
         ctx: &mut Context<Self>,
     ) {
         match loaded {
-            Ok((_, Some(run))) if run.state == crate::domain::state::RunState::Queued => {
-                if !self.queue.iter().any(|q| q.job_id == run.job_id) {
-                    self.queue.push_back(run);
+            Ok((_, Some(run))) if run.state == RunState::Queued => {
+                if !self.is_waiting(&run.job_id) {
+                    self.queue.push_back(Waiting::of(&run));
                 }
                 self.pump(ctx);
             }
@@ -232,7 +307,8 @@ impl PoolActor {
     }
 
     fn maybe_stop(&mut self, ctx: &mut Context<Self>) {
-        if self.retired && self.runs.is_empty() && self.queue.is_empty() {
+        if self.retired && self.runs.is_empty() && self.queue.is_empty() && self.granting.is_empty()
+        {
             ctx.stop();
         }
     }
@@ -250,7 +326,7 @@ impl Handler<Submit> for PoolActor {
     type Result = ();
 
     fn handle(&mut self, msg: Submit, ctx: &mut Self::Context) {
-        self.queue.push_back(msg.0);
+        self.queue.push_back(Waiting::of(&msg.0));
         self.pump(ctx);
     }
 }
@@ -267,13 +343,11 @@ impl Handler<Resume> for PoolActor {
                 jitter: fastrand::f64(),
             };
             run.next_at = lifecycle::resume_at(&run, env, spread);
-            if self.runs.contains_key(&run.job_id)
-                || self.queue.iter().any(|q| q.job_id == run.job_id)
-            {
+            if self.runs.contains_key(&run.job_id) || self.is_waiting(&run.job_id) {
                 continue;
             }
-            if run.state == crate::domain::state::RunState::Queued {
-                self.queue.push_back(run);
+            if run.state == RunState::Queued {
+                self.queue.push_back(Waiting::of(&run));
             } else {
                 // Dispatching, pending, running: they hold a slot already (recomputed here from
                 // the store); finished runs with a release due hold none.
@@ -341,49 +415,17 @@ impl Handler<Cancel> for PoolActor {
     type Result = ();
 
     fn handle(&mut self, msg: Cancel, ctx: &mut Self::Context) {
-        if let Some(position) = self.queue.iter().position(|run| run.job_id == msg.job_id) {
-            let Some(run) = self.queue.remove(position) else {
+        if self.granting.contains(&msg.job_id) {
+            // Its actor starts as soon as its record is loaded: ask again then.
+            ctx.notify_later(msg, CANCEL_RETRY);
+            return;
+        }
+        if let Some(position) = self.queue.iter().position(|w| w.job_id == msg.job_id) {
+            let Some(waiting) = self.queue.remove(position) else {
                 let _ = msg.reply.send(Err(CancelError::NotLive));
                 return;
             };
-            let env = Env {
-                now: now_millis(),
-                jitter: fastrand::f64(),
-            };
-            let policy = policy_of(&self.runtime.current());
-            let Some(step) = lifecycle::request_cancel(&run, &policy, env) else {
-                let _ = msg.reply.send(Err(CancelError::NotLive));
-                return;
-            };
-            let deps = self.deps.clone();
-            deps.activity.enter();
-            let fut = async move {
-                let committed = deps.store.commit(step.run.clone(), step.events).await;
-                deps.activity.leave();
-                match committed {
-                    Ok(records) => {
-                        deps.bus.publish(records, &step.run);
-                        // Never dispatched: its job body is not needed any more.
-                        if let Err(e) = deps.store.clear_job_sealed(&step.run.job_id).await {
-                            tracing::warn!(job_id = %step.run.job_id, error = %e, "cannot drop a cancelled run's job body");
-                        }
-                        let _ = msg.reply.send(Ok(step.run));
-                        None
-                    }
-                    Err(e) => {
-                        tracing::error!(job_id = %run.job_id, error = %e, "cannot commit a cancellation");
-                        let _ = msg.reply.send(Err(CancelError::Store));
-                        Some(run)
-                    }
-                }
-            };
-            ctx.spawn(fut.into_actor(self).map(|unqueued, actor, ctx| {
-                // A cancellation that could not be committed leaves the run queued.
-                if let Some(run) = unqueued {
-                    actor.queue.push_front(run);
-                }
-                actor.maybe_stop(ctx);
-            }));
+            self.cancel_waiting(waiting, msg.reply, ctx);
             return;
         }
         match self.runs.get(&msg.job_id) {
@@ -393,6 +435,74 @@ impl Handler<Cancel> for PoolActor {
             }
         }
     }
+}
+
+impl PoolActor {
+    /// Cancels a run taken out of the queue: loads it, commits the cancellation, and puts it
+    /// back in its place when the cancellation cannot be committed.
+    fn cancel_waiting(
+        &mut self,
+        waiting: Waiting,
+        reply: oneshot::Sender<Result<RunRecord, CancelError>>,
+        ctx: &mut Context<Self>,
+    ) {
+        let deps = self.deps.clone();
+        let policy = policy_of(&self.runtime.current());
+        deps.activity.enter();
+        let fut = async move {
+            let outcome = cancel_queued(&deps, &waiting.job_id, &policy).await;
+            deps.activity.leave();
+            match outcome {
+                Ok(Some(run)) => {
+                    let _ = reply.send(Ok(run));
+                    None
+                }
+                Ok(None) => {
+                    let _ = reply.send(Err(CancelError::NotLive));
+                    None
+                }
+                Err(e) => {
+                    tracing::error!(job_id = %waiting.job_id, error = %e, "cannot commit a cancellation");
+                    let _ = reply.send(Err(CancelError::Store));
+                    Some(waiting)
+                }
+            }
+        };
+        ctx.spawn(fut.into_actor(self).map(|unqueued, actor, ctx| {
+            // A cancellation that could not be committed leaves the run queued.
+            if let Some(waiting) = unqueued {
+                actor.queue.push_front(waiting);
+            }
+            actor.maybe_stop(ctx);
+        }));
+    }
+}
+
+/// Commits the cancellation of a queued run; `None` when the run is no longer queued.
+async fn cancel_queued(
+    deps: &Deps,
+    job_id: &JobId,
+    policy: &lifecycle::Policy,
+) -> Result<Option<RunRecord>, crate::store::StoreError> {
+    let Some(run) = deps.store.get_run(job_id).await? else {
+        return Ok(None);
+    };
+    let env = Env {
+        now: now_millis(),
+        jitter: fastrand::f64(),
+    };
+    let Some(step) =
+        lifecycle::request_cancel(&run, policy, env).filter(|_| run.state == RunState::Queued)
+    else {
+        return Ok(None);
+    };
+    let records = deps.store.commit(step.run.clone(), step.events).await?;
+    deps.bus.publish(records, &step.run);
+    // Never dispatched: its job body is not needed any more.
+    if let Err(e) = deps.store.clear_job_sealed(&step.run.job_id).await {
+        tracing::warn!(job_id = %step.run.job_id, error = %e, "cannot drop a cancelled run's job body");
+    }
+    Ok(Some(step.run))
 }
 
 /// Adapts the run actor's plain answer to the pool's `Result` answer.

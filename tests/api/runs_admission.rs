@@ -132,3 +132,68 @@ async fn labels_beyond_their_bounds_are_refused_with_the_path_and_the_limit() {
         json!(most)
     );
 }
+
+#[actix_web::test]
+async fn a_waiting_run_starts_from_its_stored_record_not_from_a_copy_kept_in_the_queue() {
+    let (app, _scheduler) = pool_with_limits(json!({"maxInFlight": 1, "maxQueued": 10})).await;
+    let response = app.dispatch("sched", json!({"jobId": "held-1"})).await;
+    assert_eq!(response.status().as_u16(), 202);
+    app.wait_for("held-1", WAIT, |r| r["state"] == "running")
+        .await;
+    let response = app
+        .dispatch(
+            "sched",
+            json!({"jobId": "waiting-1", "labels": {"stage": "submitted"}}),
+        )
+        .await;
+    assert_eq!(response.status().as_u16(), 202);
+    assert_eq!(app.run("waiting-1").await["state"], "queued");
+
+    // The stored record changes while the run waits (as another writer of the same database
+    // may change it); the run must go on from what the store holds.
+    let store = cattery::store::Store::connect(app.db.url(), 1)
+        .await
+        .unwrap();
+    let job_id = cattery::domain::ids::JobId::parse("waiting-1").unwrap();
+    let mut stored = store.get_run(&job_id).await.unwrap().unwrap();
+    stored
+        .labels
+        .insert("stage".to_owned(), json!("changed while waiting"));
+    store.commit(stored, Vec::new()).await.unwrap();
+
+    assert_eq!(app.cancel("held-1").await.status().as_u16(), 202);
+    let run = app
+        .wait_for("waiting-1", WAIT, |r| r["state"] == "running")
+        .await;
+    assert_eq!(run["labels"], json!({"stage": "changed while waiting"}));
+}
+
+#[actix_web::test]
+async fn a_waiting_run_is_cancelled_at_once_and_never_reaches_the_scheduler() {
+    let (app, scheduler) = pool_with_limits(json!({"maxInFlight": 1, "maxQueued": 10})).await;
+    app.dispatch("sched", json!({"jobId": "busy-1"})).await;
+    app.wait_for("busy-1", WAIT, |r| r["state"] == "running")
+        .await;
+    let response = app.dispatch("sched", json!({"jobId": "queued-1"})).await;
+    assert_eq!(response.status().as_u16(), 202);
+    let response = app.cancel("queued-1").await;
+    assert_eq!(response.status().as_u16(), 202);
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["state"],
+        "cancelled"
+    );
+    // Its slot never comes: freeing the busy one grants nothing to the cancelled run.
+    assert_eq!(app.cancel("busy-1").await.status().as_u16(), 202);
+    app.wait_for("busy-1", WAIT, |r| r["released"] == true)
+        .await;
+    assert_eq!(app.run("queued-1").await["state"], "cancelled");
+    assert!(
+        scheduler
+            .seen()
+            .iter()
+            .all(|request| !request.path.contains("queued-1")
+                && !request.text().contains("queued-1")),
+        "a cancelled waiting run is never sent"
+    );
+    assert_eq!(app.cancel("queued-1").await.status().as_u16(), 409);
+}
