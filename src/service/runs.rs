@@ -211,6 +211,15 @@ fn label_name_ok(name: &str) -> bool {
         && !name.chars().any(char::is_control)
 }
 
+/// A page of a run's history.
+#[derive(Debug, Clone)]
+pub struct EventPage {
+    /// The events, oldest first.
+    pub events: Vec<EventRecord>,
+    /// The sequence number to pass as `after` for the next page; `None` on the last page.
+    pub next: Option<i64>,
+}
+
 impl Gateway {
     /// Submits a run. Returns the run and whether it was created (false: an identical
     /// submission existed already).
@@ -352,13 +361,29 @@ impl Gateway {
         }
     }
 
-    /// A run's persisted history.
+    /// A page of a run's persisted history: up to `limit` events after sequence number
+    /// `after`, oldest first, with the sequence number to continue after when the page is full.
     ///
     /// # Errors
     /// Unknown run or an internal failure.
-    pub async fn run_events(&self, job_id: &JobId) -> Result<Vec<EventRecord>, ServiceError> {
+    pub async fn run_events(
+        &self,
+        job_id: &JobId,
+        after: i64,
+        limit: u32,
+    ) -> Result<EventPage, ServiceError> {
         self.run(job_id).await?;
-        Ok(self.deps.store.run_events(job_id).await?)
+        let events = self
+            .deps
+            .store
+            .events_after(after, None, Some(job_id), limit)
+            .await?;
+        let next = if events.len() >= limit as usize {
+            events.last().map(|event| event.seq)
+        } else {
+            None
+        };
+        Ok(EventPage { events, next })
     }
 
     /// Hands every unfinished run in the store to its pool. Returns (resumed, orphaned).

@@ -26,6 +26,7 @@ mod ops;
 mod persistence;
 mod pools;
 mod runs_admission;
+mod runs_history;
 mod runs_local;
 mod runs_scheduler;
 mod security;
