@@ -412,6 +412,15 @@ impl Store {
         self.with_conn(move |conn| runs::get(conn, &job_id)).await
     }
 
+    /// Several runs by id, in one read per few hundred ids (unknown ids are left out).
+    ///
+    /// # Errors
+    /// [`StoreError::Query`] or [`StoreError::Corrupt`].
+    pub async fn get_runs(&self, job_ids: Vec<JobId>) -> Result<Vec<RunRecord>, StoreError> {
+        self.with_conn(move |conn| runs::get_many(conn, &job_ids))
+            .await
+    }
+
     /// A run's sealed job body; None when the run is unknown or its body was dropped.
     ///
     /// # Errors
@@ -508,6 +517,15 @@ impl Store {
         let job_id = job_id.clone();
         self.with_conn(move |conn| events::of_run(conn, &job_id))
             .await
+    }
+
+    /// The sequence number of the newest event (0 when the log is empty): where a stream that
+    /// starts at the present begins.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn last_event_seq(&self) -> Result<i64, StoreError> {
+        self.with_conn(events::last_seq).await
     }
 
     /// Up to `limit` (clamped to `1..=1000`) events with `seq > after_seq`, optionally of one
