@@ -10,6 +10,7 @@
 
 mod conn;
 mod events;
+mod gateway_keys;
 mod migrate;
 mod models;
 mod pools;
@@ -338,6 +339,55 @@ impl Store {
         let name = name.clone();
         self.with_conn(move |conn| pools::replace_secrets_sealed(conn, &name, old, new))
             .await
+    }
+
+    /// The sealed envelope of the gateway-wide key `name` (see [`crate::crypto::DigestKey`]).
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn gateway_key(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let name = name.to_owned();
+        self.with_conn(move |conn| gateway_keys::get(conn, &name))
+            .await
+    }
+
+    /// Stores `sealed` as the gateway-wide key `name` unless one exists already; returns the
+    /// envelope that is stored (another gateway's, when it created the key first).
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn create_gateway_key(
+        &self,
+        name: &str,
+        sealed: Vec<u8>,
+    ) -> Result<Vec<u8>, StoreError> {
+        let name = name.to_owned();
+        let now = crate::domain::run::now_millis();
+        self.with_conn(move |conn| gateway_keys::create(conn, &name, sealed, now))
+            .await
+    }
+
+    /// Replaces a gateway-wide key's envelope if it is still `old` (key rotation).
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn replace_gateway_key(
+        &self,
+        name: &str,
+        old: Vec<u8>,
+        new: Vec<u8>,
+    ) -> Result<bool, StoreError> {
+        let name = name.to_owned();
+        self.with_conn(move |conn| gateway_keys::replace(conn, &name, old, new))
+            .await
+    }
+
+    /// The names of the stored gateway-wide keys.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn gateway_key_names(&self) -> Result<Vec<String>, StoreError> {
+        self.with_conn(gateway_keys::names).await
     }
 
     /// One pool.

@@ -27,6 +27,7 @@ mod persistence;
 mod pools;
 mod runs_admission;
 mod runs_history;
+mod runs_idempotency;
 mod runs_local;
 mod runs_scheduler;
 mod security;
