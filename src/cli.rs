@@ -231,6 +231,10 @@ async fn keys_rotate(cli: &Cli) -> anyhow::Result<ExitCode> {
         "job bodies: {} re-sealed, {} already under the sealing key, {} dropped meanwhile",
         report.jobs_resealed, report.jobs_current, report.jobs_gone
     ));
+    say(&format!(
+        "gateway keys: {} re-sealed, {} already under the sealing key",
+        report.keys_resealed, report.keys_current
+    ));
     for failure in &report.failures {
         say(&format!("failed: {failure}"));
     }

@@ -2,6 +2,8 @@
 //!
 //! This is the only module that names `orion`.
 //!
+//! It also holds [`DigestKey`], the HMAC key of the idempotency digests, itself stored sealed.
+//!
 //! # Envelope format (version 1)
 //!
 //! ```text
@@ -94,6 +96,82 @@ pub mod binding {
     /// The binding of a run's job body.
     pub fn run_job(job_id: &str) -> Vec<u8> {
         format!("run-job:{job_id}").into_bytes()
+    }
+
+    /// The binding of a gateway-wide key kept in the database (see [`super::DigestKey`]).
+    pub fn gateway_key(name: &str) -> Vec<u8> {
+        format!("gateway-key:{name}").into_bytes()
+    }
+}
+
+/// The key of the idempotency digests: HMAC-SHA256 over a submission, so that a stored digest
+/// reveals nothing about a job to whoever reads the database without the master key.
+///
+/// The key is 32 random bytes kept in the database sealed under the master key (binding
+/// [`binding::gateway_key`]), not derived from the master key itself: `cattery keys rotate`
+/// re-seals it like any other sealed row, so the key and every digest made with it outlive
+/// any number of master key rotations, and an old master key can be removed afterwards.
+/// `Debug` shows nothing of the key.
+pub struct DigestKey {
+    key: orion::hazardous::mac::hmac::sha256::SecretKey,
+}
+
+impl fmt::Debug for DigestKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DigestKey(..)")
+    }
+}
+
+/// Length of the idempotency digest key.
+const DIGEST_KEY_LEN: usize = 32;
+
+impl DigestKey {
+    /// The name the digest key is stored under.
+    pub const NAME: &'static str = "idempotency";
+
+    /// A new random key, and its envelope sealed under `sealer`'s sealing key for storage.
+    ///
+    /// # Errors
+    /// [`CryptoError::Seal`] when the random source or the cipher fails.
+    pub fn generate(sealer: &Sealer) -> Result<(DigestKey, Vec<u8>), CryptoError> {
+        let mut raw = [0u8; DIGEST_KEY_LEN];
+        orion::util::secure_rand_bytes(&mut raw).map_err(|_| CryptoError::Seal)?;
+        let sealed = sealer.seal(&raw, &binding::gateway_key(Self::NAME));
+        let key = Self::from_raw(&raw);
+        raw.fill(0);
+        Ok((key?, sealed?))
+    }
+
+    /// Opens a stored digest key.
+    ///
+    /// # Errors
+    /// As [`Sealer::open`]; [`CryptoError::Corrupt`] when the content is not a key.
+    pub fn open(sealer: &Sealer, envelope: &[u8]) -> Result<DigestKey, CryptoError> {
+        let mut raw = sealer.open(envelope, &binding::gateway_key(Self::NAME))?;
+        let key = if raw.len() == DIGEST_KEY_LEN {
+            Self::from_raw(&raw)
+        } else {
+            Err(CryptoError::Corrupt)
+        };
+        raw.fill(0);
+        key
+    }
+
+    fn from_raw(raw: &[u8]) -> Result<DigestKey, CryptoError> {
+        orion::hazardous::mac::hmac::sha256::SecretKey::try_from(raw)
+            .map(|key| DigestKey { key })
+            .map_err(|_| CryptoError::Corrupt)
+    }
+
+    /// HMAC-SHA256 of `data` under this key, as lowercase hex.
+    ///
+    /// # Errors
+    /// [`CryptoError::Seal`] when the MAC cannot be computed (orion refuses only inputs that
+    /// cannot be in memory).
+    pub fn mac_hex(&self, data: &[u8]) -> Result<String, CryptoError> {
+        orion::hazardous::mac::hmac::sha256::HmacSha256::hmac(&self.key, data)
+            .map(|tag| hex(tag.unprotected_as_ref()))
+            .map_err(|_| CryptoError::Seal)
     }
 }
 

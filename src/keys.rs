@@ -1,5 +1,7 @@
-//! Master key rotation: re-seals every stored secret bundle and job body under the current
-//! sealing key, row by row, while the gateway may keep running.
+//! Master key rotation: re-seals every stored secret bundle, job body and gateway-wide key (the
+//! idempotency digest key) under the current sealing key, row by row, while the gateway may keep
+//! running. The gateway-wide keys themselves never change, so idempotency digests made before a
+//! rotation still match after it, even once the old master key is removed.
 //!
 //! Each row is replaced with a compare-and-swap (only if it still holds the envelope that was
 //! read), so a concurrent write by a running gateway is never overwritten: the row is read
@@ -40,6 +42,10 @@ pub struct RotationReport {
     pub jobs_current: usize,
     /// Job bodies dropped while the rotation ran (their runs finished).
     pub jobs_gone: usize,
+    /// Gateway-wide keys re-sealed under the newest key.
+    pub keys_resealed: usize,
+    /// Gateway-wide keys that were already under the newest key.
+    pub keys_current: usize,
     /// Rows that could not be re-sealed, with the reason (never any plaintext).
     pub failures: Vec<String>,
 }
@@ -69,6 +75,17 @@ pub async fn rotate(store: &Store, sealer: &Sealer) -> Result<RotationReport, Ke
             Err(RowError::Race) => report.failures.push(format!(
                 "secrets of pool {}: changed concurrently {RACE_RETRIES} times; run again",
                 pool.name
+            )),
+        }
+    }
+    for name in store.gateway_key_names().await? {
+        match rotate_gateway_key(store, sealer, &name).await {
+            Ok(RowOutcome::Resealed) => report.keys_resealed += 1,
+            Ok(RowOutcome::Current | RowOutcome::Gone) => report.keys_current += 1,
+            Err(RowError::Store(e)) => return Err(e.into()),
+            Err(RowError::Crypto(e)) => report.failures.push(format!("gateway key {name}: {e}")),
+            Err(RowError::Race) => report.failures.push(format!(
+                "gateway key {name}: changed concurrently {RACE_RETRIES} times; run again"
             )),
         }
     }
@@ -130,6 +147,27 @@ async fn rotate_pool(
         }
         let new = sealer.reseal(&old, &aad)?;
         if store.replace_pool_secrets_sealed(name, old, new).await? {
+            return Ok(RowOutcome::Resealed);
+        }
+    }
+    Err(RowError::Race)
+}
+
+async fn rotate_gateway_key(
+    store: &Store,
+    sealer: &Sealer,
+    name: &str,
+) -> Result<RowOutcome, RowError> {
+    let aad = binding::gateway_key(name);
+    for _ in 0..RACE_RETRIES {
+        let Some(old) = store.gateway_key(name).await? else {
+            return Ok(RowOutcome::Gone);
+        };
+        if !sealer.needs_reseal(&old)? {
+            return Ok(RowOutcome::Current);
+        }
+        let new = sealer.reseal(&old, &aad)?;
+        if store.replace_gateway_key(name, old, new).await? {
             return Ok(RowOutcome::Resealed);
         }
     }

@@ -4,8 +4,9 @@
 use super::run::{CancelRun, RunActor};
 use super::{Deps, SharedRuntime, policy_of};
 use crate::domain::ids::JobId;
-use crate::domain::run::{RunRecord, now_millis};
-use crate::lifecycle::{self, Env, Input, Step};
+use crate::domain::run::{Millis, RunRecord, now_millis};
+use crate::domain::state::RunState;
+use crate::lifecycle::{self, Env, Input};
 use crate::scheduler::PoolRuntime;
 use actix::prelude::*;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -65,12 +66,24 @@ pub struct LiveStats {
     pub queued: usize,
     /// Runs holding a slot.
     pub in_flight: usize,
+    /// The manifest's `maxInFlight`.
+    pub max_in_flight: usize,
     /// The manifest's `maxQueued`.
     pub max_queued: usize,
     /// The manifest's default deadline.
     pub deadline_seconds: Option<u64>,
     /// The manifest revision in use.
     pub revision: i64,
+}
+
+impl LiveStats {
+    /// Whether one more run may be accepted: `maxQueued` bounds only the runs that would be left
+    /// waiting, so a pool with a free slot takes a run whatever its `maxQueued` (even 0).
+    pub fn admits_one_more(&self) -> bool {
+        let free = self.max_in_flight.saturating_sub(self.in_flight);
+        let waiting_after = self.queued.saturating_add(1).saturating_sub(free);
+        waiting_after <= self.max_queued
+    }
 }
 
 /// Read the pool's live counts.
@@ -83,12 +96,55 @@ pub struct GetStats;
 #[rtype(result = "()")]
 pub struct Retire;
 
+/// A committed `queued` run as the queue keeps it: only what ordering, granting and expiring
+/// need. The record itself (labels, captures, ...) stays in the store until a slot is granted,
+/// so a long queue costs a few bytes per run, not a copy of each run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Waiting {
+    job_id: JobId,
+    /// When the run's deadline passes, if it has one.
+    deadline_at: Option<Millis>,
+}
+
+impl Waiting {
+    fn of(run: &RunRecord) -> Self {
+        Self {
+            job_id: run.job_id.clone(),
+            deadline_at: run.deadline_at,
+        }
+    }
+
+    /// Whether its deadline has passed at `now`.
+    fn expired(&self, now: Millis) -> bool {
+        self.deadline_at.is_some_and(|deadline| deadline <= now)
+    }
+}
+
+/// Why a run leaves the queue without reaching the scheduler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unqueue {
+    /// A caller cancelled it.
+    Cancel,
+    /// Its deadline passed while it waited.
+    Deadline,
+}
+
+/// How long a cancel waits before it is handled again when its run is between the queue and
+/// its actor (the run's record is being loaded for its slot).
+const CANCEL_RETRY: Duration = Duration::from_millis(20);
+/// How often queued runs are checked against their deadlines.
+const QUEUE_DEADLINES: Duration = Duration::from_secs(1);
+/// How long the pool waits before granting again after the store failed to load a granted run.
+const GRANT_RETRY: Duration = Duration::from_millis(500);
+
 /// The actor of one pool.
 pub struct PoolActor {
     runtime: SharedRuntime,
     deps: Deps,
     /// Committed `queued` runs, oldest first.
-    queue: VecDeque<RunRecord>,
+    queue: VecDeque<Waiting>,
+    /// Runs granted a slot whose record is being loaded to start their actor.
+    granting: HashSet<JobId>,
     /// Live run actors.
     runs: HashMap<JobId, Addr<RunActor>>,
     /// Runs holding a slot (a finished run that still releases holds none). A set, not a
@@ -99,8 +155,6 @@ pub struct PoolActor {
 
 /// How often the pool checks that its run actors are alive.
 const SWEEP: Duration = Duration::from_secs(2);
-/// How often queued runs are checked against their deadlines.
-const QUEUE_DEADLINES: Duration = Duration::from_secs(1);
 /// At most this long is spread the first calls of runs reloaded overdue at start.
 const MAX_RESUME_SPREAD_MS: u64 = 10_000;
 
@@ -111,6 +165,7 @@ impl PoolActor {
             runtime: SharedRuntime::new(runtime),
             deps,
             queue: VecDeque::new(),
+            granting: HashSet::new(),
             runs: HashMap::new(),
             slots: HashSet::new(),
             retired: false,
@@ -121,21 +176,30 @@ impl PoolActor {
         usize::try_from(self.runtime.current().manifest.limits.max_in_flight).unwrap_or(usize::MAX)
     }
 
-    /// Grants free slots to queued runs, oldest first (none while the gateway drains). A run
-    /// whose deadline passed while it waited fails instead of starting.
+    /// Grants free slots to queued runs, oldest first (none while the gateway drains). The slot
+    /// is taken at once; the run's record is loaded from the store and its actor started when
+    /// it arrives.
     fn pump(&mut self, ctx: &mut Context<Self>) {
         while self.slots.len() < self.max_in_flight() && !self.deps.activity.is_draining() {
-            let Some(run) = self.queue.pop_front() else {
+            let Some(waiting) = self.queue.pop_front() else {
                 break;
             };
-            if run
-                .deadline_at
-                .is_some_and(|deadline| deadline <= now_millis())
-            {
-                self.expire_unqueued(run, ctx);
+            if waiting.expired(now_millis()) {
+                // Its deadline passed while it waited: it fails instead of starting.
+                self.end_waiting(waiting, Unqueue::Deadline, None, ctx);
                 continue;
             }
-            self.start_run(run, true, ctx);
+            self.slots.insert(waiting.job_id.clone());
+            self.granting.insert(waiting.job_id.clone());
+            let store = self.deps.store.clone();
+            let fut = async move {
+                let loaded = store.get_run(&waiting.job_id).await;
+                (waiting, loaded)
+            };
+            ctx.spawn(
+                fut.into_actor(self)
+                    .map(|(waiting, loaded), actor, ctx| actor.granted(waiting, loaded, ctx)),
+            );
         }
         self.maybe_stop(ctx);
     }
@@ -143,78 +207,50 @@ impl PoolActor {
     /// Fails every queued run whose deadline passed: a run that never got a slot must not wait
     /// forever.
     fn expire_queued(&mut self, ctx: &mut Context<Self>) {
-        if self.deps.activity.is_draining() {
-            return;
-        }
         let now = now_millis();
-        if !self
-            .queue
-            .iter()
-            .any(|run| run.deadline_at.is_some_and(|deadline| deadline <= now))
-        {
+        if self.deps.activity.is_draining() || !self.queue.iter().any(|w| w.expired(now)) {
             return;
         }
-        let (expired, waiting): (VecDeque<RunRecord>, VecDeque<RunRecord>) = self
-            .queue
-            .drain(..)
-            .partition(|run| run.deadline_at.is_some_and(|deadline| deadline <= now));
+        let (expired, waiting): (VecDeque<Waiting>, VecDeque<Waiting>) =
+            self.queue.drain(..).partition(|w| w.expired(now));
         self.queue = waiting;
-        for run in expired {
-            self.expire_unqueued(run, ctx);
+        for waiting in expired {
+            self.end_waiting(waiting, Unqueue::Deadline, None, ctx);
         }
     }
 
-    /// Fails a run taken out of the queue because its deadline passed.
-    fn expire_unqueued(&mut self, run: RunRecord, ctx: &mut Context<Self>) {
-        let env = Env {
-            now: now_millis(),
-            jitter: fastrand::f64(),
-        };
-        let policy = policy_of(&self.runtime.current());
-        let step = lifecycle::apply(&run, Input::DeadlinePassed, &policy, env);
-        self.finish_unqueued(run, step, None, ctx);
-    }
-
-    /// Commits the final step of a run taken out of the queue before it reached the scheduler
-    /// (cancelled, or past its deadline), publishes it and answers `reply`. A step that cannot
-    /// be committed puts the run back at the head of the queue.
-    fn finish_unqueued(
+    /// Starts the actor of a run granted a slot, once its record is loaded.
+    fn granted(
         &mut self,
-        run: RunRecord,
-        step: Step,
-        reply: Option<oneshot::Sender<Result<RunRecord, CancelError>>>,
+        waiting: Waiting,
+        loaded: Result<Option<RunRecord>, crate::store::StoreError>,
         ctx: &mut Context<Self>,
     ) {
-        let deps = self.deps.clone();
-        deps.activity.enter();
-        let fut = async move {
-            let committed = deps.store.commit(step.run.clone(), step.events).await;
-            deps.activity.leave();
-            match committed {
-                Ok(records) => {
-                    // The store dropped the job body in the same commit: nothing needs it now.
-                    deps.bus.publish(records, &step.run);
-                    if let Some(reply) = reply {
-                        let _ = reply.send(Ok(step.run));
-                    }
-                    None
-                }
-                Err(e) => {
-                    tracing::error!(job_id = %run.job_id, error = %e, "cannot commit the end of a queued run");
-                    if let Some(reply) = reply {
-                        let _ = reply.send(Err(CancelError::Store));
-                    }
-                    Some(run)
-                }
+        self.granting.remove(&waiting.job_id);
+        match loaded {
+            Ok(Some(run)) if run.state == RunState::Queued => self.start_run(run, true, ctx),
+            Ok(Some(run)) if run.needs_work() && !self.runs.contains_key(&run.job_id) => {
+                // It moved on without this pool's grant (another replica took it): drive it as
+                // it stands.
+                self.start_run(run, false, ctx);
+                self.pump(ctx);
             }
-        };
-        ctx.spawn(fut.into_actor(self).map(|unqueued, actor, ctx| {
-            // A step that could not be committed leaves the run queued.
-            if let Some(run) = unqueued {
-                actor.queue.push_front(run);
+            Ok(_) => {
+                self.slots.remove(&waiting.job_id);
+                self.pump(ctx);
             }
-            actor.maybe_stop(ctx);
-        }));
+            Err(e) => {
+                tracing::error!(job_id = %waiting.job_id, error = %e, "cannot load a run granted a slot; it waits");
+                self.slots.remove(&waiting.job_id);
+                self.queue.push_front(waiting);
+                ctx.run_later(GRANT_RETRY, |actor, ctx| actor.pump(ctx));
+            }
+        }
+    }
+
+    /// Whether the run is waiting in the queue or being granted a slot.
+    fn is_waiting(&self, job_id: &JobId) -> bool {
+        self.granting.contains(job_id) || self.queue.iter().any(|w| &w.job_id == job_id)
     }
 
     fn start_run(&mut self, run: RunRecord, granted: bool, ctx: &mut Context<Self>) {
@@ -265,9 +301,9 @@ impl PoolActor {
         ctx: &mut Context<Self>,
     ) {
         match loaded {
-            Ok((_, Some(run))) if run.state == crate::domain::state::RunState::Queued => {
-                if !self.queue.iter().any(|q| q.job_id == run.job_id) {
-                    self.queue.push_back(run);
+            Ok((_, Some(run))) if run.state == RunState::Queued => {
+                if !self.is_waiting(&run.job_id) {
+                    self.queue.push_back(Waiting::of(&run));
                 }
                 self.pump(ctx);
             }
@@ -307,7 +343,8 @@ impl PoolActor {
     }
 
     fn maybe_stop(&mut self, ctx: &mut Context<Self>) {
-        if self.retired && self.runs.is_empty() && self.queue.is_empty() {
+        if self.retired && self.runs.is_empty() && self.queue.is_empty() && self.granting.is_empty()
+        {
             ctx.stop();
         }
     }
@@ -326,7 +363,7 @@ impl Handler<Submit> for PoolActor {
     type Result = ();
 
     fn handle(&mut self, msg: Submit, ctx: &mut Self::Context) {
-        self.queue.push_back(msg.0);
+        self.queue.push_back(Waiting::of(&msg.0));
         self.pump(ctx);
     }
 }
@@ -343,13 +380,11 @@ impl Handler<Resume> for PoolActor {
                 jitter: fastrand::f64(),
             };
             run.next_at = lifecycle::resume_at(&run, env, spread);
-            if self.runs.contains_key(&run.job_id)
-                || self.queue.iter().any(|q| q.job_id == run.job_id)
-            {
+            if self.runs.contains_key(&run.job_id) || self.is_waiting(&run.job_id) {
                 continue;
             }
-            if run.state == crate::domain::state::RunState::Queued {
-                self.queue.push_back(run);
+            if run.state == RunState::Queued {
+                self.queue.push_back(Waiting::of(&run));
             } else {
                 // Dispatching, pending, running: they hold a slot already (recomputed here from
                 // the store); finished runs with a release due hold none.
@@ -396,6 +431,7 @@ impl Handler<GetStats> for PoolActor {
         MessageResult(LiveStats {
             queued: self.queue.len(),
             in_flight: self.slots.len(),
+            max_in_flight: self.max_in_flight(),
             max_queued: usize::try_from(runtime.manifest.limits.max_queued).unwrap_or(usize::MAX),
             deadline_seconds: runtime.manifest.polling.deadline_seconds,
             revision: runtime.revision,
@@ -416,21 +452,17 @@ impl Handler<Cancel> for PoolActor {
     type Result = ();
 
     fn handle(&mut self, msg: Cancel, ctx: &mut Self::Context) {
-        if let Some(position) = self.queue.iter().position(|run| run.job_id == msg.job_id) {
-            let Some(run) = self.queue.remove(position) else {
+        if self.granting.contains(&msg.job_id) {
+            // Its actor starts as soon as its record is loaded: ask again then.
+            ctx.notify_later(msg, CANCEL_RETRY);
+            return;
+        }
+        if let Some(position) = self.queue.iter().position(|w| w.job_id == msg.job_id) {
+            let Some(waiting) = self.queue.remove(position) else {
                 let _ = msg.reply.send(Err(CancelError::NotLive));
                 return;
             };
-            let env = Env {
-                now: now_millis(),
-                jitter: fastrand::f64(),
-            };
-            let policy = policy_of(&self.runtime.current());
-            let Some(step) = lifecycle::request_cancel(&run, &policy, env) else {
-                let _ = msg.reply.send(Err(CancelError::NotLive));
-                return;
-            };
-            self.finish_unqueued(run, step, Some(msg.reply), ctx);
+            self.end_waiting(waiting, Unqueue::Cancel, Some(msg.reply), ctx);
             return;
         }
         match self.runs.get(&msg.job_id) {
@@ -439,6 +471,82 @@ impl Handler<Cancel> for PoolActor {
                 let _ = msg.reply.send(Err(CancelError::NotLive));
             }
         }
+    }
+}
+
+impl PoolActor {
+    /// Ends a run taken out of the queue (cancelled, or past its deadline) from its stored
+    /// record, and answers `reply` when a caller waits. A step that cannot be committed puts
+    /// the run back at the head of the queue.
+    fn end_waiting(
+        &mut self,
+        waiting: Waiting,
+        why: Unqueue,
+        reply: Option<oneshot::Sender<Result<RunRecord, CancelError>>>,
+        ctx: &mut Context<Self>,
+    ) {
+        let deps = self.deps.clone();
+        let policy = policy_of(&self.runtime.current());
+        deps.activity.enter();
+        let fut = async move {
+            let outcome = end_queued(&deps, &waiting.job_id, &policy, why).await;
+            deps.activity.leave();
+            let (answer, unqueued) = match outcome {
+                Ok(Some(run)) => (Ok(run), None),
+                Ok(None) => (Err(CancelError::NotLive), None),
+                Err(e) => {
+                    tracing::error!(job_id = %waiting.job_id, error = %e, "cannot commit the end of a queued run");
+                    (Err(CancelError::Store), Some(waiting))
+                }
+            };
+            if let Some(reply) = reply {
+                let _ = reply.send(answer);
+            }
+            unqueued
+        };
+        ctx.spawn(fut.into_actor(self).map(|unqueued, actor, ctx| {
+            // A step that could not be committed leaves the run queued.
+            if let Some(waiting) = unqueued {
+                actor.queue.push_front(waiting);
+            }
+            actor.maybe_stop(ctx);
+        }));
+    }
+}
+
+/// Commits the end of a queued run (its cancellation, or its failure at its deadline); `None`
+/// when the run is no longer queued. The store drops its job body in the same commit.
+async fn end_queued(
+    deps: &Deps,
+    job_id: &JobId,
+    policy: &lifecycle::Policy,
+    why: Unqueue,
+) -> Result<Option<RunRecord>, crate::store::StoreError> {
+    let Some(run) = deps.store.get_run(job_id).await? else {
+        return Ok(None);
+    };
+    if run.state != RunState::Queued {
+        return Ok(None);
+    }
+    let env = Env {
+        now: now_millis(),
+        jitter: fastrand::f64(),
+    };
+    let step = match why {
+        Unqueue::Cancel => lifecycle::request_cancel(&run, policy, env),
+        Unqueue::Deadline => Some(lifecycle::apply(&run, Input::DeadlinePassed, policy, env)),
+    };
+    let Some(step) = step else {
+        return Ok(None);
+    };
+    match deps.store.commit(step.run.clone(), step.events).await {
+        Ok(records) => {
+            deps.bus.publish(records, &step.run);
+            Ok(Some(step.run.committed()))
+        }
+        // Changed meanwhile by someone else: the stored state stands.
+        Err(crate::store::StoreError::Stale { .. }) => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
@@ -474,5 +582,42 @@ impl Handler<Crash> for PoolActor {
             },
             None => panic!("a pool actor crashes on purpose"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LiveStats;
+
+    fn stats(
+        queued: usize,
+        in_flight: usize,
+        max_in_flight: usize,
+        max_queued: usize,
+    ) -> LiveStats {
+        LiveStats {
+            queued,
+            in_flight,
+            max_in_flight,
+            max_queued,
+            ..LiveStats::default()
+        }
+    }
+
+    #[test]
+    fn max_queued_bounds_only_the_runs_left_waiting() {
+        assert!(
+            stats(0, 0, 1, 0).admits_one_more(),
+            "a free slot takes a run"
+        );
+        assert!(stats(0, 1, 2, 0).admits_one_more());
+        assert!(
+            !stats(0, 2, 2, 0).admits_one_more(),
+            "no slot, nothing may wait"
+        );
+        assert!(stats(1, 2, 2, 2).admits_one_more());
+        assert!(!stats(2, 2, 2, 2).admits_one_more());
+        // While draining, runs wait even with free slots: they count against maxQueued.
+        assert!(!stats(3, 0, 2, 1).admits_one_more());
     }
 }

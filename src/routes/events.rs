@@ -3,7 +3,8 @@
 //! The stream subscribes to the live bus first, then sends what the persisted log holds after
 //! `Last-Event-ID`, then reads the log again whenever the bus says a matching run changed. The
 //! log is in commit order, so ids only grow and a client that resumes from the last id it saw
-//! misses nothing.
+//! misses nothing. Without `Last-Event-ID` the stream starts at the present: a new client gets
+//! the changes from now on, not the whole history (`Last-Event-ID: 0` asks for all of it).
 
 use super::auth::{Caller, Role};
 use super::dto::RunView;
@@ -13,6 +14,7 @@ use crate::domain::run::{EventRecord, RunRecord};
 use crate::error::ApiError;
 use crate::service::Gateway;
 use actix_web::{HttpRequest, HttpResponse, get, web};
+use std::collections::HashMap;
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 
@@ -48,24 +50,34 @@ pub async fn stream(
         .as_deref()
         .map(|j| parse_id(j, "jobId", JobId::parse))
         .transpose()?;
-    let last_seen = match request.headers().get("last-event-id") {
-        None => 0,
-        Some(value) => value
-            .to_str()
-            .ok()
-            .and_then(|v| v.trim().parse::<i64>().ok())
-            .ok_or_else(|| {
-                ApiError::validation(vec![crate::manifest::Problem {
-                    path: "Last-Event-ID".into(),
-                    message: "must be the id of an event this stream sent".into(),
-                }])
-            })?,
+    let resume_from = match request.headers().get("last-event-id") {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<i64>().ok())
+                .ok_or_else(|| {
+                    ApiError::validation(vec![crate::manifest::Problem {
+                        path: "Last-Event-ID".into(),
+                        message: "must be the id of an event this stream sent".into(),
+                    }])
+                })?,
+        ),
     };
     let (sender, receiver) = mpsc::channel::<web::Bytes>(64);
     let filter = Filter { pool, job_id };
     // Subscribe before answering, so that every change committed after the client got the
     // answer reaches it live, in order.
     let live = gateway.deps.bus.subscribe();
+    // Read the present after subscribing: what commits in between is above it and is replayed.
+    let last_seen = match resume_from {
+        Some(seq) => seq,
+        None => gateway.deps.store.last_event_seq().await.map_err(|e| {
+            tracing::error!(error = %e, "cannot read the event log to start a stream");
+            ApiError::from(crate::service::ServiceError::Unavailable)
+        })?,
+    };
     actix_web::rt::spawn(pump(gateway.into_inner(), filter, last_seen, live, sender));
     let body = futures_util::stream::unfold(receiver, |mut receiver| async move {
         receiver
@@ -163,7 +175,7 @@ async fn replay(
             return Some(after);
         };
         // One frame per run: the newest event of each run in this page, in log order, so the
-        // last frame carries the page's last id.
+        // last frame carries the page's last id. The page's runs are read together.
         let mut seen = std::collections::HashSet::new();
         let mut newest: Vec<&EventRecord> = events
             .iter()
@@ -171,10 +183,19 @@ async fn replay(
             .filter(|event| seen.insert(event.event.job_id.clone()))
             .collect();
         newest.reverse();
+        let ids = newest.iter().map(|e| e.event.job_id.clone()).collect();
+        let runs: HashMap<JobId, RunRecord> = gateway
+            .deps
+            .store
+            .get_runs(ids)
+            .await
+            .ok()?
+            .into_iter()
+            .map(|run| (run.job_id.clone(), run))
+            .collect();
         for event in newest {
-            let run = gateway.deps.store.get_run(&event.event.job_id).await;
-            if let Ok(Some(run)) = run
-                && sender.send(frame(event.seq, &run)).await.is_err()
+            if let Some(run) = runs.get(&event.event.job_id)
+                && sender.send(frame(event.seq, run)).await.is_err()
             {
                 return None;
             }

@@ -132,15 +132,49 @@ pub async fn cancel(
     Ok(HttpResponse::Accepted().json(RunView::from(&run)))
 }
 
-/// `GET /v1/runs/{jobId}/events`: the persisted history.
+/// Default page size of a run's history.
+const DEFAULT_EVENTS_LIMIT: u32 = 100;
+/// Largest page size of a run's history.
+const MAX_EVENTS_LIMIT: u32 = 1000;
+
+/// Query of `GET /v1/runs/{jobId}/events`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryQuery {
+    limit: Option<u32>,
+    after: Option<i64>,
+}
+
+/// `GET /v1/runs/{jobId}/events?limit=&after=`: the persisted history, oldest first, a page at
+/// a time (a run that retries for days has a long one).
 #[get("/runs/{job_id}/events")]
 pub async fn history(
     caller: Caller,
     gateway: web::Data<Gateway>,
     path: web::Path<String>,
+    query: web::Query<HistoryQuery>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Role::Reader)?;
-    let events = gateway.run_events(&job_id(&path)?).await?;
-    let views: Vec<EventView> = events.iter().map(EventView::from).collect();
-    Ok(HttpResponse::Ok().json(json!({ "events": views })))
+    let job_id = job_id(&path)?;
+    let mut problems = Vec::new();
+    let limit = query.limit.unwrap_or(DEFAULT_EVENTS_LIMIT);
+    if !(1..=MAX_EVENTS_LIMIT).contains(&limit) {
+        problems.push(Problem {
+            path: "limit".into(),
+            message: format!("must be from 1 to {MAX_EVENTS_LIMIT}"),
+        });
+    }
+    let after = query.after.unwrap_or(0);
+    if after < 0 {
+        problems.push(Problem {
+            path: "after".into(),
+            message: "must be the seq of an event (0 or more)".into(),
+        });
+    }
+    if !problems.is_empty() {
+        return Err(ApiError::validation(problems));
+    }
+    let page = gateway.run_events(&job_id, after, limit).await?;
+    let views: Vec<EventView> = page.events.iter().map(EventView::from).collect();
+    Ok(HttpResponse::Ok().json(json!({ "events": views, "next": page.next })))
 }

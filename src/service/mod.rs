@@ -86,6 +86,8 @@ pub struct Gateway {
     pub defaults: Defaults,
     shutting_down: AtomicBool,
     recovery_ms: std::sync::atomic::AtomicU64,
+    /// The idempotency digest key, loaded (or created) on the first submission.
+    pub(crate) digest_key: tokio::sync::OnceCell<crate::crypto::DigestKey>,
 }
 
 impl Gateway {
@@ -97,6 +99,7 @@ impl Gateway {
             defaults,
             shutting_down: AtomicBool::new(false),
             recovery_ms: std::sync::atomic::AtomicU64::new(0),
+            digest_key: tokio::sync::OnceCell::new(),
         }
     }
 

@@ -2,7 +2,7 @@
 
 use super::{Gateway, ServiceError, canonical_json, problem};
 use crate::actors::supervisor::{CancelRunOf, ResumeRuns, SubmitRun};
-use crate::crypto::{binding, sha256_hex};
+use crate::crypto::{CryptoError, DigestKey, binding, constant_time_eq, sha256_hex};
 use crate::domain::ids::{JobId, PoolName};
 use crate::domain::run::{EventRecord, NewEvent, RunRecord, now_millis};
 use crate::domain::state::RunState;
@@ -13,6 +13,17 @@ use tokio::sync::oneshot;
 
 /// Largest accepted job body, as JSON text.
 pub const MAX_JOB_BYTES: usize = 1024 * 1024;
+/// Most labels a run may carry: labels are kept with the run and shown in every RunView and
+/// event, so their count and size are bounded like the job's.
+pub const MAX_LABELS: usize = 64;
+/// Longest label name, in characters.
+pub const MAX_LABEL_NAME_CHARS: usize = 63;
+/// Longest label value, in bytes of UTF-8.
+pub const MAX_LABEL_VALUE_BYTES: usize = 256;
+/// Marks an idempotency digest keyed with the gateway's [`DigestKey`] (HMAC-SHA256, hex). Runs
+/// stored before it carry a bare SHA-256 hex digest, which [`Submission::has_digest`] still
+/// recognises.
+pub const DIGEST_PREFIX: &str = "v2:";
 /// Longest accepted deadline (30 days).
 const MAX_DEADLINE_SECONDS: u64 = 30 * 24 * 3600;
 
@@ -106,14 +117,7 @@ impl Submission {
         let labels = match object.get("labels") {
             None | Some(Value::Null) => Map::new(),
             Some(Value::Object(labels)) => {
-                for (key, value) in labels {
-                    if !value.is_string() {
-                        problems.push(problem(
-                            &format!("labels.{key}"),
-                            "label values must be strings",
-                        ));
-                    }
-                }
+                check_labels(labels, &mut problems);
                 labels.clone()
             }
             Some(_) => {
@@ -154,8 +158,9 @@ impl Submission {
         }
     }
 
-    /// The idempotency digest: equal submissions to the same pool have equal digests.
-    pub fn digest(&self, pool: &PoolName) -> String {
+    /// What the idempotency digest covers, as canonical JSON: equal submissions to the same
+    /// pool give equal documents whatever the order of their keys.
+    fn document(&self, pool: &PoolName) -> String {
         let document = serde_json::json!({
             "pool": pool.as_str(),
             "kind": self.kind,
@@ -163,8 +168,88 @@ impl Submission {
             "labels": self.labels,
             "deadlineSeconds": self.deadline_seconds,
         });
-        sha256_hex(canonical_json(&document).as_bytes())
+        canonical_json(&document)
     }
+
+    /// The idempotency digest stored with a new run: [`DIGEST_PREFIX`] and the HMAC-SHA256 of
+    /// the submission under `key`, so that the stored digest cannot be used to guess a job.
+    ///
+    /// # Errors
+    /// [`CryptoError::Seal`] when the MAC cannot be computed.
+    pub fn digest(&self, pool: &PoolName, key: &DigestKey) -> Result<String, CryptoError> {
+        Ok(format!(
+            "{DIGEST_PREFIX}{}",
+            key.mac_hex(self.document(pool).as_bytes())?
+        ))
+    }
+
+    /// Whether `stored`, the digest of an existing run, is the digest of this submission to
+    /// `pool`. Digests of runs stored before keyed digests (bare SHA-256 hex, no prefix) are
+    /// still recognised, so their repeats keep answering 200.
+    pub fn has_digest(&self, pool: &PoolName, stored: &str, key: &DigestKey) -> bool {
+        let expected = if stored.starts_with(DIGEST_PREFIX) {
+            match self.digest(pool, key) {
+                Ok(digest) => digest,
+                Err(_) => return false,
+            }
+        } else {
+            sha256_hex(self.document(pool).as_bytes())
+        };
+        constant_time_eq(stored.as_bytes(), expected.as_bytes())
+    }
+}
+
+/// Checks the labels' count, names and values, adding a problem for each bound broken. A bad
+/// name is reported on `labels` without repeating it, since it may be arbitrarily long.
+fn check_labels(labels: &Map<String, Value>, problems: &mut Vec<Problem>) {
+    if labels.len() > MAX_LABELS {
+        problems.push(problem(
+            "labels",
+            format!(
+                "at most {MAX_LABELS} labels are allowed, found {}",
+                labels.len()
+            ),
+        ));
+    }
+    let bad_names = labels.keys().filter(|name| !label_name_ok(name)).count();
+    if bad_names > 0 {
+        problems.push(problem(
+            "labels",
+            format!(
+                "label names must be 1-{MAX_LABEL_NAME_CHARS} printable characters; {bad_names} are not"
+            ),
+        ));
+    }
+    for (name, value) in labels {
+        let path = if label_name_ok(name) {
+            format!("labels.{name}")
+        } else {
+            "labels".to_owned()
+        };
+        match value {
+            Value::String(text) if text.len() > MAX_LABEL_VALUE_BYTES => problems.push(problem(
+                &path,
+                format!("a label value must be at most {MAX_LABEL_VALUE_BYTES} bytes"),
+            )),
+            Value::String(_) => {}
+            _ => problems.push(problem(&path, "label values must be strings")),
+        }
+    }
+}
+
+fn label_name_ok(name: &str) -> bool {
+    !name.is_empty()
+        && name.chars().count() <= MAX_LABEL_NAME_CHARS
+        && !name.chars().any(char::is_control)
+}
+
+/// A page of a run's history.
+#[derive(Debug, Clone)]
+pub struct EventPage {
+    /// The events, oldest first.
+    pub events: Vec<EventRecord>,
+    /// The sequence number to pass as `after` for the next page; `None` on the last page.
+    pub next: Option<i64>,
 }
 
 impl Gateway {
@@ -181,16 +266,16 @@ impl Gateway {
         if self.is_shutting_down() {
             return Err(ServiceError::ShuttingDown);
         }
-        let digest = submission.digest(pool);
+        let key = self.digest_key().await?;
         if let Some(existing) = self.deps.store.get_run(&submission.job_id).await? {
-            return same_submission(existing, pool, &digest);
+            return same_submission(existing, pool, &submission, key);
         }
         self.pool(pool).await?;
         let live = self
             .live_stats(pool)
             .await
             .ok_or(ServiceError::Unavailable)?;
-        if live.queued >= live.max_queued {
+        if !live.admits_one_more() {
             return Err(ServiceError::Saturated {
                 pool: pool.to_string(),
                 queued: live.queued,
@@ -201,15 +286,18 @@ impl Gateway {
         let run = RunRecord {
             kind: submission.kind.clone(),
             labels: submission.labels.clone(),
-            request_digest: digest.clone(),
+            request_digest: submission.digest(pool, key)?,
             deadline_at: deadline.map(|seconds| {
                 now.saturating_add(i64::try_from(seconds.saturating_mul(1000)).unwrap_or(i64::MAX))
             }),
             manifest_revision: live.revision,
             ..RunRecord::queued(submission.job_id.clone(), pool.clone(), now)
         };
-        let job = Value::Object(submission.job.unwrap_or_default());
-        let clear = serde_json::to_vec(&job).map_err(|e| ServiceError::Internal(e.into()))?;
+        let clear = match &submission.job {
+            Some(job) => serde_json::to_vec(job),
+            None => serde_json::to_vec(&Map::new()),
+        }
+        .map_err(|e| ServiceError::Internal(e.into()))?;
         let sealed = self
             .deps
             .sealer
@@ -228,7 +316,7 @@ impl Gateway {
             .insert_run(run.clone(), Some(sealed), created)
             .await?
         {
-            InsertOutcome::Existing(existing) => same_submission(existing, pool, &digest),
+            InsertOutcome::Existing(existing) => same_submission(existing, pool, &submission, key),
             InsertOutcome::Inserted(event) => {
                 self.deps.bus.publish(vec![event], &run);
                 let accepted = self
@@ -244,6 +332,27 @@ impl Gateway {
                 Ok((run, true))
             }
         }
+    }
+
+    /// The idempotency digest key: read from the store (and opened) once, created there by the
+    /// first gateway that needs it.
+    async fn digest_key(&self) -> Result<&DigestKey, ServiceError> {
+        self.digest_key
+            .get_or_try_init(|| async {
+                let sealer = &self.deps.sealer;
+                let sealed = match self.deps.store.gateway_key(DigestKey::NAME).await? {
+                    Some(sealed) => sealed,
+                    None => {
+                        let (_, sealed) = DigestKey::generate(sealer)?;
+                        self.deps
+                            .store
+                            .create_gateway_key(DigestKey::NAME, sealed)
+                            .await?
+                    }
+                };
+                Ok::<_, ServiceError>(DigestKey::open(sealer, &sealed)?)
+            })
+            .await
     }
 
     /// A run.
@@ -308,13 +417,29 @@ impl Gateway {
         }
     }
 
-    /// A run's persisted history.
+    /// A page of a run's persisted history: up to `limit` events after sequence number
+    /// `after`, oldest first, with the sequence number to continue after when the page is full.
     ///
     /// # Errors
     /// Unknown run or an internal failure.
-    pub async fn run_events(&self, job_id: &JobId) -> Result<Vec<EventRecord>, ServiceError> {
+    pub async fn run_events(
+        &self,
+        job_id: &JobId,
+        after: i64,
+        limit: u32,
+    ) -> Result<EventPage, ServiceError> {
         self.run(job_id).await?;
-        Ok(self.deps.store.run_events(job_id).await?)
+        let events = self
+            .deps
+            .store
+            .events_after(after, None, Some(job_id), limit)
+            .await?;
+        let next = if events.len() >= limit as usize {
+            events.last().map(|event| event.seq)
+        } else {
+            None
+        };
+        Ok(EventPage { events, next })
     }
 
     /// Hands every unfinished run in the store to its pool. Returns (resumed, orphaned).
@@ -339,9 +464,10 @@ impl Gateway {
 fn same_submission(
     existing: RunRecord,
     pool: &PoolName,
-    digest: &str,
+    submission: &Submission,
+    key: &DigestKey,
 ) -> Result<(RunRecord, bool), ServiceError> {
-    if &existing.pool == pool && existing.request_digest == digest {
+    if &existing.pool == pool && submission.has_digest(pool, &existing.request_digest, key) {
         Ok((existing, false))
     } else {
         Err(ServiceError::JobIdConflict(existing.job_id.to_string()))
@@ -385,8 +511,32 @@ mod tests {
         let a = Submission::parse(&json!({"jobId": "j", "job": {"x": 1, "y": 2}})).unwrap();
         let b = Submission::parse(&json!({"job": {"y": 2, "x": 1}, "jobId": "j"})).unwrap();
         let c = Submission::parse(&json!({"jobId": "j", "job": {"x": 1, "y": 3}})).unwrap();
-        assert_eq!(a.digest(&pool), b.digest(&pool));
-        assert_ne!(a.digest(&pool), c.digest(&pool));
-        assert_ne!(a.digest(&pool), a.digest(&PoolName::parse("q").unwrap()));
+        let (key, _) = DigestKey::generate(&crate::crypto::Sealer::for_testing()).unwrap();
+        let digest = |s: &Submission, p: &PoolName| s.digest(p, &key).unwrap();
+        assert_eq!(digest(&a, &pool), digest(&b, &pool));
+        assert_ne!(digest(&a, &pool), digest(&c, &pool));
+        assert_ne!(
+            digest(&a, &pool),
+            digest(&a, &PoolName::parse("q").unwrap())
+        );
+        assert!(b.has_digest(&pool, &digest(&a, &pool), &key));
+        assert!(!c.has_digest(&pool, &digest(&a, &pool), &key));
+    }
+
+    #[test]
+    fn digests_are_keyed_and_bare_sha256_digests_of_older_runs_are_still_recognised() {
+        let pool = PoolName::parse("p").unwrap();
+        let sealer = crate::crypto::Sealer::for_testing();
+        let (one, _) = DigestKey::generate(&sealer).unwrap();
+        let (two, _) = DigestKey::generate(&sealer).unwrap();
+        let a = Submission::parse(&json!({"jobId": "j", "job": {"x": 1}})).unwrap();
+        let c = Submission::parse(&json!({"jobId": "j", "job": {"x": 2}})).unwrap();
+        let keyed = a.digest(&pool, &one).unwrap();
+        assert!(keyed.starts_with(DIGEST_PREFIX));
+        assert_ne!(keyed, a.digest(&pool, &two).unwrap(), "the key matters");
+        assert!(!keyed.contains(&sha256_hex(a.document(&pool).as_bytes())));
+        let legacy = sha256_hex(a.document(&pool).as_bytes());
+        assert!(a.has_digest(&pool, &legacy, &one));
+        assert!(!c.has_digest(&pool, &legacy, &one));
     }
 }

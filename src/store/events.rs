@@ -61,6 +61,14 @@ pub(crate) fn of_run(conn: &mut DbConn, job_id: &JobId) -> Result<Vec<EventRecor
     )
 }
 
+/// The newest sequence number, or 0 when there is no event.
+pub(crate) fn last_seq(conn: &mut DbConn) -> Result<i64, StoreError> {
+    let newest: Option<i64> = run_events::table
+        .select(diesel::dsl::max(run_events::seq))
+        .first(conn)?;
+    Ok(newest.unwrap_or(0))
+}
+
 /// Events after `after_seq`, optionally of one pool and/or one run, oldest first.
 pub(crate) fn after(
     conn: &mut DbConn,

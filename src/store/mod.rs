@@ -11,6 +11,7 @@
 
 mod conn;
 mod events;
+mod gateway_keys;
 mod lock;
 mod migrate;
 mod models;
@@ -392,6 +393,55 @@ impl Store {
             .await
     }
 
+    /// The sealed envelope of the gateway-wide key `name` (see [`crate::crypto::DigestKey`]).
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn gateway_key(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let name = name.to_owned();
+        self.with_conn(move |conn| gateway_keys::get(conn, &name))
+            .await
+    }
+
+    /// Stores `sealed` as the gateway-wide key `name` unless one exists already; returns the
+    /// envelope that is stored (another gateway's, when it created the key first).
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn create_gateway_key(
+        &self,
+        name: &str,
+        sealed: Vec<u8>,
+    ) -> Result<Vec<u8>, StoreError> {
+        let name = name.to_owned();
+        let now = crate::domain::run::now_millis();
+        self.with_conn(move |conn| gateway_keys::create(conn, &name, sealed, now))
+            .await
+    }
+
+    /// Replaces a gateway-wide key's envelope if it is still `old` (key rotation).
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn replace_gateway_key(
+        &self,
+        name: &str,
+        old: Vec<u8>,
+        new: Vec<u8>,
+    ) -> Result<bool, StoreError> {
+        let name = name.to_owned();
+        self.with_conn(move |conn| gateway_keys::replace(conn, &name, old, new))
+            .await
+    }
+
+    /// The names of the stored gateway-wide keys.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn gateway_key_names(&self) -> Result<Vec<String>, StoreError> {
+        self.with_conn(gateway_keys::names).await
+    }
+
     /// One pool.
     ///
     /// # Errors
@@ -462,6 +512,15 @@ impl Store {
     pub async fn get_run(&self, job_id: &JobId) -> Result<Option<RunRecord>, StoreError> {
         let job_id = job_id.clone();
         self.with_conn(move |conn| runs::get(conn, &job_id)).await
+    }
+
+    /// Several runs by id, in one read per few hundred ids (unknown ids are left out).
+    ///
+    /// # Errors
+    /// [`StoreError::Query`] or [`StoreError::Corrupt`].
+    pub async fn get_runs(&self, job_ids: Vec<JobId>) -> Result<Vec<RunRecord>, StoreError> {
+        self.with_conn(move |conn| runs::get_many(conn, &job_ids))
+            .await
     }
 
     /// A run's sealed job body; None when the run is unknown or its body was dropped.
@@ -576,6 +635,15 @@ impl Store {
         let job_id = job_id.clone();
         self.with_conn(move |conn| events::of_run(conn, &job_id))
             .await
+    }
+
+    /// The sequence number of the newest event (0 when the log is empty): where a stream that
+    /// starts at the present begins.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn last_event_seq(&self) -> Result<i64, StoreError> {
+        self.with_conn(events::last_seq).await
     }
 
     /// Up to `limit` (clamped to `1..=1000`) events with `seq > after_seq`, optionally of one

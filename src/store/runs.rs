@@ -221,6 +221,23 @@ pub(crate) fn get(conn: &mut DbConn, job_id: &JobId) -> Result<Option<RunRecord>
     )
 }
 
+/// Runs by id, in no particular order (unknown ids are left out). Reads in chunks, so that a
+/// long list stays within every backend's limit on bound parameters.
+pub(crate) fn get_many(conn: &mut DbConn, job_ids: &[JobId]) -> Result<Vec<RunRecord>, StoreError> {
+    const CHUNK: usize = 500;
+    let mut runs = Vec::with_capacity(job_ids.len());
+    for chunk in job_ids.chunks(CHUNK) {
+        let marks = vec!["?"; chunk.len()].join(", ");
+        let sql = format!("{} WHERE job_id IN ({marks})", *SELECT);
+        let binds = chunk
+            .iter()
+            .map(|id| Bind::Text(id.as_str().to_owned()))
+            .collect();
+        runs.extend(load(conn, &sql, binds)?);
+    }
+    Ok(runs)
+}
+
 /// A page of runs, newest first.
 pub(crate) fn list(conn: &mut DbConn, filter: &RunFilter) -> Result<RunPage, StoreError> {
     let limit = filter.limit.clamp(1, super::MAX_PAGE);

@@ -51,3 +51,15 @@ diesel::table! {
         detail -> Nullable<Text>,
     }
 }
+
+diesel::table! {
+    /// Gateway-wide keys, sealed under the master key.
+    gateway_keys (name) {
+        /// What the key is for (`idempotency`).
+        name -> Text,
+        /// The key's envelope.
+        sealed -> Binary,
+        /// Epoch milliseconds.
+        created_at -> BigInt,
+    }
+}

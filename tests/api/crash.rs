@@ -8,11 +8,11 @@
 
 use crate::faulty::{Fault, FaultyScheduler};
 use crate::helpers::{
-    ADMIN_TOKEN, ChildProcess, MASTER_KEY, TestDatabase, cattery_bin, free_port, wait_healthy,
+    ADMIN_TOKEN, ChildProcess, TestDatabase, free_port, serve_command, spawn_gateway, wait_healthy,
 };
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn serve(
@@ -21,26 +21,9 @@ fn serve(
     port: u16,
     grace_seconds: u64,
 ) -> ChildProcess {
-    let child = Command::new(cattery_bin())
-        .arg("serve")
-        .env("CATTERY_DATABASE_URL", db.url())
-        .env("CATTERY_BIND", format!("127.0.0.1:{port}"))
-        .env("CATTERY__DATADIR", data_dir)
-        .env("CATTERY__LOCALPOOL__ENABLED", "false")
-        .env("CATTERY__LOGGING__LEVEL", "warn")
-        .env("CATTERY__SHUTDOWN__GRACESECONDS", grace_seconds.to_string())
-        .env("CATTERY__EGRESS__ALLOWHTTP", "true")
-        .env("CATTERY__EGRESS__ALLOWHOSTS", "[127.0.0.1]")
-        .env("CATTERY_MASTER_KEY", MASTER_KEY)
-        .env("CATTERY_ADMIN_TOKEN", ADMIN_TOKEN)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    ChildProcess {
-        child,
-        base_url: format!("http://127.0.0.1:{port}"),
-    }
+    let mut command = serve_command(db, data_dir, port);
+    command.env("CATTERY__SHUTDOWN__GRACESECONDS", grace_seconds.to_string());
+    spawn_gateway(command, port)
 }
 
 fn manifest(base_url: &str) -> Value {

@@ -146,3 +146,57 @@ async fn no_change_is_lost_when_many_runs_commit_together() {
     let seqs: Vec<i64> = frames.iter().map(|(id, _)| *id).collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
 }
+
+#[actix_web::test]
+async fn a_stream_without_last_event_id_starts_at_the_present_not_at_the_first_event() {
+    let app = spawn_app().await;
+    let scheduler = TestScheduler::start(vec![Answer::Json(json!({"status": "Complete"}))]).await;
+    app.put_pool(
+        "sched",
+        scheduler_manifest(&scheduler.base_url),
+        json!({"SCHED_TOKEN": SCHED_TOKEN}),
+    )
+    .await;
+    for id in ["past-1", "past-2"] {
+        app.dispatch("sched", json!({"jobId": id})).await;
+        app.wait_for(id, Duration::from_secs(20), |r| r["released"] == true)
+            .await;
+    }
+    let open = |last_event_id: Option<&'static str>| {
+        let mut request = app
+            .client
+            .get(app.url("/v1/events"))
+            .bearer_auth(READER_TOKEN);
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id);
+        }
+        request.send()
+    };
+    let stream = open(None).await.unwrap();
+    assert_eq!(stream.status().as_u16(), 200);
+    app.dispatch("sched", json!({"jobId": "present-1"})).await;
+    let frames = read_frames(stream, |frames| {
+        frames
+            .iter()
+            .any(|(_, v)| v["jobId"] == "present-1" && v["released"] == true)
+    })
+    .await;
+    assert!(
+        frames.iter().all(|(_, v)| v["jobId"] == "present-1"),
+        "only changes from now on: {:?}",
+        frames.iter().map(|(_, v)| &v["jobId"]).collect::<Vec<_>>()
+    );
+
+    // Asked to resume from the start, the stream replays the log: one frame per run and page,
+    // each run as it stands, in log order.
+    let replay = open(Some("0")).await.unwrap();
+    let frames = read_frames(replay, |frames| {
+        ["past-1", "past-2", "present-1"]
+            .iter()
+            .all(|id| frames.iter().any(|(_, v)| v["jobId"] == *id))
+    })
+    .await;
+    let ids: Vec<i64> = frames.iter().map(|(id, _)| *id).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    assert!(frames.iter().all(|(_, v)| v["released"] == true));
+}

@@ -253,6 +253,38 @@ impl Drop for ChildProcess {
     }
 }
 
+/// `cattery serve` (the real binary) on `db`, listening on `port`, with the test master key and
+/// admin token, egress to loopback allowed and the local pool off; its output is not yet
+/// directed.
+pub fn serve_command(db: &TestDatabase, data_dir: &std::path::Path, port: u16) -> Command {
+    let mut command = Command::new(cattery_bin());
+    command
+        .arg("serve")
+        .env("CATTERY_DATABASE_URL", db.url())
+        .env("CATTERY_BIND", format!("127.0.0.1:{port}"))
+        .env("CATTERY__DATADIR", data_dir)
+        .env("CATTERY__LOCALPOOL__ENABLED", "false")
+        .env("CATTERY__EGRESS__ALLOWHTTP", "true")
+        .env("CATTERY__EGRESS__ALLOWHOSTS", "[127.0.0.1]")
+        .env("CATTERY__LOGGING__LEVEL", "warn")
+        .env("CATTERY_MASTER_KEY", MASTER_KEY)
+        .env("CATTERY_ADMIN_TOKEN", ADMIN_TOKEN);
+    command
+}
+
+/// Starts `command` (a [`serve_command`]) as a gateway process killed on drop, output silenced.
+pub fn spawn_gateway(mut command: Command, port: u16) -> ChildProcess {
+    let child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    ChildProcess {
+        child,
+        base_url: format!("http://127.0.0.1:{port}"),
+    }
+}
+
 /// Waits until `url` answers 200.
 pub async fn wait_healthy(url: &str) {
     let client = cattery::scheduler::http::plain_client().unwrap();

@@ -2,7 +2,7 @@
 //! and job bodies are never stored in clear.
 
 use crate::helpers::{
-    ADMIN_TOKEN, MASTER_KEY, TestDatabase, cattery_bin, free_port, local_manifest, spawn_app,
+    ADMIN_TOKEN, TestDatabase, free_port, local_manifest, serve_command, spawn_app,
     start_local_pool, wait_healthy,
 };
 use cattery::domain::ids::{JobId, PoolName};
@@ -16,32 +16,7 @@ use std::time::{Duration, Instant};
 const TOKEN: &str = "local-pool-persist-token";
 
 fn serve(db: &TestDatabase, data_dir: &std::path::Path, port: u16) -> crate::helpers::ChildProcess {
-    let child = serve_command(db, data_dir, port)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    crate::helpers::ChildProcess {
-        child,
-        base_url: format!("http://127.0.0.1:{port}"),
-    }
-}
-
-/// `cattery serve` on `db`, listening on `port`, with its output not yet directed.
-fn serve_command(db: &TestDatabase, data_dir: &std::path::Path, port: u16) -> Command {
-    let mut command = Command::new(cattery_bin());
-    command
-        .arg("serve")
-        .env("CATTERY_DATABASE_URL", db.url())
-        .env("CATTERY_BIND", format!("127.0.0.1:{port}"))
-        .env("CATTERY__DATADIR", data_dir)
-        .env("CATTERY__LOCALPOOL__ENABLED", "false")
-        .env("CATTERY__EGRESS__ALLOWHTTP", "true")
-        .env("CATTERY__EGRESS__ALLOWHOSTS", "[127.0.0.1]")
-        .env("CATTERY__LOGGING__LEVEL", "warn")
-        .env("CATTERY_MASTER_KEY", MASTER_KEY)
-        .env("CATTERY_ADMIN_TOKEN", ADMIN_TOKEN);
-    command
+    crate::helpers::spawn_gateway(serve_command(db, data_dir, port), port)
 }
 
 #[actix_web::test]
