@@ -285,3 +285,81 @@ async fn job_bodies_left_behind_by_finished_runs_are_swept_at_start() {
         );
     }
 }
+
+/// Runs one statement straight on the test database, behind cattery's back.
+fn execute_sql(db: &TestDatabase, sql: &str) {
+    use diesel::{Connection as _, RunQueryDsl as _};
+    let changed = if db.is_postgres() {
+        let mut conn = diesel::PgConnection::establish(db.url()).unwrap();
+        diesel::sql_query(sql).execute(&mut conn).unwrap()
+    } else {
+        let path = db.sqlite_path().unwrap();
+        let mut conn = diesel::SqliteConnection::establish(path.to_str().unwrap()).unwrap();
+        diesel::sql_query(sql).execute(&mut conn).unwrap()
+    };
+    assert_eq!(changed, 1, "{sql}");
+}
+
+#[actix_web::test]
+async fn a_corrupt_run_row_is_quarantined_at_start_and_the_gateway_serves_the_others() {
+    let db = TestDatabase::create().await;
+    let store = Store::connect(db.url(), 1).await.unwrap();
+    stored_run(
+        &store,
+        "bad-captures",
+        RunState::Running,
+        ReleaseState::NotYet,
+    )
+    .await;
+    stored_run(&store, "bad-state", RunState::Pending, ReleaseState::NotYet).await;
+    stored_run(&store, "healthy-done", RunState::Done, ReleaseState::Done).await;
+    stored_run(
+        &store,
+        "healthy-queued",
+        RunState::Queued,
+        ReleaseState::NotYet,
+    )
+    .await;
+    drop(store);
+    execute_sql(
+        &db,
+        "UPDATE runs SET captures = '{\"uid\": ghs_leaked' WHERE job_id = 'bad-captures'",
+    );
+    execute_sql(
+        &db,
+        "UPDATE runs SET state = 'half-written' WHERE job_id = 'bad-state'",
+    );
+
+    let data_dir = tempfile::tempdir().unwrap();
+    let gateway = serve(&db, data_dir.path(), free_port());
+    wait_healthy(&format!("{}/readyz", gateway.base_url)).await;
+    let client = cattery::scheduler::http::plain_client().unwrap();
+    let get = |path: String| {
+        let client = client.clone();
+        let url = format!("{}{path}", gateway.base_url);
+        async move {
+            let response = client
+                .get(url)
+                .bearer_auth(ADMIN_TOKEN)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    for id in ["bad-captures", "bad-state"] {
+        let (status, run) = get(format!("/v1/runs/{id}")).await;
+        assert_eq!(status, 200, "{run}");
+        assert_eq!(run["state"], "failed", "{run}");
+        assert_eq!(run["failureCause"], "corrupt", "{run}");
+        assert!(!run.to_string().contains("ghs_leaked"), "{run}");
+    }
+    let (_, done) = get("/v1/runs/healthy-done".to_owned()).await;
+    assert_eq!(done["state"], "done", "{done}");
+    let (_, queued) = get("/v1/runs/healthy-queued".to_owned()).await;
+    assert_eq!(queued["state"], "queued", "{queued}");
+    let (status, list) = get("/v1/runs".to_owned()).await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list["runs"].as_array().map(Vec::len), Some(4), "{list}");
+}
