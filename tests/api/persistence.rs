@@ -227,8 +227,13 @@ async fn a_finished_runs_job_body_is_gone_from_the_database_once_it_reads_final(
         .await;
     assert_eq!(run["state"], "done", "{run}");
     // Read straight from the database as soon as the API reports the final, released state.
+    let (_, job_rows) = crate::security_support::sealed_rows(&app.db);
+    assert!(
+        job_rows.is_empty(),
+        "job bodies left: {:?}",
+        job_rows.iter().map(|(id, _)| id).collect::<Vec<_>>()
+    );
     assert_eq!(store.get_job_sealed(&job_id).await.unwrap(), None);
-    assert!(store.sealed_job_ids().await.unwrap().is_empty());
 }
 
 /// Stores a run of pool `p` directly, in `state` with `release`, holding a job body.
