@@ -368,3 +368,43 @@ async fn a_corrupt_run_row_is_quarantined_at_start_and_the_gateway_serves_the_ot
     assert_eq!(status, 200, "{list}");
     assert_eq!(list["runs"].as_array().map(Vec::len), Some(4), "{list}");
 }
+
+#[actix_web::test]
+async fn a_run_changed_in_the_database_behind_its_actor_is_reloaded_not_overwritten() {
+    let app = spawn_app().await;
+    let pool = start_local_pool(TOKEN).await;
+    let registered = app
+        .put_pool(
+            "local",
+            local_manifest(&pool.base_url),
+            json!({"LOCAL_POOL_TOKEN": TOKEN}),
+        )
+        .await;
+    assert_eq!(registered.status().as_u16(), 201);
+    let accepted = app
+        .dispatch(
+            "local",
+            json!({"jobId": "raced-1", "job": {"steps": 30, "stepMs": 100}}),
+        )
+        .await;
+    assert_eq!(accepted.status().as_u16(), 202);
+    app.wait_for("raced-1", Duration::from_secs(20), |run| {
+        run["state"] == "running"
+    })
+    .await;
+    // Another writer changes the run while its actor polls: a newer version of the row.
+    execute_sql(
+        &app.db,
+        "UPDATE runs SET labels = '{\"owner\": \"other\"}', version = version + 1 \
+         WHERE job_id = 'raced-1'",
+    );
+    let run = app
+        .wait_for("raced-1", Duration::from_secs(30), |run| {
+            run["state"] == "done" && run["released"] == true
+        })
+        .await;
+    // The actor's next commit lost instead of overwriting; the run went on from the stored row.
+    assert_eq!(run["labels"], json!({"owner": "other"}), "{run}");
+    assert_eq!(run["attempts"]["dispatch"], 1, "{run}");
+    assert_eq!(run["progress"]["completed"], 30, "{run}");
+}
