@@ -588,10 +588,53 @@ impl Store {
 
     /// Runs that still need work (state not final, or release pending), oldest first.
     ///
+    /// A row among them that does not parse back into a run (or whose state is no known word)
+    /// must not stop the gateway from starting, nor take the other runs down with it: it is
+    /// quarantined instead — committed as `failed` with cause `corrupt`, its unreadable columns
+    /// emptied, never called again — and logged by id and column names only.
+    ///
     /// # Errors
-    /// [`StoreError::Query`] or [`StoreError::Corrupt`].
+    /// [`StoreError::Query`], or [`StoreError::Closed`] when the writer stopped.
     pub async fn load_unfinished(&self) -> Result<Vec<RunRecord>, StoreError> {
-        self.with_conn(runs::load_unfinished).await
+        let (runs, corrupt) = self.with_conn(runs::load_unfinished).await?;
+        for row in corrupt {
+            self.quarantine(row).await?;
+        }
+        Ok(runs)
+    }
+
+    /// Commits a corrupt row as a failed run (see [`Store::load_unfinished`]).
+    async fn quarantine(&self, row: models::RunRow) -> Result<(), StoreError> {
+        let columns = row.corrupt_columns();
+        let job_id = row.job_id.clone();
+        let (run, was) = match row.quarantine(&columns, crate::domain::run::now_millis()) {
+            Ok(repaired) => repaired,
+            Err(e) => {
+                // Its key or pool is what is broken: it cannot be addressed as a run.
+                tracing::error!(job_id = %job_id.escape_debug(), columns = ?columns, error = %e, "a stored run is corrupt beyond repair; it is left out");
+                return Ok(());
+            }
+        };
+        let event = NewEvent {
+            job_id: run.job_id.clone(),
+            at: run.updated_at,
+            kind: "transition".to_owned(),
+            from: was,
+            to: Some(RunState::Failed),
+            detail: Some(format!(
+                "quarantined at start: unreadable {}",
+                columns.join(", ")
+            )),
+        };
+        match self.commit(run.clone(), vec![event]).await {
+            Ok(_) => {
+                tracing::error!(job_id = %run.job_id, columns = ?columns, "run {} is corrupt in the database ({}); marked failed with cause corrupt", run.job_id, columns.join(", "));
+                Ok(())
+            }
+            // Changed meanwhile: whoever changed it wrote a readable row.
+            Err(StoreError::Stale { .. } | StoreError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// `(queued, in flight)` run counts of a pool; in flight is dispatching + pending + running.

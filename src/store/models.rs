@@ -334,6 +334,82 @@ impl RunRow {
     }
 }
 
+/// The `failureCause` of a run whose stored row could not be read back.
+pub const CORRUPT_CAUSE: &str = "corrupt";
+
+impl RunRow {
+    /// The columns of this row that do not parse back into a run (names only, never values).
+    pub(crate) fn corrupt_columns(&self) -> Vec<&'static str> {
+        let object = |text: &str| serde_json::from_str::<Map<String, Value>>(text).is_ok();
+        let optional = |text: &Option<String>, ok: fn(&str) -> bool| text.as_deref().is_none_or(ok);
+        [
+            ("job_id", JobId::parse(&self.job_id).is_ok()),
+            ("pool", PoolName::parse(&self.pool).is_ok()),
+            ("state", self.state.parse::<RunState>().is_ok()),
+            (
+                "release_state",
+                ReleaseState::parse(&self.release_state).is_some(),
+            ),
+            ("labels", object(&self.labels)),
+            ("captures", object(&self.captures)),
+            ("fields", object(&self.fields)),
+            (
+                "progress",
+                optional(&self.progress, |t| {
+                    serde_json::from_str::<Progress>(t).is_ok()
+                }),
+            ),
+            (
+                "result",
+                optional(&self.result, |t| serde_json::from_str::<Value>(t).is_ok()),
+            ),
+        ]
+        .into_iter()
+        .filter(|(_, ok)| !ok)
+        .map(|(column, _)| column)
+        .collect()
+    }
+
+    /// A corrupt row made readable as a failed run: every column that does not parse is reset
+    /// to its empty value, the run is `failed` with cause [`CORRUPT_CAUSE`], and nothing will
+    /// call its scheduler again (its captures and job may be what is broken). The version is the
+    /// stored one, so the repair commits only over the row as it was read. Returns the repaired
+    /// run and the state it was in, when that could be read.
+    ///
+    /// # Errors
+    /// [`StoreError::Corrupt`] when the key or the pool name is what is broken: such a row
+    /// cannot be addressed as a run at all.
+    pub(crate) fn quarantine(
+        mut self,
+        columns: &[&str],
+        now: i64,
+    ) -> Result<(RunRecord, Option<RunState>), StoreError> {
+        let was = self.state.parse::<RunState>().ok();
+        for column in columns {
+            match *column {
+                "labels" => self.labels = "{}".to_owned(),
+                "captures" => self.captures = "{}".to_owned(),
+                "fields" => self.fields = "{}".to_owned(),
+                "progress" => self.progress = None,
+                "result" => self.result = None,
+                _ => {}
+            }
+        }
+        self.state = RunState::Failed.as_str().to_owned();
+        self.release_state = ReleaseState::NotNeeded.as_str().to_owned();
+        self.failure_cause = Some(CORRUPT_CAUSE.to_owned());
+        self.error = Some(format!(
+            "the stored run could not be read ({} unreadable); cattery marked it failed and will \
+             not call its scheduler again",
+            columns.join(", ")
+        ));
+        self.next_at = None;
+        self.finished_at = Some(self.finished_at.unwrap_or(now));
+        self.updated_at = now;
+        Ok((self.into_record()?, was))
+    }
+}
+
 /// One `state, count` pair of a grouped count.
 #[derive(Debug, Clone, QueryableByName)]
 pub(crate) struct StateCount {

@@ -273,17 +273,56 @@ pub(crate) fn list(conn: &mut DbConn, filter: &RunFilter) -> Result<RunPage, Sto
     Ok(RunPage { runs, next })
 }
 
-/// Runs that still need work: unfinished, or finished with a release pending; oldest first.
-pub(crate) fn load_unfinished(conn: &mut DbConn) -> Result<Vec<RunRecord>, StoreError> {
+/// Every run state and release state, quoted for SQL: a row holding anything else is corrupt.
+static ALL_STATES: LazyLock<(String, String)> = LazyLock::new(|| {
+    let quote = |names: Vec<&str>| {
+        names
+            .into_iter()
+            .map(|s| format!("'{s}'"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let releases = [
+        ReleaseState::NotYet,
+        ReleaseState::Pending,
+        ReleaseState::Done,
+        ReleaseState::GaveUp,
+        ReleaseState::NotNeeded,
+    ];
+    (
+        quote(RunState::ALL.iter().map(|s| s.as_str()).collect()),
+        quote(releases.iter().map(|r| r.as_str()).collect()),
+    )
+});
+
+/// Runs that still need work (unfinished, or finished with a release pending), oldest first,
+/// and apart from them the rows among those, or among rows whose state words are unknown,
+/// that do not parse back into a run.
+pub(crate) fn load_unfinished(
+    conn: &mut DbConn,
+) -> Result<(Vec<RunRecord>, Vec<RunRow>), StoreError> {
+    let (states, releases) = &*ALL_STATES;
     let sql = format!(
-        "{} WHERE state IN ({}) OR release_state = ? ORDER BY created_at ASC, job_id ASC",
+        "{} WHERE state IN ({}) OR release_state = ? OR state NOT IN ({states}) \
+         OR release_state NOT IN ({releases}) ORDER BY created_at ASC, job_id ASC",
         *SELECT, *UNFINISHED_STATES
     );
-    load(
+    let rows: Vec<RunRow> = raw_query(
         conn,
         &sql,
         vec![Bind::Text(ReleaseState::Pending.as_str().to_owned())],
     )
+    .load(conn)?;
+    let mut runs = Vec::with_capacity(rows.len());
+    let mut corrupt = Vec::new();
+    for row in rows {
+        if row.corrupt_columns().is_empty() {
+            runs.push(row.into_record()?);
+        } else {
+            corrupt.push(row);
+        }
+    }
+    Ok((runs, corrupt))
 }
 
 /// How many runs of `pool` are in each state.

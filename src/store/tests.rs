@@ -1062,6 +1062,83 @@ async fn leftover_job_bodies_of_finished_runs_are_swept(backend: TestBackend) {
     assert_eq!(store.clear_finished_job_bodies().await.unwrap(), 0);
 }
 
+async fn corrupt_rows_are_quarantined_as_failed_and_the_other_runs_still_load(
+    backend: TestBackend,
+) {
+    let (_db, store) = open(backend).await;
+    let mut good = bare_run("good", "p", 1);
+    good.state = RunState::Running;
+    let mut bad_captures = bare_run("bad-captures", "p", 2);
+    bad_captures.state = RunState::Running;
+    let bad_state = bare_run("bad-state", "p", 3);
+    let mut finished = bare_run("finished", "p", 4);
+    finished.state = RunState::Done;
+    finished.release = ReleaseState::Done;
+    for run in [&good, &bad_captures, &bad_state, &finished] {
+        insert(&store, run).await;
+    }
+    store
+        .with_conn(|conn| {
+            use diesel::RunQueryDsl as _;
+            diesel::sql_query(
+                "UPDATE runs SET captures = 'not json {ghs_secret', labels = '[1]' \
+                 WHERE job_id = 'bad-captures'",
+            )
+            .execute(conn)?;
+            diesel::sql_query("UPDATE runs SET state = 'exploded' WHERE job_id = 'bad-state'")
+                .execute(conn)?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+
+    let loaded = store.load_unfinished().await.unwrap();
+    assert_eq!(loaded, vec![good.clone()]);
+    for (id, was) in [
+        ("bad-captures", Some(RunState::Running)),
+        ("bad-state", None),
+    ] {
+        let run = store.get_run(&job_id(id)).await.unwrap().unwrap();
+        assert_eq!(run.state, RunState::Failed, "{id}");
+        assert_eq!(run.failure_cause.as_deref(), Some("corrupt"), "{id}");
+        assert_eq!(run.release, ReleaseState::NotNeeded, "{id}");
+        assert!(run.finished_at.is_some(), "{id}");
+        let error = run.error.unwrap();
+        assert!(
+            !error.contains("ghs_secret") && !error.contains("exploded"),
+            "{error}"
+        );
+        assert_eq!(store.get_job_sealed(&run.job_id).await.unwrap(), None);
+        let events = store.run_events(&run.job_id).await.unwrap();
+        let last = &events.last().unwrap().event;
+        assert_eq!((last.from, last.to), (was, Some(RunState::Failed)), "{id}");
+    }
+    let repaired = store
+        .get_run(&job_id("bad-captures"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(repaired.captures.is_empty() && repaired.labels.is_empty());
+    assert!(
+        store
+            .get_run(&job_id("bad-captures"))
+            .await
+            .unwrap()
+            .unwrap()
+            .error
+            .unwrap()
+            .contains("captures")
+    );
+    // Quarantined runs are final: the next load has nothing more to do.
+    assert_eq!(store.load_unfinished().await.unwrap(), vec![good]);
+    assert_eq!(
+        store.get_run(&job_id("finished")).await.unwrap(),
+        Some(finished)
+    );
+    let page = store.list_runs(RunFilter::default()).await.unwrap();
+    assert_eq!(page.runs.len(), 4);
+}
+
 /// Declares one test per behaviour above, on the backend the environment names: SQLite, or
 /// PostgreSQL when `TEST_DATABASE_URL` is set (the test script runs the suite once for each).
 macro_rules! on_both_backends {
@@ -1100,6 +1177,7 @@ on_both_backends!(
     a_second_exclusive_store_on_one_database_is_refused_until_the_first_is_gone,
     a_final_commit_drops_the_job_body_unless_a_release_still_needs_it,
     leftover_job_bodies_of_finished_runs_are_swept,
+    corrupt_rows_are_quarantined_as_failed_and_the_other_runs_still_load,
 );
 
 // ---- backend-independent checks ----

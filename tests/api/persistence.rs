@@ -202,8 +202,13 @@ async fn a_finished_runs_job_body_is_gone_from_the_database_once_it_reads_final(
         .await;
     assert_eq!(run["state"], "done", "{run}");
     // Read straight from the database as soon as the API reports the final, released state.
+    let (_, job_rows) = crate::security_support::sealed_rows(&app.db);
+    assert!(
+        job_rows.is_empty(),
+        "job bodies left: {:?}",
+        job_rows.iter().map(|(id, _)| id).collect::<Vec<_>>()
+    );
     assert_eq!(store.get_job_sealed(&job_id).await.unwrap(), None);
-    assert!(store.sealed_job_ids().await.unwrap().is_empty());
 }
 
 /// Stores a run of pool `p` directly, in `state` with `release`, holding a job body.
@@ -259,4 +264,125 @@ async fn job_bodies_left_behind_by_finished_runs_are_swept_at_start() {
             "{kept}"
         );
     }
+}
+
+/// Runs one statement straight on the test database, behind cattery's back.
+fn execute_sql(db: &TestDatabase, sql: &str) {
+    use diesel::connection::SimpleConnection as _;
+    use diesel::{Connection as _, RunQueryDsl as _};
+    let changed = if db.is_postgres() {
+        let mut conn = diesel::PgConnection::establish(db.url()).unwrap();
+        diesel::sql_query(sql).execute(&mut conn).unwrap()
+    } else {
+        let path = db.sqlite_path().unwrap();
+        let mut conn = diesel::SqliteConnection::establish(path.to_str().unwrap()).unwrap();
+        // The gateway (or a store closing its connections) may hold the write lock a moment.
+        conn.batch_execute("PRAGMA busy_timeout = 10000").unwrap();
+        diesel::sql_query(sql).execute(&mut conn).unwrap()
+    };
+    assert_eq!(changed, 1, "{sql}");
+}
+
+#[actix_web::test]
+async fn a_corrupt_run_row_is_quarantined_at_start_and_the_gateway_serves_the_others() {
+    let db = TestDatabase::create().await;
+    let store = Store::connect(db.url(), 1).await.unwrap();
+    stored_run(
+        &store,
+        "bad-captures",
+        RunState::Running,
+        ReleaseState::NotYet,
+    )
+    .await;
+    stored_run(&store, "bad-state", RunState::Pending, ReleaseState::NotYet).await;
+    stored_run(&store, "healthy-done", RunState::Done, ReleaseState::Done).await;
+    stored_run(
+        &store,
+        "healthy-queued",
+        RunState::Queued,
+        ReleaseState::NotYet,
+    )
+    .await;
+    drop(store);
+    execute_sql(
+        &db,
+        "UPDATE runs SET captures = '{\"uid\": ghs_leaked' WHERE job_id = 'bad-captures'",
+    );
+    execute_sql(
+        &db,
+        "UPDATE runs SET state = 'half-written' WHERE job_id = 'bad-state'",
+    );
+
+    let data_dir = tempfile::tempdir().unwrap();
+    let gateway = serve(&db, data_dir.path(), free_port());
+    wait_healthy(&format!("{}/readyz", gateway.base_url)).await;
+    let client = cattery::scheduler::http::plain_client().unwrap();
+    let get = |path: String| {
+        let client = client.clone();
+        let url = format!("{}{path}", gateway.base_url);
+        async move {
+            let response = client
+                .get(url)
+                .bearer_auth(ADMIN_TOKEN)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    for id in ["bad-captures", "bad-state"] {
+        let (status, run) = get(format!("/v1/runs/{id}")).await;
+        assert_eq!(status, 200, "{run}");
+        assert_eq!(run["state"], "failed", "{run}");
+        assert_eq!(run["failureCause"], "corrupt", "{run}");
+        assert!(!run.to_string().contains("ghs_leaked"), "{run}");
+    }
+    let (_, done) = get("/v1/runs/healthy-done".to_owned()).await;
+    assert_eq!(done["state"], "done", "{done}");
+    let (_, queued) = get("/v1/runs/healthy-queued".to_owned()).await;
+    assert_eq!(queued["state"], "queued", "{queued}");
+    let (status, list) = get("/v1/runs".to_owned()).await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list["runs"].as_array().map(Vec::len), Some(4), "{list}");
+}
+
+#[actix_web::test]
+async fn a_run_changed_in_the_database_behind_its_actor_is_reloaded_not_overwritten() {
+    let app = spawn_app().await;
+    let pool = start_local_pool(TOKEN).await;
+    let registered = app
+        .put_pool(
+            "local",
+            local_manifest(&pool.base_url),
+            json!({"LOCAL_POOL_TOKEN": TOKEN}),
+        )
+        .await;
+    assert_eq!(registered.status().as_u16(), 201);
+    let accepted = app
+        .dispatch(
+            "local",
+            json!({"jobId": "raced-1", "job": {"steps": 30, "stepMs": 100}}),
+        )
+        .await;
+    assert_eq!(accepted.status().as_u16(), 202);
+    app.wait_for("raced-1", Duration::from_secs(20), |run| {
+        run["state"] == "running"
+    })
+    .await;
+    // Another writer changes the run while its actor polls: a newer version of the row.
+    execute_sql(
+        &app.db,
+        "UPDATE runs SET labels = '{\"owner\": \"other\"}', version = version + 1 \
+         WHERE job_id = 'raced-1'",
+    );
+    let run = app
+        .wait_for("raced-1", Duration::from_secs(30), |run| {
+            run["state"] == "done" && run["released"] == true
+        })
+        .await;
+    // The actor's next commit lost instead of overwriting; the run went on from the stored row.
+    assert_eq!(run["labels"], json!({"owner": "other"}), "{run}");
+    assert_eq!(run["attempts"]["dispatch"], 1, "{run}");
+    assert_eq!(run["progress"]["completed"], 30, "{run}");
 }
