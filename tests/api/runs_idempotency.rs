@@ -3,8 +3,8 @@
 //! rotation followed by removing the old key leaves every repeat answered as before.
 
 use crate::helpers::{
-    ADMIN_TOKEN, DISPATCHER_TOKEN, MASTER_KEY, SCHED_TOKEN, TestDatabase, cattery_bin, free_port,
-    scheduler_manifest, serve_command, spawn_gateway, wait_healthy,
+    ADMIN_TOKEN, MASTER_KEY, SCHED_TOKEN, TestDatabase, cattery_bin, free_port, scheduler_manifest,
+    serve_command, spawn_gateway, wait_healthy,
 };
 use crate::scheduler::{Answer, TestScheduler};
 use cattery::domain::ids::JobId;
@@ -27,7 +27,7 @@ fn bare_digest(pool: &str, job: &Value) -> String {
 async fn submit(client: &reqwest::Client, base: &str, body: &Value) -> u16 {
     client
         .post(format!("{base}/v1/pools/sched/runs"))
-        .bearer_auth(DISPATCHER_TOKEN)
+        .bearer_auth(ADMIN_TOKEN)
         .json(body)
         .send()
         .await
