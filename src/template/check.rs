@@ -418,6 +418,10 @@ impl Checker<'_, '_> {
                 "input",
                 "jobId" | "kind" | "instanceType" | "cloudProvider" | "image",
             ] => Ok(()),
+            ["input", "job", ..] if self.scope.stage == Stage::Operation(OpKind::Lookup) => {
+                Err("input.job is not available in lookup: a lookup finds the job by                      run.dispatchId and never carries the job body"
+                    .to_owned())
+            }
             ["input", "job" | "labels", ..] => Ok(()),
             [
                 "input",
@@ -430,12 +434,15 @@ impl Checker<'_, '_> {
             ),
             ["run", "dispatchId" | "attempt"] | ["pool", "name"] => Ok(()),
             ["capture", name, ..] => {
-                if self.scope.stage == Stage::Operation(OpKind::Dispatch) {
-                    return Err(
-                        "capture.* is not available in dispatch: captures are read from the \
-                         dispatch answer, so only poll and release can use them"
-                            .to_owned(),
-                    );
+                if let Stage::Operation(op @ (OpKind::Dispatch | OpKind::Lookup)) =
+                    self.scope.stage
+                {
+                    return Err(format!(
+                        "capture.* is not available in {}: captures are read from the \
+                         dispatch (or lookup) answer, so only poll, release and failureLog can \
+                         use them",
+                        op.as_str()
+                    ));
                 }
                 if !self.scope.captures.contains(*name) {
                     let declared: Vec<&str> =

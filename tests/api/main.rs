@@ -18,6 +18,7 @@ mod auth;
 mod catfactory;
 mod cli;
 mod crash;
+mod dispatch_lookup;
 mod egress;
 mod events;
 mod facade;
