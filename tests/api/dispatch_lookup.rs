@@ -1,11 +1,13 @@
 //! A dispatch retried after an attempt that may have reached the scheduler (a timeout, a 503)
 //! finds the job that attempt created instead of creating a second one, and an "already exists"
-//! answer that is not a 409 re-attaches: against the fault-injecting scheduler, over HTTP.
+//! answer that is not a 409 re-attaches: against the fault-injecting scheduler, over HTTP, and
+//! across a `kill -9` of the real gateway while it waits for a dispatch answer.
 
+use crate::crash::Gateway;
 use crate::faulty::{Fault, FaultyScheduler};
-use crate::helpers::{TestApp, spawn_app};
+use crate::helpers::{TestApp, TestDatabase, spawn_app};
 use serde_json::{Value, json};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -255,4 +257,50 @@ async fn an_already_exists_answer_that_is_not_a_409_reattaches_instead_of_failin
     );
     assert_eq!(reattach_events(&app, "other-500").await, 1);
     assert_eq!(scheduler.created("other-500"), 1);
+}
+
+#[actix_web::test]
+async fn a_run_caught_dispatching_by_a_crash_is_found_by_the_lookup_after_the_restart() {
+    let scheduler = FaultyScheduler::start(2).await;
+    let mut gateway = Gateway::start(TestDatabase::create().await).await;
+    let mut manifest = listing_manifest(&scheduler.base_url);
+    // Long enough that the gateway is still waiting for the answer when it dies.
+    manifest["limits"]["timeoutMs"] = json!(60_000);
+    gateway.register("listing", manifest, json!({})).await;
+    scheduler.push_faults([Fault::DoThenHang]);
+    assert_eq!(
+        gateway
+            .submit_to("listing", "crashed-dispatching", json!({}))
+            .await,
+        Some(202)
+    );
+    let start = Instant::now();
+    while scheduler.created("crashed-dispatching") == 0 {
+        assert!(start.elapsed() < WAIT, "the dispatch never arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gateway.kill9();
+    gateway.restart().await;
+
+    let start = Instant::now();
+    let run = loop {
+        let runs = gateway.runs_of("listing").await;
+        let run = runs["crashed-dispatching"].clone();
+        if run["released"] == true || run["state"] == "failed" {
+            break run;
+        }
+        assert!(start.elapsed() < WAIT, "the run did not settle: {run}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(run["state"], "done", "{run}");
+    assert_eq!(run["attempts"]["dispatch"], 1, "{run}");
+    assert_eq!(scheduler.created("crashed-dispatching"), 1);
+    assert_eq!(creates(&scheduler), 1, "the dispatch was not sent again");
+    assert!(
+        scheduler
+            .arrivals()
+            .iter()
+            .any(|a| a.method == "DELETE" && a.path == "/jobs/crashed-dispatching"),
+        "released with the captured name"
+    );
 }
