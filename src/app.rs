@@ -99,12 +99,28 @@ impl Application {
     pub async fn build(settings: Settings, secrets: Secrets) -> anyhow::Result<Application> {
         let started = Instant::now();
         crate::scheduler::http::install_crypto_provider();
+        settings
+            .defaults
+            .polling
+            .check()
+            .map_err(|message| anyhow::anyhow!(message))?;
         std::fs::create_dir_all(&settings.data_dir).with_context(|| {
             format!("cannot create the data dir {}", settings.data_dir.display())
         })?;
-        let store = Store::connect(&settings.database_url(), settings.database.pool_size)
+        // Exclusive: a second gateway on this database refuses to start (see `store::lock`).
+        let store = Store::connect_exclusive(&settings.database_url(), settings.database.pool_size)
             .await
             .context("cannot open the database")?;
+        let dropped = store
+            .clear_finished_job_bodies()
+            .await
+            .context("cannot drop the job bodies of finished runs")?;
+        if dropped > 0 {
+            tracing::info!(
+                runs = dropped,
+                "dropped the job bodies that {dropped} finished runs still held"
+            );
+        }
         let key_file = (!settings.security.master_key_file.is_empty())
             .then(|| PathBuf::from(&settings.security.master_key_file));
         let (sealer, source) = Sealer::load_or_create(
@@ -291,7 +307,7 @@ pub fn defaults_of(settings: &Settings) -> Defaults {
             interval_ms: d.polling.interval_ms,
             max_interval_ms: d.polling.max_interval_ms,
             max_consecutive_errors: d.polling.max_consecutive_errors,
-            ..base.polling
+            deadline_seconds: d.polling.deadline_seconds,
         },
     }
 }

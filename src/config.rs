@@ -174,6 +174,28 @@ pub struct PollingDefaults {
     pub max_interval_ms: u64,
     /// Unreadable polls in a row before a run fails.
     pub max_consecutive_errors: u32,
+    /// Deadline of a run whose pool and submission set none (seconds from submission; `None`:
+    /// no deadline). A run that passes it fails with cause `deadline`, queued runs included.
+    pub deadline_seconds: Option<u64>,
+}
+
+/// The longest deadline a pool default may set (a year), as in manifests.
+pub const MAX_DEADLINE_SECONDS: u64 = 31_536_000;
+
+impl PollingDefaults {
+    /// Checks the values that have bounds.
+    ///
+    /// # Errors
+    /// A message naming the key and its bounds.
+    pub fn check(&self) -> Result<(), String> {
+        match self.deadline_seconds {
+            Some(seconds) if !(1..=MAX_DEADLINE_SECONDS).contains(&seconds) => Err(format!(
+                "defaults.polling.deadlineSeconds is {seconds}; it must lie in 1..={MAX_DEADLINE_SECONDS} \
+                 (or be null for no deadline)"
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// `localPool.*`
@@ -288,6 +310,7 @@ impl Default for Settings {
                     interval_ms: 5_000,
                     max_interval_ms: 30_000,
                     max_consecutive_errors: 8,
+                    deadline_seconds: Some(86_400),
                 },
             },
             local_pool: LocalPoolSettings {

@@ -108,6 +108,10 @@ pub enum Input {
     Cancel,
     /// The run's deadline passed.
     DeadlinePassed,
+    /// The job body to dispatch cannot be had: it is gone or cannot be decrypted (the key that
+    /// sealed it is no longer configured). Sending anything else would run a job that was never
+    /// submitted, so the run fails with cause `job_unreadable` and nothing is sent.
+    JobUnreadable(String),
 }
 
 /// The result of [`apply`]: the new record and the events to append with it.
@@ -325,6 +329,17 @@ pub fn apply(run: &RunRecord, input: Input, policy: &Policy, env: Env) -> Step {
                     reached_scheduler,
                     None,
                 );
+            }
+        }
+        Input::JobUnreadable(reason) => {
+            if run.state == RunState::Dispatching {
+                step.run.failure_cause = Some("job_unreadable".to_owned());
+                step.run.error = Some(format!(
+                    "the job body cannot be read, so nothing was sent: {reason}"
+                ));
+                // An earlier attempt may have reached the scheduler (a retry after a timeout).
+                let maybe_sent = run.attempts.dispatch > 1;
+                finish(&mut step, env, RunState::Failed, policy, maybe_sent, None);
             }
         }
         Input::Called(OpKind::Dispatch, outcome) => apply_dispatch(&mut step, outcome, policy, env),
@@ -1464,5 +1479,48 @@ mod tests {
             back.poll_interval_ms, 1_000,
             "the interval snaps back once the scheduler answers"
         );
+    }
+
+    #[test]
+    fn an_unreadable_job_body_fails_the_dispatch_without_a_call() {
+        let dispatching = apply(&queued(), Input::SlotGranted, &policy(), env(10)).run;
+        let step = apply(
+            &dispatching,
+            Input::JobUnreadable("the stored job body is gone".to_owned()),
+            &policy(),
+            env(20),
+        );
+        assert_eq!(step.run.state, RunState::Failed);
+        assert_eq!(step.run.failure_cause.as_deref(), Some("job_unreadable"));
+        assert!(
+            step.run
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("nothing was sent")
+        );
+        // First attempt: nothing can be at the scheduler, so nothing to release.
+        assert_eq!(step.run.release, ReleaseState::NotNeeded);
+        assert_eq!(next_action(&step.run, 20), Action::Finished);
+
+        // After a retried attempt, an earlier call may have created the job: release it.
+        let mut retried = dispatching.clone();
+        retried.attempts.dispatch = 2;
+        let step = apply(
+            &retried,
+            Input::JobUnreadable("gone".to_owned()),
+            &policy(),
+            env(20),
+        );
+        assert_eq!(step.run.release, ReleaseState::Pending);
+
+        // Outside dispatching it changes nothing.
+        let step = apply(
+            &running(),
+            Input::JobUnreadable("gone".to_owned()),
+            &policy(),
+            env(30),
+        );
+        assert_eq!(step.run.state, RunState::Running);
     }
 }

@@ -181,6 +181,44 @@ pub fn scrub_outcome(
     }
 }
 
+/// What replaces scheduler text that could not be redacted.
+const WITHHELD: &str = "[withheld: the scheduler's text could not be checked for the job's values]";
+
+/// `outcome` with every free text replaced by a fixed notice: for text that cannot be redacted
+/// (the values to look for are not at hand), which is never kept as it came.
+pub fn withhold_text(outcome: CallOutcome) -> CallOutcome {
+    let withheld = |text: Option<String>| text.map(|_| WITHHELD.to_owned());
+    match outcome {
+        CallOutcome::Retryable {
+            retry_after_ms,
+            unreadable,
+            ..
+        } => CallOutcome::Retryable {
+            message: WITHHELD.to_owned(),
+            retry_after_ms,
+            unreadable,
+        },
+        CallOutcome::Rejected { .. } => CallOutcome::Rejected {
+            message: WITHHELD.to_owned(),
+        },
+        CallOutcome::Accepted { captures, note } => CallOutcome::Accepted {
+            captures,
+            note: withheld(note),
+        },
+        CallOutcome::Observed(mut observation) => {
+            observation.error = withheld(observation.error.take());
+            observation.detail = withheld(observation.detail.take());
+            observation.failure_cause = observation
+                .failure_cause
+                .take()
+                .map(|_| "scheduler".to_owned());
+            observation.scheduler_state = withheld(observation.scheduler_state.take());
+            CallOutcome::Observed(observation)
+        }
+        other => other,
+    }
+}
+
 fn redact_pem(text: &str) -> String {
     const BEGIN: &str = "-----BEGIN ";
     let mut out = String::with_capacity(text.len());

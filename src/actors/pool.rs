@@ -5,7 +5,7 @@ use super::run::{CancelRun, RunActor};
 use super::{Deps, SharedRuntime, policy_of};
 use crate::domain::ids::JobId;
 use crate::domain::run::{RunRecord, now_millis};
-use crate::lifecycle::{self, Env};
+use crate::lifecycle::{self, Env, Input, Step};
 use crate::scheduler::PoolRuntime;
 use actix::prelude::*;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -99,6 +99,8 @@ pub struct PoolActor {
 
 /// How often the pool checks that its run actors are alive.
 const SWEEP: Duration = Duration::from_secs(2);
+/// How often queued runs are checked against their deadlines.
+const QUEUE_DEADLINES: Duration = Duration::from_secs(1);
 /// At most this long is spread the first calls of runs reloaded overdue at start.
 const MAX_RESUME_SPREAD_MS: u64 = 10_000;
 
@@ -119,15 +121,100 @@ impl PoolActor {
         usize::try_from(self.runtime.current().manifest.limits.max_in_flight).unwrap_or(usize::MAX)
     }
 
-    /// Grants free slots to queued runs, oldest first (none while the gateway drains).
+    /// Grants free slots to queued runs, oldest first (none while the gateway drains). A run
+    /// whose deadline passed while it waited fails instead of starting.
     fn pump(&mut self, ctx: &mut Context<Self>) {
         while self.slots.len() < self.max_in_flight() && !self.deps.activity.is_draining() {
             let Some(run) = self.queue.pop_front() else {
                 break;
             };
+            if run
+                .deadline_at
+                .is_some_and(|deadline| deadline <= now_millis())
+            {
+                self.expire_unqueued(run, ctx);
+                continue;
+            }
             self.start_run(run, true, ctx);
         }
         self.maybe_stop(ctx);
+    }
+
+    /// Fails every queued run whose deadline passed: a run that never got a slot must not wait
+    /// forever.
+    fn expire_queued(&mut self, ctx: &mut Context<Self>) {
+        if self.deps.activity.is_draining() {
+            return;
+        }
+        let now = now_millis();
+        if !self
+            .queue
+            .iter()
+            .any(|run| run.deadline_at.is_some_and(|deadline| deadline <= now))
+        {
+            return;
+        }
+        let (expired, waiting): (VecDeque<RunRecord>, VecDeque<RunRecord>) = self
+            .queue
+            .drain(..)
+            .partition(|run| run.deadline_at.is_some_and(|deadline| deadline <= now));
+        self.queue = waiting;
+        for run in expired {
+            self.expire_unqueued(run, ctx);
+        }
+    }
+
+    /// Fails a run taken out of the queue because its deadline passed.
+    fn expire_unqueued(&mut self, run: RunRecord, ctx: &mut Context<Self>) {
+        let env = Env {
+            now: now_millis(),
+            jitter: fastrand::f64(),
+        };
+        let policy = policy_of(&self.runtime.current());
+        let step = lifecycle::apply(&run, Input::DeadlinePassed, &policy, env);
+        self.finish_unqueued(run, step, None, ctx);
+    }
+
+    /// Commits the final step of a run taken out of the queue before it reached the scheduler
+    /// (cancelled, or past its deadline), publishes it and answers `reply`. A step that cannot
+    /// be committed puts the run back at the head of the queue.
+    fn finish_unqueued(
+        &mut self,
+        run: RunRecord,
+        step: Step,
+        reply: Option<oneshot::Sender<Result<RunRecord, CancelError>>>,
+        ctx: &mut Context<Self>,
+    ) {
+        let deps = self.deps.clone();
+        deps.activity.enter();
+        let fut = async move {
+            let committed = deps.store.commit(step.run.clone(), step.events).await;
+            deps.activity.leave();
+            match committed {
+                Ok(records) => {
+                    // The store dropped the job body in the same commit: nothing needs it now.
+                    deps.bus.publish(records, &step.run);
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Ok(step.run));
+                    }
+                    None
+                }
+                Err(e) => {
+                    tracing::error!(job_id = %run.job_id, error = %e, "cannot commit the end of a queued run");
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Err(CancelError::Store));
+                    }
+                    Some(run)
+                }
+            }
+        };
+        ctx.spawn(fut.into_actor(self).map(|unqueued, actor, ctx| {
+            // A step that could not be committed leaves the run queued.
+            if let Some(run) = unqueued {
+                actor.queue.push_front(run);
+            }
+            actor.maybe_stop(ctx);
+        }));
     }
 
     fn start_run(&mut self, run: RunRecord, granted: bool, ctx: &mut Context<Self>) {
@@ -231,6 +318,7 @@ impl Actor for PoolActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_interval(SWEEP, |actor, ctx| actor.sweep(ctx));
+        ctx.run_interval(QUEUE_DEADLINES, |actor, ctx| actor.expire_queued(ctx));
     }
 }
 
@@ -342,35 +430,7 @@ impl Handler<Cancel> for PoolActor {
                 let _ = msg.reply.send(Err(CancelError::NotLive));
                 return;
             };
-            let deps = self.deps.clone();
-            deps.activity.enter();
-            let fut = async move {
-                let committed = deps.store.commit(step.run.clone(), step.events).await;
-                deps.activity.leave();
-                match committed {
-                    Ok(records) => {
-                        deps.bus.publish(records, &step.run);
-                        // Never dispatched: its job body is not needed any more.
-                        if let Err(e) = deps.store.clear_job_sealed(&step.run.job_id).await {
-                            tracing::warn!(job_id = %step.run.job_id, error = %e, "cannot drop a cancelled run's job body");
-                        }
-                        let _ = msg.reply.send(Ok(step.run));
-                        None
-                    }
-                    Err(e) => {
-                        tracing::error!(job_id = %run.job_id, error = %e, "cannot commit a cancellation");
-                        let _ = msg.reply.send(Err(CancelError::Store));
-                        Some(run)
-                    }
-                }
-            };
-            ctx.spawn(fut.into_actor(self).map(|unqueued, actor, ctx| {
-                // A cancellation that could not be committed leaves the run queued.
-                if let Some(run) = unqueued {
-                    actor.queue.push_front(run);
-                }
-                actor.maybe_stop(ctx);
-            }));
+            self.finish_unqueued(run, step, Some(msg.reply), ctx);
             return;
         }
         match self.runs.get(&msg.job_id) {

@@ -11,13 +11,18 @@ use crate::crypto::binding;
 use crate::domain::run::{RunRecord, now_millis};
 use crate::lifecycle::{self, Action, CallOutcome, Env, Input, Reconciled, Step};
 use crate::manifest::{OpKind, RenderInput};
+use crate::store::StoreError;
 use actix::prelude::*;
 use serde_json::Value;
 use std::time::Duration;
 use tokio::sync::oneshot;
 
-/// How long to wait before retrying a commit that failed (the database was unreachable).
-const COMMIT_RETRY: Duration = Duration::from_secs(1);
+/// The first wait before retrying a commit that failed or a job body that could not be read
+/// (the database was unreachable); it doubles up to [`STORE_RETRY_MAX`].
+const STORE_RETRY: Duration = Duration::from_millis(250);
+
+/// The longest wait between two tries at the store.
+const STORE_RETRY_MAX: Duration = Duration::from_secs(10);
 
 /// Asks a run to cancel; answers with the run once `cancelRequested` is committed.
 #[derive(Message)]
@@ -50,6 +55,8 @@ pub struct RunActor {
     /// The dispatch attempt for which asking is over (the scheduler does not know the job, or
     /// gave no clear answer too often): that attempt is sent.
     asked_attempt: Option<i64>,
+    /// Failed tries at the store in a row (a commit, or reading the job body), for backoff.
+    store_failures: u32,
     /// This actor's claim on the run, released when the actor is dropped.
     _ownership: Ownership,
 }
@@ -82,6 +89,7 @@ impl RunActor {
             reconcile,
             reconcile_failures: 0,
             asked_attempt: None,
+            store_failures: 0,
             _ownership: ownership,
         }
     }
@@ -151,7 +159,8 @@ impl RunActor {
             }
             Action::Finished => {
                 self.free_slot();
-                self.drop_job_body();
+                // The final commit dropped the stored body; drop the decrypted copy too.
+                self.job = None;
                 self.pool.do_send(RunFinished(self.run.job_id.clone()));
                 ctx.stop();
             }
@@ -240,58 +249,93 @@ impl RunActor {
         let cached_job = self.job.clone();
         let fut = async move {
             let job = match (op, cached_job) {
-                (OpKind::Dispatch, None) => load_job(&deps, &run).await,
+                (OpKind::Dispatch, None) => match load_job(&deps, &run).await {
+                    Ok(job) => Some(job),
+                    // Never dispatch anything but the submitted job.
+                    Err(e) => return Called::NoJob(e),
+                },
                 (_, cached) => cached,
             };
             let input = render_input(&run, job.clone().unwrap_or(Value::Null), &runtime.name);
-            let outcome = deps.adapter.call(&runtime, op, &input).await;
-            (outcome, job, runtime.revision)
+            let mut outcome = deps.adapter.call(&runtime, op, &input).await;
+            if job.is_none() && carries_new_text(&outcome, &run) {
+                // The adapter could redact only the pool's secrets here: the job body is opened
+                // for dispatch alone. Text from the scheduler can echo the job's values (a
+                // failing job that prints its token), so open the body now to redact them too.
+                outcome = redact_job_values(&deps, &run, &runtime.secrets, outcome).await;
+            }
+            Called::Outcome(outcome, job, runtime.revision)
         };
-        ctx.spawn(
-            fut.into_actor(self)
-                .map(move |(outcome, job, revision), actor, ctx| {
-                    actor.busy = false;
-                    actor.deps.activity.leave();
-                    actor.job = job;
-                    if let CallOutcome::Deferred { until } = outcome {
-                        // Held back by the circuit breaker: nothing happened, nothing to commit.
-                        actor.run.next_at = Some(until);
-                        return actor.drive(ctx);
-                    }
-                    let policy = actor.policy();
-                    let mut step = lifecycle::apply(
+        ctx.spawn(fut.into_actor(self).map(move |called, actor, ctx| {
+            actor.busy = false;
+            actor.deps.activity.leave();
+            let (outcome, job, revision) = match called {
+                Called::Outcome(outcome, job, revision) => (outcome, job, revision),
+                Called::NoJob(JobBodyError::Store(e)) => {
+                    // The store could not be read now: nothing was sent; try again later.
+                    actor.store_failures = actor.store_failures.saturating_add(1);
+                    let delay = store_retry_delay(actor.store_failures);
+                    tracing::warn!(job_id = %actor.run.job_id, error = %e, "cannot read the job body; retrying");
+                    actor.run.next_at = Some(now_millis().saturating_add(millis(delay)));
+                    return actor.drive(ctx);
+                }
+                Called::NoJob(JobBodyError::Unreadable(reason)) => {
+                    tracing::error!(job_id = %actor.run.job_id, reason, "the job body cannot be read; the run fails and nothing is sent");
+                    let step = lifecycle::apply(
                         &actor.run,
-                        Input::Called(op, outcome),
-                        &policy,
+                        Input::JobUnreadable(reason.to_owned()),
+                        &actor.policy(),
                         Self::env(),
                     );
-                    step.run.manifest_revision = revision;
-                    if op == OpKind::Dispatch
-                        && !step.run.state.is_final()
-                        && step.run.state != actor.run.state
-                    {
-                        // Accepted: the body is not needed again unless the job is lost.
-                        actor.job = None;
-                    }
-                    actor.commit(step, ctx);
-                }),
-        );
+                    return actor.commit(step, ctx);
+                }
+            };
+            actor.store_failures = 0;
+            actor.job = job;
+            if let CallOutcome::Deferred { until } = outcome {
+                // Held back by the circuit breaker: nothing happened, nothing to commit.
+                actor.run.next_at = Some(until);
+                return actor.drive(ctx);
+            }
+            let policy = actor.policy();
+            let mut step = lifecycle::apply(
+                &actor.run,
+                Input::Called(op, outcome),
+                &policy,
+                Self::env(),
+            );
+            step.run.manifest_revision = revision;
+            if op == OpKind::Dispatch
+                && !step.run.state.is_final()
+                && step.run.state != actor.run.state
+            {
+                // Accepted: the body is not needed again unless the job is lost.
+                actor.job = None;
+            }
+            actor.commit(step, ctx);
+        }));
     }
 
     /// Commits a step, then adopts and publishes it, then drives on.
+    ///
+    /// A commit that fails is tried again with the same step (after a backoff) until it lands:
+    /// the step may record a call's outcome (an accepted dispatch, say), and driving on from the
+    /// old state would repeat that call.
     fn commit(&mut self, step: Step, ctx: &mut Context<Self>) {
         self.busy = true;
         self.deps.activity.enter();
         let store = self.deps.store.clone();
+        let retry = step.clone();
         let Step { run, events } = step;
         let pending = run.clone();
         let fut = async move { store.commit(pending, events).await };
         ctx.spawn(fut.into_actor(self).map(move |result, actor, ctx| {
-            actor.busy = false;
             actor.deps.activity.leave();
             match result {
                 Ok(records) => {
-                    actor.run = run;
+                    actor.busy = false;
+                    actor.store_failures = 0;
+                    actor.run = run.committed();
                     actor.deps.bus.publish(records, &actor.run);
                     if actor.run.cancel_requested || actor.run.state.is_final() {
                         actor.answer_cancel_waiters();
@@ -301,26 +345,21 @@ impl RunActor {
                     }
                     actor.drive(ctx);
                 }
+                Err(e @ crate::store::StoreError::Stale { .. }) => {
+                    // Someone else changed the run since this actor read it: never overwrite
+                    // that. Stopping lets the pool restart the run from the stored state.
+                    tracing::warn!(job_id = %actor.run.job_id, error = %e, "a run step lost to a newer stored state; reloading the run");
+                    ctx.stop();
+                }
                 Err(e) => {
-                    tracing::error!(job_id = %actor.run.job_id, error = %e, "cannot commit a run step; retrying");
-                    ctx.run_later(COMMIT_RETRY, |actor, ctx| actor.drive(ctx));
+                    // Still busy: nothing else may start before this step is committed.
+                    actor.store_failures = actor.store_failures.saturating_add(1);
+                    let delay = store_retry_delay(actor.store_failures);
+                    tracing::error!(job_id = %actor.run.job_id, error = %e, retry_in_ms = millis(delay), "cannot commit a run step; retrying the same step");
+                    ctx.run_later(delay, move |actor, ctx| actor.commit(retry, ctx));
                 }
             }
         }));
-    }
-
-    /// A finished run that needs no more calls does not need its job body (which carries
-    /// short-lived credentials) any more: drop it from the store.
-    fn drop_job_body(&mut self) {
-        self.job = None;
-        let store = self.deps.store.clone();
-        let job_id = self.run.job_id.clone();
-        // Detached from the actor, which stops right away.
-        actix::spawn(async move {
-            if let Err(e) = store.clear_job_sealed(&job_id).await {
-                tracing::warn!(job_id = %job_id, error = %e, "cannot drop a finished run's job body");
-            }
-        });
     }
 
     fn answer_cancel_waiters(&mut self) {
@@ -337,27 +376,95 @@ impl RunActor {
     }
 }
 
-/// Opens the run's sealed job body. A missing or unreadable body dispatches `null`: the
-/// render then fails or sends what the manifest makes of it, and the run's events say so.
-async fn load_job(deps: &Deps, run: &RunRecord) -> Option<Value> {
-    let sealed = match deps.store.get_job_sealed(&run.job_id).await {
-        Ok(sealed) => sealed?,
-        Err(e) => {
-            tracing::error!(job_id = %run.job_id, error = %e, "cannot read the job body");
-            return None;
-        }
-    };
-    let clear = match deps
+/// What a call of the run actor brought back.
+enum Called {
+    /// The call was made (or deferred): its outcome, the job body used, the manifest revision.
+    Outcome(CallOutcome, Option<Value>, i64),
+    /// A dispatch was due but the job body could not be had: nothing was sent.
+    NoJob(JobBodyError),
+}
+
+/// Why a run's job body could not be had.
+#[derive(Debug, thiserror::Error)]
+enum JobBodyError {
+    /// The store could not be read now; a later try may succeed.
+    #[error("the job body cannot be read now")]
+    Store(#[from] StoreError),
+    /// The body is gone or cannot be opened; it never will be.
+    #[error("{0}")]
+    Unreadable(&'static str),
+}
+
+/// Opens the run's sealed job body.
+///
+/// # Errors
+/// [`JobBodyError::Store`] when the store cannot be read now, [`JobBodyError::Unreadable`] when
+/// the body is gone, cannot be decrypted with the configured keys, or is not JSON.
+async fn load_job(deps: &Deps, run: &RunRecord) -> Result<Value, JobBodyError> {
+    let sealed = deps
+        .store
+        .get_job_sealed(&run.job_id)
+        .await?
+        .ok_or(JobBodyError::Unreadable("the stored job body is gone"))?;
+    let clear = deps
         .sealer
         .open(&sealed, &binding::run_job(run.job_id.as_str()))
-    {
-        Ok(clear) => clear,
-        Err(e) => {
-            tracing::error!(job_id = %run.job_id, error = %e, "cannot open the job body");
-            return None;
+        .map_err(|_| {
+            JobBodyError::Unreadable(
+                "the job body cannot be decrypted with the configured master keys",
+            )
+        })?;
+    serde_json::from_slice(&clear)
+        .map_err(|_| JobBodyError::Unreadable("the decrypted job body is not JSON"))
+}
+
+/// True when `outcome` carries scheduler text that the run does not show yet (an error, a
+/// message, a new detail or status word): text that may echo the job's values.
+fn carries_new_text(outcome: &CallOutcome, run: &RunRecord) -> bool {
+    match outcome {
+        CallOutcome::Retryable { .. } | CallOutcome::Rejected { .. } => true,
+        CallOutcome::Accepted { note, .. } => note.is_some(),
+        CallOutcome::Observed(o) => {
+            o.error.is_some()
+                || o.failure_cause.is_some()
+                || o.detail
+                    .as_ref()
+                    .is_some_and(|d| run.detail.as_ref() != Some(d))
+                || o.scheduler_state
+                    .as_ref()
+                    .is_some_and(|w| run.scheduler_state.as_ref() != Some(w))
         }
-    };
-    serde_json::from_slice(&clear).ok()
+        CallOutcome::AlreadyExists | CallOutcome::NotFound | CallOutcome::Deferred { .. } => false,
+    }
+}
+
+/// Redacts the job's values from the text of `outcome`. When the body cannot be opened, the
+/// text is withheld rather than kept unredacted.
+async fn redact_job_values(
+    deps: &Deps,
+    run: &RunRecord,
+    secrets: &crate::domain::secrets::SecretBundle,
+    outcome: CallOutcome,
+) -> CallOutcome {
+    match load_job(deps, run).await {
+        Ok(job) => crate::redact::scrub_outcome(outcome, secrets, &job),
+        Err(e) => {
+            tracing::warn!(job_id = %run.job_id, error = %e, "cannot open the job body to redact a scheduler answer; its text is withheld");
+            crate::redact::withhold_text(outcome)
+        }
+    }
+}
+
+/// The wait before try number `failures + 1` at the store.
+fn store_retry_delay(failures: u32) -> Duration {
+    let exponent = failures.saturating_sub(1).min(16);
+    STORE_RETRY
+        .saturating_mul(1 << exponent)
+        .min(STORE_RETRY_MAX)
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// The template variables of one call of `run`.

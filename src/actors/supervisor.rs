@@ -12,10 +12,19 @@ use actix::prelude::*;
 use std::collections::HashMap;
 use tokio::sync::oneshot;
 
-/// Start a pool, or swap the manifest of a running one.
+/// Start a pool, or swap the manifest of a running one. A runtime whose revision is older than
+/// the one the pool already runs is ignored: concurrent registrations may reach the supervisor
+/// in any order, and the newest stored revision must win.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct UpsertPool(pub PoolRuntime);
+
+/// A pool registered or replaced through the API: like [`UpsertPool`], and when the pool has no
+/// actor yet, its unfinished runs in the store are handed to the new actor (runs left behind
+/// when the pool could not be loaded at start, or accepted while it had no actor).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RegisterPool(pub PoolRuntime);
 
 /// The pool was deleted.
 #[derive(Message)]
@@ -88,20 +97,7 @@ impl Supervisor {
             tracing::warn!(pool = %name, "a pool actor stopped unexpectedly; restarting it from the store");
             let addr = PoolActor::new(runtime, self.deps.clone()).start();
             self.pools.insert(name.clone(), addr.clone());
-            let store = self.deps.store.clone();
-            let fut = async move {
-                match store.load_unfinished().await {
-                    Ok(runs) => {
-                        let runs: Vec<RunRecord> =
-                            runs.into_iter().filter(|run| run.pool == name).collect();
-                        addr.do_send(Resume(runs));
-                    }
-                    Err(e) => {
-                        tracing::error!(pool = %name, error = %e, "cannot reload the runs of a restarted pool")
-                    }
-                }
-            };
-            ctx.spawn(fut.into_actor(self));
+            self.adopt_stored_runs(name, addr, ctx);
         }
     }
 }
@@ -114,20 +110,77 @@ impl Actor for Supervisor {
     }
 }
 
+impl Supervisor {
+    /// Starts or updates a pool's actor. Returns the address of a new actor, if one was started.
+    /// A runtime older than the revision already running is ignored: concurrent registrations
+    /// cannot leave an older manifest in charge.
+    fn upsert(&mut self, runtime: PoolRuntime) -> Option<Addr<PoolActor>> {
+        let name = runtime.name.clone();
+        if let Some(current) = self.runtimes.get(&name)
+            && current.revision > runtime.revision
+        {
+            tracing::info!(
+                pool = %name,
+                revision = runtime.revision,
+                running = current.revision,
+                "ignoring an older revision of a pool: a newer one is already running"
+            );
+            return None;
+        }
+        self.runtimes.insert(name.clone(), runtime.clone());
+        match self.pools.get(&name) {
+            Some(addr) if addr.connected() => {
+                addr.do_send(UpdateRuntime(runtime));
+                None
+            }
+            // A dead pool actor: the sweep restarts it with this runtime and its runs.
+            Some(_) => None,
+            None => {
+                let addr = PoolActor::new(runtime, self.deps.clone()).start();
+                self.pools.insert(name, addr.clone());
+                Some(addr)
+            }
+        }
+    }
+
+    /// Hands a new pool actor the unfinished runs of its pool that are in the store.
+    fn adopt_stored_runs(&self, name: PoolName, addr: Addr<PoolActor>, ctx: &mut Context<Self>) {
+        let store = self.deps.store.clone();
+        let fut = async move {
+            match store.load_unfinished().await {
+                Ok(runs) => {
+                    let runs: Vec<RunRecord> =
+                        runs.into_iter().filter(|run| run.pool == name).collect();
+                    if !runs.is_empty() {
+                        tracing::info!(pool = %name, runs = runs.len(), "resuming the unfinished runs of a pool");
+                        addr.do_send(Resume(runs));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(pool = %name, error = %e, "cannot reload the runs of a pool")
+                }
+            }
+        };
+        ctx.spawn(fut.into_actor(self));
+    }
+}
+
 impl Handler<UpsertPool> for Supervisor {
     type Result = ();
 
     fn handle(&mut self, msg: UpsertPool, _ctx: &mut Self::Context) {
+        // At start the runs are resumed all at once afterwards (`ResumeRuns`).
+        self.upsert(msg.0);
+    }
+}
+
+impl Handler<RegisterPool> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: RegisterPool, ctx: &mut Self::Context) {
         let name = msg.0.name.clone();
-        self.runtimes.insert(name.clone(), msg.0.clone());
-        match self.pools.get(&name) {
-            Some(addr) if addr.connected() => addr.do_send(UpdateRuntime(msg.0)),
-            // A dead pool actor: the sweep restarts it with this runtime and its runs.
-            Some(_) => {}
-            None => {
-                let addr = PoolActor::new(msg.0, self.deps.clone()).start();
-                self.pools.insert(name, addr);
-            }
+        if let Some(addr) = self.upsert(msg.0) {
+            self.adopt_stored_runs(name, addr, ctx);
         }
     }
 }

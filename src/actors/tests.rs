@@ -1,7 +1,7 @@
 //! Supervision: actors that die unexpectedly are restarted from the persisted state.
 
 use super::pool::Crash;
-use super::supervisor::{PoolAddr, SubmitRun, Supervisor, UpsertPool};
+use super::supervisor::{PoolAddr, PoolStats, SubmitRun, Supervisor, UpsertPool};
 use super::{Activity, Deps, Owners};
 use crate::bus::EventBus;
 use crate::config::EgressSettings;
@@ -184,4 +184,26 @@ async fn a_pool_actor_that_dies_is_restarted_and_the_other_pools_carry_on() {
         "the supervisor replaced the dead pool actor"
     );
     scheduler.stop().await;
+}
+
+#[actix_web::test]
+async fn an_older_pool_revision_arriving_late_does_not_replace_a_newer_one() {
+    let (_db, deps) = deps().await;
+    let supervisor = Supervisor::new(deps.clone()).start();
+    let name = PoolName::parse("p").unwrap();
+    let revision = |revision: i64| {
+        let mut runtime = runtime("p", "http://127.0.0.1:9");
+        runtime.revision = revision;
+        UpsertPool(runtime)
+    };
+    // The first registration starts the pool actor; later ones swap its runtime.
+    for (sent, running) in [(2, 2), (1, 2), (3, 3), (2, 3), (3, 3)] {
+        supervisor.send(revision(sent)).await.unwrap();
+        let stats = supervisor.send(PoolStats(name.clone())).await.unwrap();
+        assert_eq!(
+            stats.map(|s| s.revision),
+            Some(running),
+            "after revision {sent}"
+        );
+    }
 }

@@ -141,6 +141,10 @@ pub struct RunRecord {
     pub finished_at: Option<Millis>,
     /// Last change.
     pub updated_at: Millis,
+    /// The stored row's version: how many commits it has seen. A commit carries the version it
+    /// was derived from, and the store refuses it when the row has moved on since (another
+    /// writer changed the run), instead of overwriting a newer state.
+    pub version: i64,
 }
 
 impl RunRecord {
@@ -179,7 +183,15 @@ impl RunRecord {
             dispatched_at: None,
             finished_at: None,
             updated_at: now,
+            version: 0,
         }
+    }
+
+    /// This record as the store holds it once a commit of it succeeded: one version later.
+    #[must_use]
+    pub fn committed(mut self) -> RunRecord {
+        self.version += 1;
+        self
     }
 
     /// True while the run still needs work from cattery: unfinished, or finished with a release due.

@@ -257,11 +257,6 @@ impl ExistsRule {
                 .is_ok_and(|value| truthy(&value)),
         }
     }
-
-    /// True when the status alone decides (no body condition).
-    pub fn is_unconditional(&self) -> bool {
-        self.when.is_none()
-    }
 }
 
 /// JMESPath truthiness: null, false and empty strings, lists and objects are false.
@@ -471,7 +466,7 @@ mod tests {
         doc["poll"]["request"] = json!({
             "method": "POST",
             "path": "/jobs/{{input.jobId}}",
-            "bodyTemplate": "{\"name\": \"{{input.job.name}}\", \"job\": {{json input.job}}, \"upper\": \"{{upper input.job.name}}\"}"
+            "bodyTemplate": "{\"name\": \"{{input.labels.team}}\", \"labels\": {{json input.labels}}, \"upper\": \"{{upper input.labels.team}}\"}"
         });
         build(&doc).unwrap()
     }
@@ -520,7 +515,7 @@ mod tests {
         let poll = m.render(OpKind::Poll, &run, &secrets(&[])).unwrap();
         let body = body_json(&poll);
         assert_eq!(body["name"], HOSTILE);
-        assert_eq!(body["job"], job);
+        assert_eq!(body["labels"], json!({"team": HOSTILE}));
         assert_eq!(body["upper"], HOSTILE.to_uppercase());
         assert_eq!(poll.url.path(), "/api/jobs/x%2F..%2Fy");
     }

@@ -165,7 +165,8 @@ fn read_already_exists(fields: &Fields<'_>, problems: &mut Problems) -> Vec<Exis
         problems.add(
             path,
             format!(
-                "must be a list of HTTP statuses, or of {{status, bodyContains}} or                  {{status, when}} entries, not {}",
+                "must be a list of HTTP statuses, or of {{status, bodyContains}} or \
+                 {{status, when}} entries, not {}",
                 kind_of(value)
             ),
         );
@@ -186,7 +187,8 @@ fn read_already_exists(fields: &Fields<'_>, problems: &mut Problems) -> Vec<Exis
                 problems.add(
                     at,
                     format!(
-                        "must be an HTTP status or a {{status, bodyContains}} or {{status, when}}                          entry, not {}",
+                        "must be an HTTP status or a {{status, bodyContains}} or {{status, when}} \
+                         entry, not {}",
                         kind_of(other)
                     ),
                 );
@@ -249,7 +251,8 @@ fn read_exists_entry(value: &Value, at: &str, problems: &mut Problems) -> Option
         (None, None) => {
             problems.add(
                 at,
-                "an entry with only a status is written as the bare status; add bodyContains or                  when to say what the body must hold",
+                "an entry with only a status is written as the bare status; add bodyContains or \
+                 when to say what the body must hold",
             );
             None
         }
@@ -288,7 +291,8 @@ fn check_lookup_captures(
         problems.add(
             fields.child("capture"),
             format!(
-                "must capture {} like dispatch.capture does: poll and release read them after                  a re-attached job",
+                "must capture {} like dispatch.capture does: poll and release read them after \
+                 a re-attached job",
                 missing.join(", ")
             ),
         );
@@ -298,7 +302,8 @@ fn check_lookup_captures(
             problems.add(
                 join(&fields.child("capture"), name),
                 format!(
-                    "capture `{name}` is not declared in dispatch.capture; lookup captures the                      same values as dispatch"
+                    "capture `{name}` is not declared in dispatch.capture; lookup captures the \
+                     same values as dispatch"
                 ),
             );
         }
@@ -322,7 +327,8 @@ fn read_finder(fields: &Fields<'_>, problems: &mut Problems) -> Option<Finder> {
         (Some(_), None) => {
             problems.add(
                 fields.child("id"),
-                "items needs id: the expression, on each element, that is compared with                  run.dispatchId",
+                "items needs id: the expression, on each element, that is compared with \
+                 run.dispatchId",
             );
             None
         }

@@ -1,7 +1,7 @@
 //! Pool use cases: register or replace a manifest, rotate secrets, read, delete, and load at start.
 
 use super::{Gateway, ServiceError, canonical_json, problem};
-use crate::actors::supervisor::{CancelRunOf, PoolStats, RemovePool, UpsertPool};
+use crate::actors::supervisor::{CancelRunOf, PoolStats, RegisterPool, RemovePool, UpsertPool};
 use crate::crypto::{binding, sha256_hex};
 use crate::domain::ids::{JobId, PoolName, SecretKey};
 use crate::domain::pool::PoolRecord;
@@ -100,26 +100,32 @@ impl Gateway {
             (None, None) => SecretBundle::default(),
         };
         check_secrets(&manifest, &bundle)?;
-        let now = now_millis();
+        // Everything that can refuse the pool (its TLS settings among them) is checked before
+        // anything is stored: a pool that is stored can be loaded.
         let source = manifest.source().clone();
+        let format = manifest.format.as_str().to_owned();
+        let warnings =
+            serde_json::to_string(&manifest.warnings).unwrap_or_else(|_| "[]".to_owned());
+        let mut runtime = self.runtime(&name, manifest, bundle.clone())?;
+        let now = now_millis();
         let record = PoolRecord {
             name: name.clone(),
             revision: 1,
             digest: sha256_hex(canonical_json(&source).as_bytes()),
-            format: manifest.format.as_str().to_owned(),
+            format,
             manifest: source.to_string(),
             secrets_sealed: self.deps.sealer.seal(
                 &bundle.to_json_bytes(),
                 &binding::pool_secrets(name.as_str()),
             )?,
             secret_keys: bundle.keys().map(str::to_owned).collect(),
-            warnings: serde_json::to_string(&manifest.warnings).unwrap_or_else(|_| "[]".to_owned()),
+            warnings,
             created_at: now,
             updated_at: now,
         };
         let stored = self.deps.store.put_pool(record).await?;
-        self.activate(&name, stored.revision, manifest, bundle)
-            .await?;
+        runtime.revision = stored.revision;
+        self.activate(runtime).await?;
         tracing::info!(pool = %name, revision = stored.revision, "pool registered");
         Ok((stored, existing.is_none()))
     }
@@ -142,37 +148,43 @@ impl Gateway {
             &binding::pool_secrets(name.as_str()),
         )?;
         let keys = bundle.keys().map(str::to_owned).collect();
+        let mut runtime = self.runtime(name, manifest, bundle)?;
         let updated = self
             .deps
             .store
             .put_pool_secrets(name, sealed, keys, now_millis())
             .await?
             .ok_or_else(|| ServiceError::PoolNotFound(name.to_string()))?;
-        self.activate(name, updated.revision, manifest, bundle)
-            .await?;
+        runtime.revision = updated.revision;
+        self.activate(runtime).await?;
         Ok(updated)
     }
 
-    /// Hands a pool's compiled manifest and secrets to its actor (started or swapped in).
-    async fn activate(
+    /// Builds a pool's runtime (its HTTP client with the manifest's TLS settings). The revision
+    /// is set once the pool is stored.
+    fn runtime(
         &self,
         name: &PoolName,
-        revision: i64,
         manifest: Manifest,
         bundle: SecretBundle,
-    ) -> Result<(), ServiceError> {
-        let runtime = PoolRuntime::new(
+    ) -> Result<PoolRuntime, ServiceError> {
+        PoolRuntime::new(
             name.clone(),
-            revision,
+            0,
             Arc::new(manifest),
             bundle,
             self.deps.adapter.egress(),
         )
         .map_err(|e| {
             ServiceError::Validation(vec![problem("manifest.tls.caCertPem", e.to_string())])
-        })?;
+        })
+    }
+
+    /// Hands a pool's runtime to its actor (started or swapped in); a new actor takes over the
+    /// pool's unfinished runs from the store.
+    async fn activate(&self, runtime: PoolRuntime) -> Result<(), ServiceError> {
         self.supervisor
-            .send(UpsertPool(runtime))
+            .send(RegisterPool(runtime))
             .await
             .map_err(|_| ServiceError::Unavailable)
     }

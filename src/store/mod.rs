@@ -6,10 +6,12 @@
 //!
 //! Layout: `conn` (connection enum, pool, write transactions), `schema` (hand-written
 //! `table!`s), `models` (rows ↔ domain types), `migrate` (embedded migrations), `pools`, `runs`,
-//! `events` (queries), `writer` (group commit), `testing` (throw-away databases for tests).
+//! `events` (queries), `writer` (group commit), `lock` (one gateway per database), `testing`
+//! (throw-away databases for tests).
 
 mod conn;
 mod events;
+mod lock;
 mod migrate;
 mod models;
 mod pools;
@@ -26,6 +28,7 @@ use crate::domain::pool::PoolRecord;
 use crate::domain::run::{EventRecord, Millis, NewEvent, RunRecord};
 use crate::domain::state::RunState;
 use conn::{Backend, DbConn, DbPool, PooledConn, Target};
+pub use lock::InstanceLock;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -81,6 +84,28 @@ pub enum StoreError {
     Conflict {
         /// Which record.
         what: String,
+    },
+    /// A commit was derived from an older version of the record than the one stored: another
+    /// writer changed it since. Nothing was written; the caller reloads instead of overwriting.
+    #[error("{what} changed since it was read (version {read}, stored {stored}); reload it")]
+    Stale {
+        /// Which record.
+        what: String,
+        /// The version the commit was derived from.
+        read: i64,
+        /// The version stored now.
+        stored: i64,
+    },
+    /// The database is already driven by another gateway.
+    #[error(
+        "{what} is already in use by another cattery gateway{holder}; several gateways on one \
+         database are not supported yet: stop the other one first"
+    )]
+    InUse {
+        /// Which database (never its URL, which may carry a password).
+        what: String,
+        /// Who holds it, when known (`" (process 1234)"`), else empty.
+        holder: String,
     },
     /// The record to change does not exist.
     #[error("{what} does not exist")]
@@ -209,6 +234,8 @@ struct Inner {
     /// Requests for the single writer thread; the thread ends when the last `Store` drops this.
     writer: mpsc::UnboundedSender<WriteRequest>,
     stats: Arc<WriterStats>,
+    /// Held for as long as the store lives when it was opened with [`Store::connect_exclusive`].
+    _instance: Option<InstanceLock>,
 }
 
 impl fmt::Debug for Store {
@@ -235,8 +262,32 @@ impl Store {
     /// # Errors
     /// [`StoreError::InvalidUrl`], [`StoreError::Connect`], [`StoreError::Migrate`].
     pub async fn connect(url: &str, pool_size: u32) -> Result<Store, StoreError> {
+        Self::open(url, pool_size, false).await
+    }
+
+    /// Like [`Store::connect`], but first takes the database's instance lock, held until the
+    /// store is dropped or the process ends (however it ends): a gateway that drives runs opens
+    /// its database this way, so that a second one on the same database refuses to start
+    /// instead of driving every run a second time. Tools that only read or re-seal
+    /// (`cattery migrate`, `cattery keys rotate`) use [`Store::connect`].
+    ///
+    /// # Errors
+    /// [`StoreError::InUse`] when another gateway holds the lock; else as [`Store::connect`].
+    pub async fn connect_exclusive(url: &str, pool_size: u32) -> Result<Store, StoreError> {
+        Self::open(url, pool_size, true).await
+    }
+
+    async fn open(url: &str, pool_size: u32, exclusive: bool) -> Result<Store, StoreError> {
         let target = Target::parse(url)?;
         let backend = target.backend();
+        // Before anything else, migrations included: a newer gateway started next to a running
+        // one must not change the schema under it.
+        let instance = if exclusive {
+            let target = target.clone();
+            Some(blocking(move || lock::acquire(&target)).await?)
+        } else {
+            None
+        };
         let pool = blocking(move || conn::build_pool(&target, pool_size)).await?;
         let stats = Arc::new(WriterStats::default());
         let writer = writer::spawn(pool.clone(), backend, stats.clone())?;
@@ -246,6 +297,7 @@ impl Store {
                 backend,
                 writer,
                 stats,
+                _instance: instance,
             }),
         };
         let applied = store.migrate().await?;
@@ -422,6 +474,16 @@ impl Store {
             .await
     }
 
+    /// Drops the job bodies that finished runs still hold (final, no release pending); returns
+    /// how many. A commit that makes a run final drops its body itself; this sweeps what an
+    /// older version or a crash left behind, at start.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn clear_finished_job_bodies(&self) -> Result<usize, StoreError> {
+        self.with_conn(runs::clear_finished_job_bodies).await
+    }
+
     /// Drops a run's job body once nothing needs it (no further dispatch can happen).
     ///
     /// # Errors
@@ -483,13 +545,19 @@ impl Store {
     }
 
     /// Overwrites a run (all columns but its id, creation time and job body) and appends its
-    /// events, atomically; answers once the transaction has committed. Concurrent commits are
+    /// events, atomically; answers once the transaction has committed. When the run no longer
+    /// needs work (final, no release pending), its job body is dropped in the same transaction. Concurrent commits are
     /// grouped into few transactions by the writer thread. Event sequence numbers increase in
     /// commit order.
     ///
+    /// `run.version` must be the version the run was read at: the commit is refused when the
+    /// stored row has moved on, so a writer working from an old state never overwrites a newer
+    /// one. On success the stored version is one more ([`RunRecord::committed`]).
+    ///
     /// # Errors
-    /// [`StoreError::NotFound`] when the run does not exist, [`StoreError::Invalid`] when an
-    /// event belongs to another run, [`StoreError::Query`], [`StoreError::Closed`].
+    /// [`StoreError::Stale`] when the row changed since `run` was read, [`StoreError::NotFound`]
+    /// when the run does not exist, [`StoreError::Invalid`] when an event belongs to another
+    /// run, [`StoreError::Query`], [`StoreError::Closed`].
     pub async fn commit(
         &self,
         run: RunRecord,

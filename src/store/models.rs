@@ -221,6 +221,8 @@ pub(crate) struct RunRow {
     pub updated_at: i64,
     #[diesel(sql_type = Text)]
     pub fields: String,
+    #[diesel(sql_type = BigInt)]
+    pub version: i64,
 }
 
 fn json_object(text: &str, what: &str) -> Result<Map<String, Value>, StoreError> {
@@ -269,6 +271,7 @@ impl RunRow {
             finished_at: run.finished_at,
             updated_at: run.updated_at,
             fields: to_json(&run.fields),
+            version: run.version,
         }
     }
 
@@ -326,6 +329,7 @@ impl RunRow {
             dispatched_at: self.dispatched_at,
             finished_at: self.finished_at,
             updated_at: self.updated_at,
+            version: self.version,
         })
     }
 }
@@ -351,4 +355,11 @@ pub(crate) struct JobSealedRow {
 pub(crate) struct JobIdRow {
     #[diesel(sql_type = Text)]
     pub job_id: String,
+}
+
+/// A run's row version alone.
+#[derive(Debug, Clone, QueryableByName)]
+pub(crate) struct VersionRow {
+    #[diesel(sql_type = BigInt)]
+    pub version: i64,
 }

@@ -1,7 +1,9 @@
 //! Queries on the `runs` table (raw SQL over both backends; see `schema.rs` for why).
 
 use super::conn::{Bind, DbConn, raw_query};
-use super::models::{JobIdRow, JobSealedRow, RunRow, StateCount, parse_job_id, parse_state};
+use super::models::{
+    JobIdRow, JobSealedRow, RunRow, StateCount, VersionRow, parse_job_id, parse_state,
+};
 use super::{RunFilter, RunPage, StoreError};
 use crate::domain::ids::{JobId, PoolName};
 use crate::domain::run::{ReleaseState, RunRecord};
@@ -12,7 +14,7 @@ use std::sync::LazyLock;
 
 /// Every column of `runs` except `job_sealed`, in the order of [`RunRow`]'s fields and of
 /// [`run_binds`]. Keep it in step with `migrations/*/…/up.sql`.
-pub(crate) const RUN_COLUMNS: [&str; 34] = [
+pub(crate) const RUN_COLUMNS: [&str; 35] = [
     "job_id",
     "pool",
     "kind",
@@ -47,10 +49,14 @@ pub(crate) const RUN_COLUMNS: [&str; 34] = [
     "finished_at",
     "updated_at",
     "fields",
+    "version",
 ];
 
 /// Columns a commit never changes: the key and the creation time (the list order depends on it).
 const IMMUTABLE: [&str; 2] = ["job_id", "created_at"];
+
+/// The row version: a commit moves it up by one, and only from the version the caller read.
+const VERSION: &str = "version";
 
 /// The binds of a row, in [`RUN_COLUMNS`] order.
 fn run_binds(row: RunRow) -> Vec<Bind> {
@@ -89,6 +95,7 @@ fn run_binds(row: RunRow) -> Vec<Bind> {
         Bind::OptBigInt(row.finished_at),
         Bind::BigInt(row.updated_at),
         Bind::Text(row.fields),
+        Bind::BigInt(row.version),
     ]
 }
 
@@ -110,12 +117,17 @@ static UPDATE: LazyLock<String> = LazyLock::new(|| {
             if IMMUTABLE.contains(c) {
                 // Keeps the bind order of RUN_COLUMNS; the column keeps its value.
                 format!("{c} = {c}")
+            } else if *c == VERSION {
+                format!("{c} = {c} + 1")
             } else {
                 format!("{c} = ?")
             }
         })
         .collect();
-    format!("UPDATE runs SET {} WHERE job_id = ?", sets.join(", "))
+    format!(
+        "UPDATE runs SET {} WHERE job_id = ? AND {VERSION} = ?",
+        sets.join(", ")
+    )
 });
 
 /// `'queued', 'dispatching', 'pending', 'running'`, for SQL.
@@ -123,6 +135,16 @@ static UNFINISHED_STATES: LazyLock<String> = LazyLock::new(|| {
     RunState::ALL
         .iter()
         .filter(|s| !s.is_final())
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
+});
+
+/// `'done', 'failed', 'cancelled'`, for SQL.
+static FINAL_STATES: LazyLock<String> = LazyLock::new(|| {
+    RunState::ALL
+        .iter()
+        .filter(|s| s.is_final())
         .map(|s| format!("'{}'", s.as_str()))
         .collect::<Vec<_>>()
         .join(", ")
@@ -145,18 +167,48 @@ pub(crate) fn insert(
     Ok(())
 }
 
-/// Overwrites every column of an existing run except its key, creation time and job body.
-/// Returns false when the run does not exist.
-pub(crate) fn update(conn: &mut DbConn, run: &RunRecord) -> Result<bool, StoreError> {
+/// What [`update`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Updated {
+    /// The row was overwritten; its version went up by one.
+    Done,
+    /// No run has this id.
+    Missing,
+    /// The row's version is no longer the one the caller read: it was not touched.
+    Stale {
+        /// The version stored now.
+        stored: i64,
+    },
+}
+
+/// Overwrites every column of an existing run except its key, creation time and job body, if
+/// the stored row still has `run.version`; the row's version then goes up by one.
+pub(crate) fn update(conn: &mut DbConn, run: &RunRecord) -> Result<Updated, StoreError> {
     let binds: Vec<Bind> = run_binds(RunRow::from_record(run))
         .into_iter()
         .zip(RUN_COLUMNS)
-        .filter(|(_, column)| !IMMUTABLE.contains(column))
+        .filter(|(_, column)| !IMMUTABLE.contains(column) && *column != VERSION)
         .map(|(bind, _)| bind)
-        .chain([Bind::Text(run.job_id.as_str().to_owned())])
+        .chain([
+            Bind::Text(run.job_id.as_str().to_owned()),
+            Bind::BigInt(run.version),
+        ])
         .collect();
-    let changed = raw_query(conn, &UPDATE, binds).execute(conn)?;
-    Ok(changed > 0)
+    if raw_query(conn, &UPDATE, binds).execute(conn)? > 0 {
+        return Ok(Updated::Done);
+    }
+    let rows: Vec<VersionRow> = raw_query(
+        conn,
+        "SELECT version FROM runs WHERE job_id = ?",
+        vec![Bind::Text(run.job_id.as_str().to_owned())],
+    )
+    .load(conn)?;
+    Ok(match rows.first() {
+        Some(row) => Updated::Stale {
+            stored: row.version,
+        },
+        None => Updated::Missing,
+    })
 }
 
 /// One run by id.
@@ -255,6 +307,23 @@ pub(crate) fn clear_job_sealed(conn: &mut DbConn, job_id: &JobId) -> Result<(), 
     Ok(())
 }
 
+/// Drops the job bodies of every run that no longer needs one (final, no release pending):
+/// leftovers of a crash, or of a version that dropped bodies after the final commit. Returns how
+/// many were dropped.
+pub(crate) fn clear_finished_job_bodies(conn: &mut DbConn) -> Result<usize, StoreError> {
+    let sql = format!(
+        "UPDATE runs SET job_sealed = NULL WHERE job_sealed IS NOT NULL \
+         AND state IN ({}) AND release_state <> ?",
+        *FINAL_STATES
+    );
+    Ok(raw_query(
+        conn,
+        &sql,
+        vec![Bind::Text(ReleaseState::Pending.as_str().to_owned())],
+    )
+    .execute(conn)?)
+}
+
 /// Replaces a run's job body only if it still is `old` (so a body dropped meanwhile stays dropped).
 pub(crate) fn replace_job_sealed(
     conn: &mut DbConn,
@@ -336,7 +405,8 @@ mod tests {
     #[test]
     fn the_update_statement_binds_every_mutable_column_then_the_key() {
         let placeholders = UPDATE.matches('?').count();
-        assert_eq!(placeholders, RUN_COLUMNS.len() - IMMUTABLE.len() + 1);
+        // Every mutable column but the version, then the key and the version read.
+        assert_eq!(placeholders, RUN_COLUMNS.len() - IMMUTABLE.len() - 1 + 2);
         assert_eq!(INSERT.matches('?').count(), RUN_COLUMNS.len() + 1);
     }
 }

@@ -63,6 +63,7 @@ fn bare_run(id: &str, pool: &str, created_at: Millis) -> RunRecord {
         dispatched_at: None,
         finished_at: None,
         updated_at: created_at,
+        version: 0,
     }
 }
 
@@ -114,6 +115,7 @@ fn full_run(id: &str, pool: &str) -> RunRecord {
         dispatched_at: Some(1_700_000_000_500),
         finished_at: Some(1_700_000_100_000),
         updated_at: 1_700_000_200_000,
+        version: 0,
     }
 }
 
@@ -244,7 +246,7 @@ async fn a_commit_overwrites_the_run_and_appends_its_events(backend: TestBackend
     assert!(created.seq < stored[0].seq && stored[0].seq < stored[1].seq);
     assert_eq!(stored[1].event, events[1]);
 
-    let mut expected = updated;
+    let mut expected = updated.committed();
     expected.created_at = 100;
     assert_eq!(store.get_run(&run.job_id).await.unwrap(), Some(expected));
     // The job body is not part of a commit.
@@ -907,7 +909,10 @@ async fn committed_data_survives_a_new_connection(backend: TestBackend) {
     drop(store);
 
     let reopened = Store::connect(db.url(), 2).await.unwrap();
-    assert_eq!(reopened.get_run(&run.job_id).await.unwrap(), Some(next));
+    assert_eq!(
+        reopened.get_run(&run.job_id).await.unwrap(),
+        Some(next.committed())
+    );
     assert_eq!(reopened.run_events(&run.job_id).await.unwrap().len(), 2);
     assert_eq!(reopened.list_pools().await.unwrap().len(), 1);
 }
@@ -932,6 +937,129 @@ async fn a_corrupt_row_is_reported_without_its_contents(backend: TestBackend) {
         }
         other => panic!("expected Corrupt, got {other:?}"),
     }
+}
+
+async fn a_commit_derived_from_an_older_version_is_refused_and_changes_nothing(
+    backend: TestBackend,
+) {
+    let (_db, store) = open(backend).await;
+    let read = bare_run("raced", "p", 1);
+    insert(&store, &read).await;
+
+    // One writer moves the run on.
+    let mut first = read.clone();
+    first.state = RunState::Cancelled;
+    first.cancel_requested = true;
+    let winner = transition(&first, RunState::Queued, RunState::Cancelled, "cancel");
+    store.commit(first.clone(), vec![winner]).await.unwrap();
+
+    // Another, working from the same old read, loses instead of overwriting.
+    let mut second = read.clone();
+    second.state = RunState::Dispatching;
+    let loser = transition(&second, RunState::Queued, RunState::Dispatching, "slot");
+    match store.commit(second, vec![loser]).await {
+        Err(StoreError::Stale { what, read, stored }) => {
+            assert!(what.contains("raced"), "{what}");
+            assert_eq!((read, stored), (0, 1));
+        }
+        other => panic!("expected Stale, got {other:?}"),
+    }
+    let stored = store.get_run(&read.job_id).await.unwrap().unwrap();
+    assert_eq!(stored, first.clone().committed());
+    assert_eq!(store.run_events(&read.job_id).await.unwrap().len(), 2);
+
+    // A commit from the current version goes through, and so on.
+    let mut next = stored.clone();
+    next.detail = Some("noted".to_owned());
+    store.commit(next.clone(), Vec::new()).await.unwrap();
+    assert_eq!(
+        store.get_run(&read.job_id).await.unwrap(),
+        Some(next.committed())
+    );
+    // A stale commit of an unknown run is still reported as missing.
+    assert!(matches!(
+        store.commit(bare_run("nobody", "p", 1), Vec::new()).await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+async fn a_second_exclusive_store_on_one_database_is_refused_until_the_first_is_gone(
+    backend: TestBackend,
+) {
+    let (db, shared) = open(backend).await;
+    let first = Store::connect_exclusive(db.url(), 2).await.unwrap();
+    match Store::connect_exclusive(db.url(), 2).await {
+        Err(err @ StoreError::InUse { .. }) => {
+            let message = err.to_string();
+            assert!(message.contains("another cattery gateway"), "{message}");
+            assert!(!message.contains("postgres://"), "{message}");
+        }
+        other => panic!("expected InUse, got {other:?}"),
+    }
+    // Tools that do not drive runs still connect.
+    shared.ping().await.unwrap();
+    drop(first);
+    let _second = Store::connect_exclusive(db.url(), 2).await.unwrap();
+}
+
+async fn a_final_commit_drops_the_job_body_unless_a_release_still_needs_it(backend: TestBackend) {
+    let (_db, store) = open(backend).await;
+    let body = Some(b"sealed".to_vec());
+    let released = bare_run("released-later", "p", 1);
+    insert(&store, &released).await;
+    let mut run = released.clone();
+    for (state, release, kept) in [
+        (RunState::Running, ReleaseState::NotYet, true),
+        // Final, but the release (and its redaction) may still need the body.
+        (RunState::Done, ReleaseState::Pending, true),
+        (RunState::Done, ReleaseState::Done, false),
+    ] {
+        run.state = state;
+        run.release = release;
+        store.commit(run.clone(), Vec::new()).await.unwrap();
+        run = run.committed();
+        assert_eq!(
+            store.get_job_sealed(&run.job_id).await.unwrap(),
+            if kept { body.clone() } else { None },
+            "{state:?} with release {release:?}"
+        );
+    }
+
+    let cancelled = bare_run("cancelled-at-once", "p", 2);
+    insert(&store, &cancelled).await;
+    let mut stale = cancelled.clone();
+    stale.version = 7;
+    stale.state = RunState::Cancelled;
+    stale.release = ReleaseState::NotNeeded;
+    // A commit that is refused drops nothing.
+    assert!(store.commit(stale.clone(), Vec::new()).await.is_err());
+    assert_eq!(store.get_job_sealed(&cancelled.job_id).await.unwrap(), body);
+    stale.version = 0;
+    store.commit(stale, Vec::new()).await.unwrap();
+    assert_eq!(store.get_job_sealed(&cancelled.job_id).await.unwrap(), None);
+    assert!(store.sealed_job_ids().await.unwrap().is_empty());
+}
+
+async fn leftover_job_bodies_of_finished_runs_are_swept(backend: TestBackend) {
+    let (_db, store) = open(backend).await;
+    let body = Some(b"sealed".to_vec());
+    let mut leftover = bare_run("leftover", "p", 1);
+    leftover.state = RunState::Failed;
+    leftover.release = ReleaseState::GaveUp;
+    let mut releasing = bare_run("releasing", "p", 2);
+    releasing.state = RunState::Done;
+    releasing.release = ReleaseState::Pending;
+    let mut running = bare_run("running", "p", 3);
+    running.state = RunState::Running;
+    for run in [&leftover, &releasing, &running] {
+        insert(&store, run).await;
+    }
+    assert_eq!(store.clear_finished_job_bodies().await.unwrap(), 1);
+    assert_eq!(store.get_job_sealed(&leftover.job_id).await.unwrap(), None);
+    for kept in [&releasing, &running] {
+        assert_eq!(store.get_job_sealed(&kept.job_id).await.unwrap(), body);
+    }
+    assert_eq!(store.clear_finished_job_bodies().await.unwrap(), 0);
 }
 
 /// Declares one test per behaviour above, on the backend the environment names: SQLite, or
@@ -968,6 +1096,10 @@ on_both_backends!(
     job_bodies_can_be_cleared_and_resealed,
     committed_data_survives_a_new_connection,
     a_corrupt_row_is_reported_without_its_contents,
+    a_commit_derived_from_an_older_version_is_refused_and_changes_nothing,
+    a_second_exclusive_store_on_one_database_is_refused_until_the_first_is_gone,
+    a_final_commit_drops_the_job_body_unless_a_release_still_needs_it,
+    leftover_job_bodies_of_finished_runs_are_swept,
 );
 
 // ---- backend-independent checks ----

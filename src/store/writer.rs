@@ -192,10 +192,26 @@ fn apply(conn: &mut DbConn, request: &WriteRequest) -> Result<Outcome, StoreErro
             for event in events {
                 check_event_owner(run, event)?;
             }
-            if !runs::update(conn, run)? {
-                return Err(StoreError::NotFound {
-                    what: format!("run {}", run.job_id),
-                });
+            match runs::update(conn, run)? {
+                runs::Updated::Done => {}
+                runs::Updated::Missing => {
+                    return Err(StoreError::NotFound {
+                        what: format!("run {}", run.job_id),
+                    });
+                }
+                runs::Updated::Stale { stored } => {
+                    return Err(StoreError::Stale {
+                        what: format!("run {}", run.job_id),
+                        read: run.version,
+                        stored,
+                    });
+                }
+            }
+            if !run.needs_work() {
+                // Nothing will dispatch or release this run again: its job body (which carries
+                // the caller's short-lived credentials) goes in the same transaction as the
+                // state that makes it useless, so no crash or failed follow-up can leave it.
+                runs::clear_job_sealed(conn, &run.job_id)?;
             }
             events
                 .iter()

@@ -413,15 +413,23 @@ impl Checker<'_, '_> {
                     .to_owned(),
             );
         }
+        let dispatch = self.scope.stage == Stage::Operation(OpKind::Dispatch);
         match names {
+            [
+                "input",
+                "job" | "instanceType" | "cloudProvider" | "image",
+                ..,
+            ] if !dispatch => Err(format!(
+                "input.{} exists only in dispatch: the job body (which carries short-lived \
+                     credentials) is opened for the dispatch call alone, so here it would render \
+                     empty; carry what later calls need through run.dispatchId or \
+                     dispatch.capture (capture.<name>)",
+                names[1]
+            )),
             [
                 "input",
                 "jobId" | "kind" | "instanceType" | "cloudProvider" | "image",
             ] => Ok(()),
-            ["input", "job", ..] if self.scope.stage == Stage::Operation(OpKind::Lookup) => {
-                Err("input.job is not available in lookup: a lookup finds the job by                      run.dispatchId and never carries the job body"
-                    .to_owned())
-            }
             ["input", "job" | "labels", ..] => Ok(()),
             [
                 "input",
@@ -434,8 +442,7 @@ impl Checker<'_, '_> {
             ),
             ["run", "dispatchId" | "attempt"] | ["pool", "name"] => Ok(()),
             ["capture", name, ..] => {
-                if let Stage::Operation(op @ (OpKind::Dispatch | OpKind::Lookup)) =
-                    self.scope.stage
+                if let Stage::Operation(op @ (OpKind::Dispatch | OpKind::Lookup)) = self.scope.stage
                 {
                     return Err(format!(
                         "capture.* is not available in {}: captures are read from the \
@@ -519,12 +526,20 @@ mod tests {
             .collect()
     }
 
+    fn dispatch_problems(source: &str, position: Position) -> Vec<String> {
+        run(source, position, Stage::Operation(OpKind::Dispatch))
+            .0
+            .into_iter()
+            .map(|p| p.message)
+            .collect()
+    }
+
     #[test]
     fn the_documented_variables_and_helpers_are_accepted() {
         let sources = [
             "{{input.jobId}}{{input.kind}}{{input.instanceType}}{{input.cloudProvider}}{{input.image}}",
             "{{input.job.spec.items.[0]}}{{input.labels.team}}{{run.dispatchId}}{{run.attempt}}",
-            "{{capture.uid}}{{vars.namespace}}{{vars.obj.a}}{{pool.name}}",
+            "{{capture.uid}}{{vars.namespace}}{{vars.obj.a}}{{pool.name}}{{input.kind}}",
             "{{json input.job}}{{base64 input.jobId}}{{urlencode input.kind}}{{lower input.kind}}",
             "{{upper input.kind}}{{dns1123 run.dispatchId}}{{default input.labels.team \"none\"}}",
             "{{#if input.labels.team}}{{input.labels.team}}{{else}}x{{/if}}",
@@ -532,11 +547,14 @@ mod tests {
             "{{#if input.kind}}a{{else if input.image}}b{{/if}} \\{{literal}}",
         ];
         for source in sources {
-            assert_eq!(
-                problems(source, Position::BodyTemplate),
-                Vec::<String>::new(),
-                "{source}"
-            );
+            // Captures exist only after dispatch; the job's values only in dispatch.
+            let op = if source.contains("capture.") {
+                OpKind::Poll
+            } else {
+                OpKind::Dispatch
+            };
+            let (found, _) = run(source, Position::BodyTemplate, Stage::Operation(op));
+            assert_eq!(found, Vec::new(), "{source}");
         }
     }
 
@@ -559,6 +577,41 @@ mod tests {
         }
         let message = &problems("{{input.foo}}", Position::Path)[0];
         assert!(message.contains("input.jobId, input.kind"), "{message}");
+    }
+
+    #[test]
+    fn job_values_are_refused_outside_dispatch_instead_of_rendering_empty() {
+        for source in [
+            "{{input.job}}",
+            "{{json input.job}}",
+            "{{input.job.token}}",
+            "{{input.instanceType}}",
+            "{{input.cloudProvider}}",
+            "{{input.image}}",
+        ] {
+            for op in [OpKind::Poll, OpKind::Release, OpKind::FailureLog] {
+                let (found, _) = run(source, Position::BodyTemplate, Stage::Operation(op));
+                assert_eq!(found.len(), 1, "{source} in {op:?}: {found:?}");
+                assert!(
+                    found[0].message.contains("exists only in dispatch"),
+                    "{}",
+                    found[0].message
+                );
+            }
+            let (found, _) = run(
+                source,
+                Position::BodyLeaf,
+                Stage::Operation(OpKind::Dispatch),
+            );
+            assert!(found.is_empty(), "{source} in dispatch: {found:?}");
+        }
+        // What the run record itself holds stays available everywhere.
+        let (found, _) = run(
+            "{{input.jobId}}{{input.kind}}{{input.labels.team}}",
+            Position::Path,
+            Stage::Operation(OpKind::Release),
+        );
+        assert!(found.is_empty(), "{found:?}");
     }
 
     #[test]
@@ -650,25 +703,28 @@ mod tests {
     #[test]
     fn objects_rendered_as_text_are_refused_unless_they_are_a_whole_body_leaf() {
         assert_eq!(
-            problems("{{input.job}}", Position::BodyLeaf),
+            dispatch_problems("{{input.job}}", Position::BodyLeaf),
             Vec::<String>::new()
         );
         assert_eq!(
-            problems("{{vars.obj}}", Position::BodyLeaf),
+            dispatch_problems("{{vars.obj}}", Position::BodyLeaf),
             Vec::<String>::new()
         );
-        assert_eq!(problems("x{{input.job}}", Position::BodyLeaf).len(), 1);
         assert_eq!(
-            problems("{{input.labels}}", Position::BodyTemplate).len(),
+            dispatch_problems("x{{input.job}}", Position::BodyLeaf).len(),
             1
         );
-        assert_eq!(problems("{{vars.obj}}", Position::Header).len(), 1);
         assert_eq!(
-            problems("{{json input.job}}", Position::BodyTemplate).len(),
+            dispatch_problems("{{input.labels}}", Position::BodyTemplate).len(),
+            1
+        );
+        assert_eq!(dispatch_problems("{{vars.obj}}", Position::Header).len(), 1);
+        assert_eq!(
+            dispatch_problems("{{json input.job}}", Position::BodyTemplate).len(),
             0
         );
         assert_eq!(
-            problems("{{#if input.job}}y{{/if}}", Position::Path).len(),
+            dispatch_problems("{{#if input.job}}y{{/if}}", Position::Path).len(),
             0
         );
     }

@@ -447,3 +447,83 @@ async fn kill_9_of_the_gateway_with_the_local_pool_as_scheduler_loses_nothing() 
         assert_eq!(held.status().as_u16(), 404);
     }
 }
+
+/// A pool that cannot be loaded at start (its stored manifest was damaged) leaves its runs
+/// waiting; registering it again hands them to the new pool actor, which drives them on.
+#[actix_web::test]
+async fn a_pool_registered_again_resumes_the_runs_it_left_behind() {
+    use crate::security_support::{Recorder, answer};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let finish = Arc::new(AtomicBool::new(false));
+    let finished = finish.clone();
+    let scheduler = Recorder::start(move |seen| match seen.method.as_str() {
+        "POST" => answer(201, json!({})),
+        "GET" if finished.load(Ordering::SeqCst) => {
+            answer(200, json!({"status": "Complete", "output": {"ok": true}}))
+        }
+        "GET" => answer(200, json!({"status": "Running"})),
+        _ => answer(200, json!({})),
+    })
+    .await;
+    let mut gateway = Gateway::start(TestDatabase::create().await).await;
+    gateway
+        .register("comeback", manifest(&scheduler.base_url), json!({}))
+        .await;
+    assert_eq!(
+        gateway
+            .submit_to("comeback", "stranded", json!({"n": 1}))
+            .await,
+        Some(202)
+    );
+    let state = |runs: &BTreeMap<String, Value>| runs["stranded"]["state"].clone();
+    let start = Instant::now();
+    while state(&gateway.runs_of("comeback").await) != "running" {
+        assert!(start.elapsed() < Duration::from_secs(20), "never running");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    gateway.kill9();
+    gateway
+        .db
+        .execute_sql("UPDATE pools SET manifest = 'not: [a manifest' WHERE name = 'comeback'");
+    gateway.restart().await;
+    finish.store(true, Ordering::SeqCst);
+    // Nobody drives the run while its pool is not loaded.
+    let polls =
+        |seen: &[crate::security_support::Seen]| seen.iter().filter(|s| s.method == "GET").count();
+    let before = polls(&scheduler.seen());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(polls(&scheduler.seen()), before);
+    assert_eq!(state(&gateway.runs_of("comeback").await), "running");
+
+    let response = gateway
+        .client
+        .put(format!("{}/v1/pools/comeback", gateway.base()))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"manifest": manifest(&scheduler.base_url), "secrets": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let start = Instant::now();
+    loop {
+        let runs = gateway.runs_of("comeback").await;
+        if runs["stranded"]["state"] == "done" {
+            assert_eq!(runs["stranded"]["result"], json!({"ok": true}));
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the run was not resumed: {}",
+            runs["stranded"]
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let created = scheduler
+        .seen()
+        .iter()
+        .filter(|s| s.method == "POST")
+        .count();
+    assert_eq!(created, 1, "the job was dispatched again");
+}

@@ -49,6 +49,23 @@ impl TestDatabase {
     pub fn sqlite_path(&self) -> Option<PathBuf> {
         self.url().strip_prefix("sqlite://").map(PathBuf::from)
     }
+
+    /// Runs one SQL statement straight on the database (behind the gateway's back), returning
+    /// the number of rows it changed. SQLite waits up to 5 s for the gateway's write lock.
+    pub fn execute_sql(&self, sql: &str) -> usize {
+        use diesel::{Connection as _, RunQueryDsl as _};
+        if self.is_postgres() {
+            let mut conn = diesel::PgConnection::establish(self.url()).unwrap();
+            diesel::sql_query(sql).execute(&mut conn).unwrap()
+        } else {
+            let path = self.sqlite_path().unwrap();
+            let mut conn = diesel::SqliteConnection::establish(path.to_str().unwrap()).unwrap();
+            diesel::sql_query("PRAGMA busy_timeout = 5000")
+                .execute(&mut conn)
+                .unwrap();
+            diesel::sql_query(sql).execute(&mut conn).unwrap()
+        }
+    }
 }
 
 /// Test settings: port 0, a data dir, the database, fast defaults, the local pool off unless asked.

@@ -2,9 +2,13 @@
 //! and job bodies are never stored in clear.
 
 use crate::helpers::{
-    ADMIN_TOKEN, MASTER_KEY, TestDatabase, cattery_bin, free_port, local_manifest,
+    ADMIN_TOKEN, MASTER_KEY, TestDatabase, cattery_bin, free_port, local_manifest, spawn_app,
     start_local_pool, wait_healthy,
 };
+use cattery::domain::ids::{JobId, PoolName};
+use cattery::domain::run::{NewEvent, ReleaseState, RunRecord};
+use cattery::domain::state::RunState;
+use cattery::store::{InsertOutcome, Store};
 use serde_json::{Value, json};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -12,19 +16,7 @@ use std::time::{Duration, Instant};
 const TOKEN: &str = "local-pool-persist-token";
 
 fn serve(db: &TestDatabase, data_dir: &std::path::Path, port: u16) -> crate::helpers::ChildProcess {
-    let child = Command::new(cattery_bin())
-        .arg("serve")
-        .env("CATTERY_DATABASE_URL", db.url())
-        .env("CATTERY_BIND", format!("127.0.0.1:{port}"))
-        .env("CATTERY__DATADIR", data_dir)
-        .env("CATTERY__LOCALPOOL__ENABLED", "false")
-        .env("CATTERY__EGRESS__ALLOWHTTP", "true")
-        .env("CATTERY__EGRESS__ALLOWHOSTS", "[127.0.0.1]")
-        .env("CATTERY__EGRESS__ALLOWHTTP", "true")
-        .env("CATTERY__EGRESS__ALLOWHOSTS", "[127.0.0.1]")
-        .env("CATTERY__LOGGING__LEVEL", "warn")
-        .env("CATTERY_MASTER_KEY", MASTER_KEY)
-        .env("CATTERY_ADMIN_TOKEN", ADMIN_TOKEN)
+    let child = serve_command(db, data_dir, port)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -33,6 +25,23 @@ fn serve(db: &TestDatabase, data_dir: &std::path::Path, port: u16) -> crate::hel
         child,
         base_url: format!("http://127.0.0.1:{port}"),
     }
+}
+
+/// `cattery serve` on `db`, listening on `port`, with its output not yet directed.
+fn serve_command(db: &TestDatabase, data_dir: &std::path::Path, port: u16) -> Command {
+    let mut command = Command::new(cattery_bin());
+    command
+        .arg("serve")
+        .env("CATTERY_DATABASE_URL", db.url())
+        .env("CATTERY_BIND", format!("127.0.0.1:{port}"))
+        .env("CATTERY__DATADIR", data_dir)
+        .env("CATTERY__LOCALPOOL__ENABLED", "false")
+        .env("CATTERY__EGRESS__ALLOWHTTP", "true")
+        .env("CATTERY__EGRESS__ALLOWHOSTS", "[127.0.0.1]")
+        .env("CATTERY__LOGGING__LEVEL", "warn")
+        .env("CATTERY_MASTER_KEY", MASTER_KEY)
+        .env("CATTERY_ADMIN_TOKEN", ADMIN_TOKEN);
+    command
 }
 
 #[actix_web::test]
@@ -120,4 +129,159 @@ async fn a_running_run_resumes_after_the_gateway_is_killed_and_restarted() {
         );
     }
     drop(restarted);
+}
+
+/// Waits for a child process to exit on its own; fails the test after `limit`.
+fn wait_exit(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(start.elapsed() < limit, "the process did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[actix_web::test]
+async fn a_second_gateway_on_the_same_database_refuses_to_start_until_the_first_is_gone() {
+    let db = TestDatabase::create().await;
+    // Separate data dirs: what the gateways share, and what the lock guards, is the database.
+    let (first_dir, second_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let client = cattery::scheduler::http::plain_client().unwrap();
+    let mut first = serve(&db, first_dir.path(), free_port());
+    wait_healthy(&format!("{}/readyz", first.base_url)).await;
+
+    for _ in 0..2 {
+        let mut second = serve_command(&db, second_dir.path(), free_port())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let status = wait_exit(&mut second, Duration::from_secs(20));
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert!(!status.success(), "the second gateway started: {stderr}");
+        assert!(
+            stderr.contains("already in use by another cattery gateway"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("postgres://"), "{stderr}");
+        // The first one keeps serving.
+        let ready = client
+            .get(format!("{}/readyz", first.base_url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ready.status().as_u16(), 200);
+    }
+
+    // Once the first is gone, however abruptly, a new one starts.
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    let next = serve(&db, second_dir.path(), free_port());
+    wait_healthy(&format!("{}/readyz", next.base_url)).await;
+    drop(next);
+    // And after a clean stop too.
+    let mut clean = serve(&db, first_dir.path(), free_port());
+    wait_healthy(&format!("{}/readyz", clean.base_url)).await;
+    let pid = clean.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(wait_exit(&mut clean.child, Duration::from_secs(20)).success());
+    let last = serve(&db, second_dir.path(), free_port());
+    wait_healthy(&format!("{}/readyz", last.base_url)).await;
+}
+
+#[actix_web::test]
+async fn a_finished_runs_job_body_is_gone_from_the_database_once_it_reads_final() {
+    let app = spawn_app().await;
+    let pool = start_local_pool(TOKEN).await;
+    let registered = app
+        .put_pool(
+            "local",
+            local_manifest(&pool.base_url),
+            json!({"LOCAL_POOL_TOKEN": TOKEN}),
+        )
+        .await;
+    assert_eq!(registered.status().as_u16(), 201);
+    let accepted = app
+        .dispatch(
+            "local",
+            json!({"jobId": "body-1", "job": {"steps": 1, "stepMs": 10, "ghToken": "ghs_body"}}),
+        )
+        .await;
+    assert_eq!(accepted.status().as_u16(), 202);
+    let store = Store::connect(app.db.url(), 1).await.unwrap();
+    let job_id = JobId::parse("body-1").unwrap();
+    assert!(store.get_job_sealed(&job_id).await.unwrap().is_some());
+    let run = app
+        .wait_for("body-1", Duration::from_secs(20), |run| {
+            run["state"] == "done" && run["released"] == true
+        })
+        .await;
+    assert_eq!(run["state"], "done", "{run}");
+    // Read straight from the database as soon as the API reports the final, released state.
+    assert_eq!(store.get_job_sealed(&job_id).await.unwrap(), None);
+    assert!(store.sealed_job_ids().await.unwrap().is_empty());
+}
+
+/// Stores a run of pool `p` directly, in `state` with `release`, holding a job body.
+async fn stored_run(store: &Store, id: &str, state: RunState, release: ReleaseState) -> JobId {
+    let job_id = JobId::parse(id).unwrap();
+    let run = RunRecord {
+        state,
+        release,
+        ..RunRecord::queued(job_id.clone(), PoolName::parse("p").unwrap(), 1)
+    };
+    let event = NewEvent {
+        job_id: job_id.clone(),
+        at: 1,
+        kind: "transition".to_owned(),
+        from: None,
+        to: Some(state),
+        detail: None,
+    };
+    let inserted = store
+        .insert_run(run, Some(b"sealed-body".to_vec()), event)
+        .await
+        .unwrap();
+    assert!(matches!(inserted, InsertOutcome::Inserted(_)));
+    job_id
+}
+
+#[actix_web::test]
+async fn job_bodies_left_behind_by_finished_runs_are_swept_at_start() {
+    let db = TestDatabase::create().await;
+    let store = Store::connect(db.url(), 1).await.unwrap();
+    let leftover = stored_run(&store, "leftover", RunState::Failed, ReleaseState::GaveUp).await;
+    let cancelled = stored_run(
+        &store,
+        "cancelled",
+        RunState::Cancelled,
+        ReleaseState::NotNeeded,
+    )
+    .await;
+    let releasing = stored_run(&store, "releasing", RunState::Done, ReleaseState::Pending).await;
+    let queued = stored_run(&store, "queued", RunState::Queued, ReleaseState::NotYet).await;
+
+    let data_dir = tempfile::tempdir().unwrap();
+    let gateway = serve(&db, data_dir.path(), free_port());
+    wait_healthy(&format!("{}/readyz", gateway.base_url)).await;
+    for swept in [&leftover, &cancelled] {
+        assert_eq!(store.get_job_sealed(swept).await.unwrap(), None, "{swept}");
+    }
+    // Runs that may still dispatch or release keep theirs.
+    for kept in [&releasing, &queued] {
+        assert_eq!(
+            store.get_job_sealed(kept).await.unwrap(),
+            Some(b"sealed-body".to_vec()),
+            "{kept}"
+        );
+    }
 }

@@ -278,3 +278,56 @@ async fn a_failure_log_operation_takes_only_request_expect_and_timeout() {
         accepted.text().await.unwrap()
     );
 }
+
+#[actix_web::test]
+async fn job_values_in_poll_or_release_are_refused_at_registration_instead_of_rendering_empty() {
+    let app = spawn_app().await;
+    let mut manifest = scheduler_manifest("http://127.0.0.1:9");
+    manifest["poll"]["request"]["query"] = json!({"token": "{{input.job.token}}"});
+    manifest["release"]["request"]["headers"] = json!({"X-Image": "{{input.image}}"});
+    let response = app
+        .put_pool("jobvalues", manifest, json!({"SCHED_TOKEN": "x"}))
+        .await;
+    assert_eq!(response.status().as_u16(), 422);
+    let body: Value = response.json().await.unwrap();
+    let paths = paths(&body);
+    assert!(
+        paths
+            .iter()
+            .any(|p| p.starts_with("manifest.poll.request.query")),
+        "{paths:?}"
+    );
+    assert!(
+        paths
+            .iter()
+            .any(|p| p.starts_with("manifest.release.request.headers")),
+        "{paths:?}"
+    );
+    let text = body.to_string();
+    assert!(text.contains("exists only in dispatch"), "{text}");
+    let (status, _) = app.get_json("/v1/pools/jobvalues").await;
+    assert_eq!(status, 404);
+}
+
+#[actix_web::test]
+async fn a_pool_whose_client_cannot_be_built_is_refused_and_not_stored() {
+    let app = spawn_app().await;
+    let mut manifest = scheduler_manifest("http://127.0.0.1:9");
+    manifest["tls"] = json!({
+        "caCertPem": "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n"
+    });
+    let response = app
+        .put_pool("badtls", manifest, json!({"SCHED_TOKEN": "x"}))
+        .await;
+    assert_eq!(response.status().as_u16(), 422);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(paths(&body), ["manifest.tls.caCertPem"], "{body}");
+    // Nothing was stored: no pool, and nothing that a restart would try (and fail) to load.
+    let (status, _) = app.get_json("/v1/pools/badtls").await;
+    assert_eq!(status, 404);
+    let (_, list) = app.get_json("/v1/pools").await;
+    assert!(
+        !list.to_string().contains("badtls"),
+        "a refused pool is listed: {list}"
+    );
+}
