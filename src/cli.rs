@@ -117,6 +117,8 @@ pub enum KeysCommand {
 pub enum Op {
     /// dispatch
     Dispatch,
+    /// lookup (a manifest without one answers with an error)
+    Lookup,
     /// poll
     Poll,
     /// release
@@ -313,6 +315,7 @@ fn manifest_command(cli: &Cli, action: &ManifestCommand) -> anyhow::Result<ExitC
             };
             let op = match op {
                 Op::Dispatch => OpKind::Dispatch,
+                Op::Lookup => OpKind::Lookup,
                 Op::Poll => OpKind::Poll,
                 Op::Release => OpKind::Release,
             };

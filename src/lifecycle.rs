@@ -161,23 +161,34 @@ pub fn next_action(run: &RunRecord, now: Millis) -> Action {
 pub enum Recovery {
     /// Queued: back into the pool's queue.
     WaitForSlot,
-    /// Caught in `dispatching` after a dispatch call may have gone out, with a poll that needs no
-    /// captured value: ask the scheduler about `run.dispatchId` before dispatching again.
+    /// Caught in `dispatching` after a dispatch call may have gone out, with a way to ask the
+    /// scheduler about `run.dispatchId` (the manifest's `lookup`, or a poll that needs no
+    /// captured value): ask before dispatching again.
     Reconcile,
     /// Everything else: [`next_action`] decides (dispatch again under the same dispatch id, poll
     /// at the persisted time, release, or nothing).
     Resume,
 }
 
-/// The recovery decision for a reloaded run.
-pub fn recovery(run: &RunRecord, poll_needs_captures: bool) -> Recovery {
+/// The recovery decision for a reloaded run; `can_ask` says whether the manifest can ask the
+/// scheduler about a job by its dispatch id (see `Manifest::reconcile_op`).
+pub fn recovery(run: &RunRecord, can_ask: bool) -> Recovery {
     match run.state {
         RunState::Queued => Recovery::WaitForSlot,
-        RunState::Dispatching if run.attempts.dispatch >= 1 && !poll_needs_captures => {
-            Recovery::Reconcile
-        }
+        RunState::Dispatching if run.attempts.dispatch >= 1 && can_ask => Recovery::Reconcile,
         _ => Recovery::Resume,
     }
+}
+
+/// True when the dispatch due for `run` follows an attempt of the same dispatch id that failed
+/// in a way that leaves open whether it reached the scheduler (a timeout, a cut connection, a
+/// 5xx: every retryable outcome). Such a dispatch must be preceded by asking the scheduler
+/// about the job, as after a restart, or a scheduler without idempotency runs the job twice.
+///
+/// The dispatch failures of the current dispatch id are counted in `poll_errors` (persisted),
+/// which a new dispatch id (a lost-job re-dispatch) resets.
+pub fn dispatch_may_exist(run: &RunRecord) -> bool {
+    run.state == RunState::Dispatching && run.poll_errors > 0
 }
 
 /// What a reconciling poll says about a job whose dispatch may or may not have gone out.
@@ -191,13 +202,44 @@ pub enum Reconciled {
     Unsure,
 }
 
-/// Reads a reconciling poll's outcome.
+/// Reads a reconciling poll's or lookup's outcome: an observation (poll) or a found job with
+/// its captures (lookup) is known; a not-found answer unknown; anything else unsure.
 pub fn reconciled(outcome: &CallOutcome) -> Reconciled {
     match outcome {
-        CallOutcome::Observed(_) => Reconciled::Known,
+        CallOutcome::Observed(_) | CallOutcome::Accepted { .. } => Reconciled::Known,
         CallOutcome::NotFound => Reconciled::Unknown,
         _ => Reconciled::Unsure,
     }
+}
+
+/// Re-attaches a dispatching run to the job the scheduler already has, as a reconciling call
+/// (`outcome`, read as [`Reconciled::Known`]) found it: the run goes on polling with the
+/// captures a lookup read, or with the ones it has after a poll. `restarted` says whether the
+/// question was asked after a restart or after an ambiguous dispatch failure (for the event).
+pub fn reattach(
+    run: &RunRecord,
+    outcome: CallOutcome,
+    restarted: bool,
+    policy: &Policy,
+    env: Env,
+) -> Step {
+    let why = if restarted {
+        "recovered after a restart"
+    } else {
+        "an earlier dispatch attempt had reached the scheduler"
+    };
+    let detail = format!("{why}: the scheduler has the job; re-attached");
+    let accepted = match outcome {
+        CallOutcome::Accepted { captures, .. } => CallOutcome::Accepted {
+            captures,
+            note: Some(detail),
+        },
+        _ => CallOutcome::Accepted {
+            captures: run.captures.clone(),
+            note: Some(detail),
+        },
+    };
+    apply(run, Input::Called(OpKind::Dispatch, accepted), policy, env)
 }
 
 /// Spreads overdue calls of reloaded runs over `spread_ms`, so that a restart with many runs
@@ -305,6 +347,8 @@ pub fn apply(run: &RunRecord, input: Input, policy: &Policy, env: Env) -> Step {
         Input::Called(OpKind::Release, outcome) => apply_release(&mut step, outcome, policy, env),
         // The failure log is fetched by the adapter on the way to a failed observation.
         Input::Called(OpKind::FailureLog, _) => {}
+        // A lookup changes nothing by itself: [`reconciled`] reads it and [`reattach`] applies it.
+        Input::Called(OpKind::Lookup, _) => {}
     }
     step
 }
@@ -1207,22 +1251,22 @@ mod tests {
     #[test]
     fn the_recovery_decision_follows_the_persisted_phase() {
         let queued = queued();
-        assert_eq!(recovery(&queued, false), Recovery::WaitForSlot);
+        assert_eq!(recovery(&queued, true), Recovery::WaitForSlot);
         let dispatching = apply(&queued, Input::SlotGranted, &policy(), env(1)).run;
         assert_eq!(
-            recovery(&dispatching, false),
+            recovery(&dispatching, true),
             Recovery::Reconcile,
-            "poll first when it needs no capture"
+            "ask first when the manifest can (a lookup, or a poll that needs no capture)"
         );
         assert_eq!(
-            recovery(&dispatching, true),
+            recovery(&dispatching, false),
             Recovery::Resume,
             "else dispatch again under the same id"
         );
         assert_eq!(next_action(&dispatching, 1), Action::Call(OpKind::Dispatch));
         assert_eq!(dispatching.dispatch_id, "job-1");
         let running = running();
-        assert_eq!(recovery(&running, false), Recovery::Resume);
+        assert_eq!(recovery(&running, true), Recovery::Resume);
         assert_eq!(next_action(&running, 20), Action::Call(OpKind::Poll));
         let done = apply(
             &running,
@@ -1231,7 +1275,7 @@ mod tests {
             env(30),
         )
         .run;
-        assert_eq!(recovery(&done, false), Recovery::Resume);
+        assert_eq!(recovery(&done, true), Recovery::Resume);
         assert_eq!(
             next_action(&done, 30),
             Action::Call(OpKind::Release),
@@ -1252,6 +1296,73 @@ mod tests {
         .run;
         assert!(!released.needs_work());
         assert_eq!(next_action(&released, 31), Action::Finished);
+    }
+
+    #[test]
+    fn a_dispatch_retried_after_an_ambiguous_failure_asks_the_scheduler_first() {
+        let dispatching = apply(&queued(), Input::SlotGranted, &policy(), env(1)).run;
+        assert!(
+            !dispatch_may_exist(&dispatching),
+            "the first attempt of a dispatch id has no predecessor"
+        );
+        let timed_out = apply(
+            &dispatching,
+            Input::Called(
+                OpKind::Dispatch,
+                retryable("dispatch → timed out", None, false),
+            ),
+            &policy(),
+            env(2),
+        )
+        .run;
+        assert_eq!(timed_out.state, RunState::Dispatching);
+        assert!(
+            dispatch_may_exist(&timed_out),
+            "the timed-out call may have created the job"
+        );
+        let found = CallOutcome::Accepted {
+            captures: serde_json::json!({"jobId": 42})
+                .as_object()
+                .cloned()
+                .unwrap(),
+            note: None,
+        };
+        assert_eq!(reconciled(&found), Reconciled::Known);
+        let step = reattach(&timed_out, found, false, &policy(), env(3));
+        assert_eq!(step.run.state, RunState::Running);
+        assert_eq!(step.run.captures["jobId"], 42);
+        assert_eq!(step.run.poll_errors, 0);
+        assert!(!dispatch_may_exist(&step.run));
+        let detail = step.events.last().and_then(|e| e.detail.clone()).unwrap();
+        assert!(detail.contains("re-attached"), "{detail}");
+        // A poll says nothing about captures: the run keeps the ones it has.
+        let polled = reattach(
+            &timed_out,
+            CallOutcome::Observed(Box::default()),
+            true,
+            &policy(),
+            env(3),
+        );
+        assert_eq!(polled.run.state, RunState::Running);
+        assert!(polled.run.captures.is_empty());
+        assert!(
+            polled
+                .events
+                .last()
+                .and_then(|e| e.detail.clone())
+                .unwrap()
+                .contains("restart")
+        );
+        // A lost job is dispatched again under a new id: nothing to ask about.
+        let lost = apply(
+            &running(),
+            Input::Called(OpKind::Poll, CallOutcome::NotFound),
+            &policy(),
+            env(4),
+        )
+        .run;
+        assert_eq!(lost.state, RunState::Dispatching);
+        assert!(!dispatch_may_exist(&lost));
     }
 
     #[test]

@@ -268,7 +268,7 @@ impl PoolActor {
         let job_id = run.job_id.clone();
         let runtime = self.runtime.current();
         let reconcile = !granted
-            && lifecycle::recovery(&run, runtime.manifest.poll_needs_captures())
+            && lifecycle::recovery(&run, runtime.manifest.reconcile_op().is_some())
                 == lifecycle::Recovery::Reconcile;
         let actor = RunActor::new(
             run,

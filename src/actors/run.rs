@@ -47,11 +47,14 @@ pub struct RunActor {
     cancel_waiters: Vec<oneshot::Sender<RunRecord>>,
     /// The decrypted job body, loaded lazily for dispatch and dropped after acceptance.
     job: Option<Value>,
-    /// Reloaded in `dispatching` after a restart: ask the scheduler (poll `run.dispatchId`)
-    /// before dispatching again.
+    /// Reloaded in `dispatching` after a restart: ask the scheduler (the manifest's lookup, or
+    /// a poll of `run.dispatchId`) before dispatching again.
     reconcile: bool,
-    /// Reconciling polls that gave no clear answer.
+    /// Reconciling calls in a row that gave no clear answer.
     reconcile_failures: u32,
+    /// The dispatch attempt for which asking is over (the scheduler does not know the job, or
+    /// gave no clear answer too often): that attempt is sent.
+    asked_attempt: Option<i64>,
     /// Failed tries at the store in a row (a commit, or reading the job body), for backoff.
     store_failures: u32,
     /// This actor's claim on the run, released when the actor is dropped.
@@ -85,6 +88,7 @@ impl RunActor {
             job: None,
             reconcile,
             reconcile_failures: 0,
+            asked_attempt: None,
             store_failures: 0,
             _ownership: ownership,
         }
@@ -138,7 +142,7 @@ impl RunActor {
                     actor.drive(ctx);
                 }));
             }
-            Action::Call(OpKind::Dispatch) if self.reconcile => self.reconcile(ctx),
+            Action::Call(OpKind::Dispatch) if self.must_ask() => self.reconcile(ctx),
             Action::Call(op) => self.call(op, ctx),
             Action::Cancel => {
                 let step = lifecycle::apply(&self.run, Input::Cancel, &self.policy(), Self::env());
@@ -163,53 +167,65 @@ impl RunActor {
         }
     }
 
-    /// Polls `run.dispatchId` to learn whether a dispatch that may have gone out before a
-    /// crash reached the scheduler.
+    /// True when the dispatch due must wait for the scheduler to say whether it has the job:
+    /// after a restart in `dispatching`, or after an attempt of the same dispatch id that may
+    /// have reached the scheduler (a timeout, a 5xx), when the manifest can ask at all.
+    fn must_ask(&self) -> bool {
+        (self.reconcile || lifecycle::dispatch_may_exist(&self.run))
+            && self.asked_attempt != Some(self.run.attempts.dispatch)
+            && self.runtime.current().manifest.reconcile_op().is_some()
+    }
+
+    /// Asks the scheduler about `run.dispatchId` (the manifest's lookup, or a poll) to learn
+    /// whether an earlier dispatch attempt created the job: re-attach to it if so, dispatch if
+    /// not.
     fn reconcile(&mut self, ctx: &mut Context<Self>) {
+        let runtime = self.runtime.current();
+        let Some(op) = runtime.manifest.reconcile_op() else {
+            self.asked_attempt = Some(self.run.attempts.dispatch);
+            return self.drive(ctx);
+        };
         self.busy = true;
         self.deps.activity.enter();
-        let runtime = self.runtime.current();
         let adapter = self.deps.adapter.clone();
         let input = render_input(&self.run, Value::Null, &runtime.name);
-        let fut = async move { adapter.call(&runtime, OpKind::Poll, &input).await };
-        ctx.spawn(fut.into_actor(self).map(|outcome, actor, ctx| {
+        let revision = runtime.revision;
+        let fut = async move { adapter.call(&runtime, op, &input).await };
+        ctx.spawn(fut.into_actor(self).map(move |outcome, actor, ctx| {
             actor.busy = false;
             actor.deps.activity.leave();
             let policy = actor.policy();
             match lifecycle::reconciled(&outcome) {
                 Reconciled::Known => {
+                    let restarted = actor.reconcile;
                     actor.reconcile = false;
-                    let mut step = lifecycle::apply(
-                        &actor.run,
-                        Input::Called(OpKind::Dispatch, CallOutcome::AlreadyExists),
-                        &policy,
-                        Self::env(),
-                    );
-                    for event in &mut step.events {
-                        event.detail = Some(
-                            "recovered after a restart: the scheduler has the job; re-attached"
-                                .to_owned(),
-                        );
-                    }
+                    actor.reconcile_failures = 0;
+                    let mut step =
+                        lifecycle::reattach(&actor.run, outcome, restarted, &policy, Self::env());
+                    step.run.manifest_revision = revision;
                     actor.commit(step, ctx);
                 }
                 Reconciled::Unknown => {
                     actor.reconcile = false;
+                    actor.reconcile_failures = 0;
+                    actor.asked_attempt = Some(actor.run.attempts.dispatch);
                     actor.drive(ctx);
                 }
                 Reconciled::Unsure => {
-                    actor.reconcile_failures += 1;
                     let env = Self::env();
                     actor.run.next_at = Some(match outcome {
                         CallOutcome::Deferred { until } => until,
                         _ => {
+                            actor.reconcile_failures += 1;
                             if actor.reconcile_failures >= policy.max_attempts {
                                 // No clear answer: dispatch again under the same id and rely on
                                 // the scheduler's idempotency (alreadyExists, a fixed name, a key).
                                 actor.reconcile = false;
+                                actor.reconcile_failures = 0;
+                                actor.asked_attempt = Some(actor.run.attempts.dispatch);
                             }
                             let delay = crate::backoff::delay_ms(
-                                actor.reconcile_failures,
+                                actor.reconcile_failures.max(1),
                                 policy.initial_backoff_ms,
                                 policy.max_backoff_ms,
                                 env.jitter,

@@ -75,11 +75,15 @@ impl ManifestFormat {
     }
 }
 
-/// The three operations of a manifest.
+/// The operations of a manifest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum OpKind {
     /// Create the job.
     Dispatch,
+    /// Find a job that an earlier dispatch attempt may have created (optional). Asked before a
+    /// dispatch whose predecessor may have reached the scheduler, so that the job is re-attached
+    /// instead of created twice.
+    Lookup,
     /// Read the job's status.
     Poll,
     /// Cancel / clean up the job.
@@ -89,10 +93,11 @@ pub enum OpKind {
 }
 
 impl OpKind {
-    /// `dispatch`, `poll` or `release`.
+    /// The operation's name in a manifest (`dispatch`, `lookup`, `poll`, `release`, `failureLog`).
     pub fn as_str(self) -> &'static str {
         match self {
             OpKind::Dispatch => "dispatch",
+            OpKind::Lookup => "lookup",
             OpKind::Poll => "poll",
             OpKind::Release => "release",
             OpKind::FailureLog => "failureLog",

@@ -7,7 +7,7 @@ use super::{
 };
 use crate::domain::secrets::SecretBundle;
 use crate::domain::state::MappedState;
-use crate::template::{Captures, Engine, RequestTemplate, StateMapping, context, mapping};
+use crate::template::{Captures, Engine, Expr, RequestTemplate, StateMapping, context, mapping};
 use serde_json::{Map, Value};
 use std::collections::BTreeSet;
 
@@ -78,6 +78,10 @@ pub struct Manifest {
     pub lost_redispatch: u32,
     /// `dispatch`.
     pub dispatch: Operation,
+    /// `lookup`, if the manifest has one: finds a job that an earlier dispatch attempt may have
+    /// created, so that a retried or recovered dispatch re-attaches to it instead of sending
+    /// again.
+    pub lookup: Option<Operation>,
     /// `poll`.
     pub poll: Operation,
     /// `release`, if the manifest has one.
@@ -136,10 +140,11 @@ impl Manifest {
         &self.vars
     }
 
-    /// One operation, if the manifest has it (only `release` is optional).
+    /// One operation, if the manifest has it (`lookup`, `release` and `failureLog` are optional).
     pub fn operation(&self, kind: OpKind) -> Option<&Operation> {
         match kind {
             OpKind::Dispatch => Some(&self.dispatch),
+            OpKind::Lookup => self.lookup.as_ref(),
             OpKind::Poll => Some(&self.poll),
             OpKind::Release => self.release.as_ref(),
             OpKind::FailureLog => self.failure_log.as_ref(),
@@ -178,6 +183,21 @@ impl Manifest {
     pub fn poll_needs_captures(&self) -> bool {
         self.poll.request.uses_capture()
     }
+
+    /// The operation that tells whether a job an earlier dispatch attempt may have created
+    /// exists: `lookup` when the manifest has one (it also gives the captures), else `poll`
+    /// when it needs no captured value (it can address the job by `run.dispatchId`), else none:
+    /// the dispatch is simply sent again and only the scheduler's idempotency prevents a
+    /// duplicate.
+    pub fn reconcile_op(&self) -> Option<OpKind> {
+        if self.lookup.is_some() {
+            Some(OpKind::Lookup)
+        } else if !self.poll_needs_captures() {
+            Some(OpKind::Poll)
+        } else {
+            None
+        }
+    }
 }
 
 /// One compiled operation of a manifest.
@@ -189,8 +209,8 @@ pub struct Operation {
     pub method: Method,
     /// `expect`: success statuses; `None` means any 2xx.
     pub expect: Option<Vec<u16>>,
-    /// `alreadyExists` (dispatch only): statuses meaning the job exists, so go on polling.
-    pub already_exists: Vec<u16>,
+    /// `alreadyExists` (dispatch only): answers meaning the job exists, so go on polling.
+    pub already_exists: Vec<ExistsRule>,
     /// What a 404 means.
     pub not_found: NotFound,
     /// `timeoutMs` of this operation (else the pool's `limits.timeoutMs`).
@@ -198,6 +218,66 @@ pub struct Operation {
     pub(crate) request: RequestTemplate,
     pub(crate) map: Option<StateMapping>,
     pub(crate) captures: Captures,
+    /// `items` and `id` (lookup only): how the job is picked out of a list answer.
+    pub(crate) finder: Option<Finder>,
+}
+
+/// One `alreadyExists` entry: a status, and what the answer's body must say when the status
+/// alone is ambiguous (Podman answers a pod name in use with a plain 500).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExistsRule {
+    /// The status.
+    pub status: u16,
+    pub(crate) when: Option<BodyCondition>,
+}
+
+/// What an answer body must say for an [`ExistsRule`] with a condition to match.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum BodyCondition {
+    /// `bodyContains`: the body's text contains this substring (case-sensitive).
+    Contains(String),
+    /// `when`: a JMESPath expression over the JSON body that gives a truthy value (not null,
+    /// false, an empty string, list or object). A body that is not JSON does not match.
+    Matches(Expr),
+}
+
+impl ExistsRule {
+    /// True when an answer with `status` and `body` matches this rule.
+    pub fn matches(&self, status: u16, body: &[u8]) -> bool {
+        if status != self.status {
+            return false;
+        }
+        match &self.when {
+            None => true,
+            Some(BodyCondition::Contains(text)) => {
+                String::from_utf8_lossy(body).contains(text.as_str())
+            }
+            Some(BodyCondition::Matches(expr)) => mapping::parse_body(body)
+                .and_then(|doc| expr.eval(&doc))
+                .is_ok_and(|value| truthy(&value)),
+        }
+    }
+}
+
+/// JMESPath truthiness: null, false and empty strings, lists and objects are false.
+fn truthy(value: &Value) -> bool {
+    match value {
+        Value::Null | Value::Bool(false) => false,
+        Value::String(s) => !s.is_empty(),
+        Value::Array(items) => !items.is_empty(),
+        Value::Object(map) => !map.is_empty(),
+        Value::Bool(true) | Value::Number(_) => true,
+    }
+}
+
+/// How `lookup` picks the job out of a list answer: the first element of `items` whose `id`
+/// equals `run.dispatchId`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Finder {
+    /// `items`: the list (null reads as an empty list).
+    pub(crate) items: Expr,
+    /// `id`: evaluated on each element; a string, number or boolean compared as text.
+    pub(crate) id: Expr,
 }
 
 impl Operation {
@@ -209,9 +289,49 @@ impl Operation {
         }
     }
 
-    /// True when `status` means the job exists already (dispatch's `alreadyExists`).
-    pub fn is_already_exists(&self, status: u16) -> bool {
-        self.already_exists.contains(&status)
+    /// True when an answer means the job exists already (dispatch's `alreadyExists`).
+    pub fn is_already_exists(&self, status: u16, body: &[u8]) -> bool {
+        self.already_exists
+            .iter()
+            .any(|rule| rule.matches(status, body))
+    }
+
+    /// Reads a successful `lookup` answer: `Some(captures)` when it shows the job of
+    /// `dispatch_id`, `None` when it does not.
+    ///
+    /// Without `items`, a successful answer is the job itself and the captures are read from
+    /// it; with `items`, the first element whose `id` is `dispatch_id` is the job and the
+    /// captures are read from that element.
+    ///
+    /// # Errors
+    /// [`MapError::NotJson`] when the body must be read and is not JSON;
+    /// [`MapError::Expression`] when an expression fails or `items` is not a list.
+    pub fn find(
+        &self,
+        body: &[u8],
+        dispatch_id: &str,
+    ) -> Result<Option<Map<String, Value>>, MapError> {
+        let Some(finder) = &self.finder else {
+            return self.captures.capture(body).map(Some);
+        };
+        let doc = mapping::parse_body(body)?;
+        let items = match finder.items.eval(&doc)? {
+            Value::Array(items) => items,
+            Value::Null => Vec::new(),
+            other => {
+                return Err(MapError::Expression {
+                    path: "lookup.items".to_owned(),
+                    message: format!("gives {}, not a list", super::walk::kind_of(&other)),
+                });
+            }
+        };
+        for item in &items {
+            let id = finder.id.eval(item)?;
+            if mapping::scalar_text(&id).is_some_and(|id| id == dispatch_id) {
+                return self.captures.capture_doc(item).map(Some);
+            }
+        }
+        Ok(None)
     }
 
     /// True when the operation maps a state (`map.state`); without it every poll reads as running.
@@ -323,7 +443,7 @@ mod tests {
         assert!(m.release.as_ref().unwrap().is_success(404));
         assert!(!m.dispatch.is_success(200));
         assert!(m.dispatch.is_success(201));
-        assert!(m.dispatch.is_already_exists(409));
+        assert!(m.dispatch.is_already_exists(409, b"{}"));
     }
 
     fn hostile_manifest(headers: Value) -> Manifest {

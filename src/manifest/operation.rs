@@ -1,5 +1,6 @@
 //! The walk of one operation (`dispatch`, `poll`, `release`, and the shape of `pollMany`).
 
+use super::model::{BodyCondition, ExistsRule, Finder};
 use super::walk::{Fields, Problems, join, kind_of};
 use super::{Method, NotFound, OpKind, Operation};
 use crate::domain::state::MappedState;
@@ -28,7 +29,9 @@ pub(crate) struct OpEnv<'a> {
 /// Fields that exist on some operations only, with where they belong.
 const OP_SPECIFIC: &[(&str, &str)] = &[
     ("alreadyExists", "dispatch"),
-    ("capture", "dispatch"),
+    ("capture", "dispatch and lookup"),
+    ("items", "lookup"),
+    ("id", "lookup"),
     ("notFound", "poll and release"),
     ("map", "poll"),
 ];
@@ -36,6 +39,7 @@ const OP_SPECIFIC: &[(&str, &str)] = &[
 fn op_fields(kind: OpKind) -> &'static [&'static str] {
     match kind {
         OpKind::Dispatch => &["request", "expect", "alreadyExists", "timeoutMs", "capture"],
+        OpKind::Lookup => &["request", "expect", "timeoutMs", "items", "id", "capture"],
         OpKind::Poll => &["request", "expect", "notFound", "timeoutMs", "map"],
         OpKind::Release => &["request", "expect", "notFound", "timeoutMs"],
         OpKind::FailureLog => &["request", "expect", "timeoutMs"],
@@ -89,18 +93,17 @@ pub(crate) fn parse(
 
     let expect = fields.statuses("expect", problems);
     let already_exists = if kind == OpKind::Dispatch {
-        fields
-            .statuses("alreadyExists", problems)
-            .unwrap_or_default()
+        read_already_exists(&fields, problems)
     } else {
         Vec::new()
     };
     if let Some(expect) = &expect {
-        let both: Vec<String> = already_exists
+        let mut both: Vec<String> = already_exists
             .iter()
-            .filter(|s| expect.contains(s))
-            .map(u16::to_string)
+            .filter(|rule| expect.contains(&rule.status))
+            .map(|rule| rule.status.to_string())
             .collect();
+        both.dedup();
         if !both.is_empty() {
             problems.add(
                 fields.child("alreadyExists"),
@@ -113,10 +116,19 @@ pub(crate) fn parse(
     }
     let not_found = read_not_found(kind, &fields, problems);
     let timeout_ms = fields.int("timeoutMs", 1, MAX_TIMEOUT_MS, problems);
-    let captures = if kind == OpKind::Dispatch {
-        read_captures(&fields, problems)
+    let captures = match kind {
+        OpKind::Dispatch => read_captures(&fields, problems),
+        OpKind::Lookup => {
+            let captures = read_captures(&fields, problems);
+            check_lookup_captures(&fields, &captures, env.captures, problems);
+            captures
+        }
+        _ => Captures::default(),
+    };
+    let finder = if kind == OpKind::Lookup {
+        read_finder(&fields, problems)
     } else {
-        Captures::default()
+        None
     };
     let map = if kind == OpKind::Poll {
         fields
@@ -137,7 +149,197 @@ pub(crate) fn parse(
         request,
         map,
         captures,
+        finder,
     })
+}
+
+/// `alreadyExists`: a list whose entries are a status (`409`), or a status with what the body
+/// must say (`{status: 500, bodyContains: "already exists"}` or `{status: 500, when: <JMESPath>}`)
+/// for a scheduler that answers a name in use with a status it also uses for other errors.
+fn read_already_exists(fields: &Fields<'_>, problems: &mut Problems) -> Vec<ExistsRule> {
+    let Some(value) = fields.get("alreadyExists") else {
+        return Vec::new();
+    };
+    let path = fields.child("alreadyExists");
+    let Value::Array(entries) = value else {
+        problems.add(
+            path,
+            format!(
+                "must be a list of HTTP statuses, or of {{status, bodyContains}} or \
+                 {{status, when}} entries, not {}",
+                kind_of(value)
+            ),
+        );
+        return Vec::new();
+    };
+    if entries.is_empty() {
+        problems.add(path.clone(), "must list at least one entry");
+    }
+    let mut out: Vec<ExistsRule> = Vec::with_capacity(entries.len());
+    for (i, entry) in entries.iter().enumerate() {
+        let at = join(&path, &i.to_string());
+        let rule = match entry {
+            Value::Number(_) => {
+                status_of(entry, &at, problems).map(|status| ExistsRule { status, when: None })
+            }
+            Value::Object(_) => read_exists_entry(entry, &at, problems),
+            other => {
+                problems.add(
+                    at,
+                    format!(
+                        "must be an HTTP status or a {{status, bodyContains}} or {{status, when}} \
+                         entry, not {}",
+                        kind_of(other)
+                    ),
+                );
+                None
+            }
+        };
+        if let Some(rule) = rule
+            && !out.contains(&rule)
+        {
+            out.push(rule);
+        }
+    }
+    out
+}
+
+fn status_of(value: &Value, at: &str, problems: &mut Problems) -> Option<u16> {
+    let status = value
+        .as_u64()
+        .filter(|n| (100..=599).contains(n))
+        .and_then(|n| u16::try_from(n).ok());
+    if status.is_none() {
+        problems.add(
+            at,
+            format!(
+                "must be an HTTP status code between 100 and 599; got {}",
+                super::walk::show(value)
+            ),
+        );
+    }
+    status
+}
+
+/// One `{status, bodyContains | when}` entry of `alreadyExists`.
+fn read_exists_entry(value: &Value, at: &str, problems: &mut Problems) -> Option<ExistsRule> {
+    let entry = Fields::new(value, at, problems)?;
+    entry.deny_unknown(&["status", "bodyContains", "when"], problems);
+    let status = entry
+        .required("status", problems)
+        .and_then(|v| status_of(v, &entry.child("status"), problems));
+    let contains = entry.str("bodyContains", problems);
+    let when = entry.str("when", problems);
+    let condition = match (contains, when) {
+        (Some(_), Some(_)) => {
+            problems.add(
+                entry.child("when"),
+                "use either bodyContains (a substring) or when (a JMESPath expression), not both",
+            );
+            None
+        }
+        (Some(""), None) => {
+            problems.add(
+                entry.child("bodyContains"),
+                "an empty substring matches every body; write the text the scheduler answers",
+            );
+            None
+        }
+        (Some(text), None) => Some(BodyCondition::Contains(text.to_owned())),
+        (None, Some(source)) => mapping::compile(&entry.child("when"), source, problems.list_mut())
+            .map(BodyCondition::Matches),
+        (None, None) => {
+            problems.add(
+                at,
+                "an entry with only a status is written as the bare status; add bodyContains or \
+                 when to say what the body must hold",
+            );
+            None
+        }
+    };
+    Some(ExistsRule {
+        status: status?,
+        when: Some(condition?),
+    })
+}
+
+/// `lookup.capture` must give every value that `dispatch.capture` gives, and no other: poll,
+/// release and failureLog read them after a re-attached job as after an accepted one.
+fn check_lookup_captures(
+    fields: &Fields<'_>,
+    captures: &Captures,
+    declared: &BTreeSet<String>,
+    problems: &mut Problems,
+) {
+    let given: BTreeSet<&str> = captures.0.iter().map(|(name, _)| name.as_str()).collect();
+    let missing: Vec<&str> = declared
+        .iter()
+        .map(String::as_str)
+        .filter(|name| !given.contains(name))
+        .collect();
+    // Names whose expression did not compile are reported already.
+    let written: BTreeSet<&str> = fields
+        .get("capture")
+        .and_then(Value::as_object)
+        .map(|m| m.keys().map(String::as_str).collect())
+        .unwrap_or_default();
+    let missing: Vec<&str> = missing
+        .into_iter()
+        .filter(|name| !written.contains(name))
+        .collect();
+    if !missing.is_empty() {
+        problems.add(
+            fields.child("capture"),
+            format!(
+                "must capture {} like dispatch.capture does: poll and release read them after \
+                 a re-attached job",
+                missing.join(", ")
+            ),
+        );
+    }
+    for name in written {
+        if !declared.contains(name) {
+            problems.add(
+                join(&fields.child("capture"), name),
+                format!(
+                    "capture `{name}` is not declared in dispatch.capture; lookup captures the \
+                     same values as dispatch"
+                ),
+            );
+        }
+    }
+}
+
+/// `items` and `id` of a lookup: both or neither.
+fn read_finder(fields: &Fields<'_>, problems: &mut Problems) -> Option<Finder> {
+    let items = fields.str("items", problems);
+    let id = fields.str("id", problems);
+    match (items, id) {
+        (None, None) => None,
+        (Some(items), Some(id)) => {
+            let items = mapping::compile(&fields.child("items"), items, problems.list_mut());
+            let id = mapping::compile(&fields.child("id"), id, problems.list_mut());
+            Some(Finder {
+                items: items?,
+                id: id?,
+            })
+        }
+        (Some(_), None) => {
+            problems.add(
+                fields.child("id"),
+                "items needs id: the expression, on each element, that is compared with \
+                 run.dispatchId",
+            );
+            None
+        }
+        (None, Some(_)) => {
+            problems.add(
+                fields.child("items"),
+                "id needs items: the expression that gives the list of jobs to search",
+            );
+            None
+        }
+    }
 }
 
 /// The names declared in `dispatch.capture`, read before the operations so that poll and
@@ -153,12 +355,12 @@ pub(crate) fn declared_captures(doc: &Value) -> BTreeSet<String> {
 fn read_not_found(kind: OpKind, fields: &Fields<'_>, problems: &mut Problems) -> NotFound {
     let path = fields.child("notFound");
     let default = match kind {
-        OpKind::Dispatch => NotFound::Reject,
+        OpKind::Dispatch | OpKind::Lookup => NotFound::Reject,
         OpKind::Poll => NotFound::Lost,
         OpKind::Release => NotFound::Success,
         OpKind::FailureLog => NotFound::Reject,
     };
-    if matches!(kind, OpKind::Dispatch | OpKind::FailureLog) {
+    if matches!(kind, OpKind::Dispatch | OpKind::Lookup | OpKind::FailureLog) {
         return default;
     }
     let Some(word) = fields.str("notFound", problems) else {

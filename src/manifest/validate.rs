@@ -26,6 +26,7 @@ const TOP_FIELDS: &[&str] = &[
     "polling",
     "lost",
     "dispatch",
+    "lookup",
     "poll",
     "release",
     "failureLog",
@@ -86,6 +87,9 @@ pub(crate) fn build(doc: &Value, defaults: &Defaults) -> Result<Manifest, Manife
     let dispatch = root
         .required("dispatch", &mut problems)
         .and_then(|v| operation::parse(OpKind::Dispatch, v, &mut env, &mut problems));
+    let lookup = root
+        .get("lookup")
+        .and_then(|v| operation::parse(OpKind::Lookup, v, &mut env, &mut problems));
     let poll = root
         .required("poll", &mut problems)
         .and_then(|v| operation::parse(OpKind::Poll, v, &mut env, &mut problems));
@@ -132,6 +136,7 @@ pub(crate) fn build(doc: &Value, defaults: &Defaults) -> Result<Manifest, Manife
     };
     let mut secret_keys: BTreeSet<String> = auth::secret_keys(&auth).into_iter().collect();
     for op in std::iter::once(&dispatch)
+        .chain(lookup.as_ref())
         .chain(Some(&poll))
         .chain(release.as_ref())
         .chain(failure_log.as_ref())
@@ -151,6 +156,7 @@ pub(crate) fn build(doc: &Value, defaults: &Defaults) -> Result<Manifest, Manife
         polling,
         lost_redispatch,
         dispatch,
+        lookup,
         poll,
         release,
         failure_log,
@@ -176,6 +182,7 @@ fn trial_render(manifest: &Manifest, captures: &BTreeSet<String>, problems: &mut
     let secrets = context::sample_secrets(manifest.secret_keys());
     for kind in [
         OpKind::Dispatch,
+        OpKind::Lookup,
         OpKind::Poll,
         OpKind::Release,
         OpKind::FailureLog,
@@ -415,7 +422,14 @@ mod tests {
             assert_eq!(m.polling.deadline_seconds, Some(7200));
             assert_eq!(m.dispatch.method, Method::Post);
             assert_eq!(m.dispatch.expect, Some(vec![201]));
-            assert_eq!(m.dispatch.already_exists, vec![409]);
+            assert_eq!(
+                m.dispatch
+                    .already_exists
+                    .iter()
+                    .map(|rule| rule.status)
+                    .collect::<Vec<_>>(),
+                vec![409]
+            );
             assert_eq!(m.poll.not_found, NotFound::Lost);
             assert_eq!(m.release.as_ref().map(|r| r.method), Some(Method::Delete));
             assert_eq!(
@@ -840,6 +854,126 @@ mod tests {
         assert_eq!(
             problem_paths(&doc),
             ["poll.request.query.tag.1", "release.request.path"]
+        );
+    }
+
+    fn with_lookup() -> Value {
+        let mut doc = minimal();
+        doc["dispatch"]["capture"] = json!({"id": "job_id"});
+        doc["poll"]["request"]["path"] = json!("/jobs/{{capture.id}}");
+        doc["lookup"] = json!({
+            "request": {"method": "GET", "path": "/jobs", "query": {"name": "{{run.dispatchId}}"}},
+            "items": "jobs",
+            "id": "name",
+            "capture": {"id": "job_id"}
+        });
+        doc
+    }
+
+    #[test]
+    fn a_lookup_finds_the_job_of_the_dispatch_id_in_a_list_and_captures_from_it() {
+        let manifest = build(&with_lookup()).unwrap();
+        assert_eq!(manifest.reconcile_op(), Some(OpKind::Lookup));
+        let lookup = manifest.lookup.as_ref().unwrap();
+        let body = br#"{"jobs": [{"name": "job-0", "job_id": 1}, {"name": "job-1", "job_id": 2}, {"name": "job-1", "job_id": 3}]}"#;
+        let found = lookup.find(body, "job-1").unwrap().unwrap();
+        assert_eq!(Value::Object(found), json!({"id": 2}), "the first match");
+        assert_eq!(lookup.find(body, "job-9").unwrap(), None);
+        assert_eq!(lookup.find(br#"{"jobs": null}"#, "job-1").unwrap(), None);
+        assert!(lookup.find(br#"{"jobs": "no"}"#, "job-1").is_err());
+        assert!(lookup.find(b"<html>", "job-1").is_err());
+        let run = crate::manifest::fixtures::input("j-1", json!({}));
+        let request = manifest
+            .render(
+                OpKind::Lookup,
+                &run,
+                &crate::manifest::fixtures::secrets(&[]),
+            )
+            .unwrap();
+        assert_eq!(
+            request.url.as_str(),
+            "https://sched.example/api/jobs?name=j-1"
+        );
+        // Without a lookup, a poll that needs a capture cannot ask; one that does not can.
+        let mut doc = with_lookup();
+        doc.as_object_mut().unwrap().remove("lookup");
+        assert_eq!(build(&doc).unwrap().reconcile_op(), None);
+        assert_eq!(
+            build(&minimal()).unwrap().reconcile_op(),
+            Some(OpKind::Poll)
+        );
+    }
+
+    #[test]
+    fn a_lookup_is_checked_strictly_at_registration() {
+        let mut doc = with_lookup();
+        doc["lookup"]["capture"] = json!({"other": "x"});
+        doc["lookup"]["items"] = json!("jobs[");
+        doc["lookup"]["map"] = json!({"state": "s"});
+        doc["lookup"]["request"]["path"] = json!("/jobs/{{capture.id}}/{{input.job.name}}");
+        let mut paths = problem_paths(&doc);
+        paths.sort();
+        assert_eq!(
+            paths,
+            [
+                "lookup.capture",
+                "lookup.capture.other",
+                "lookup.items",
+                "lookup.map",
+                "lookup.request.path",
+                "lookup.request.path"
+            ]
+        );
+        let mut doc = with_lookup();
+        doc["lookup"].as_object_mut().unwrap().remove("id");
+        assert_eq!(problem_paths(&doc), ["lookup.id"]);
+        let mut doc = with_lookup();
+        doc["dispatch"]["items"] = json!("jobs");
+        assert_eq!(problem_paths(&doc), ["dispatch.items"]);
+    }
+
+    #[test]
+    fn already_exists_entries_are_statuses_or_statuses_with_a_body_condition() {
+        let mut doc = minimal();
+        doc["dispatch"]["expect"] = json!([201]);
+        doc["dispatch"]["alreadyExists"] = json!([
+            409,
+            {"status": 500, "bodyContains": "already exists"},
+            {"status": 500, "when": "cause == 'pod already exists'"}
+        ]);
+        let manifest = build(&doc).unwrap();
+        let dispatch = &manifest.dispatch;
+        assert!(dispatch.is_already_exists(409, b""));
+        assert!(dispatch.is_already_exists(500, br#"{"message": "name in use: already exists"}"#));
+        assert!(dispatch.is_already_exists(500, br#"{"cause": "pod already exists"}"#));
+        assert!(!dispatch.is_already_exists(500, br#"{"cause": "storage full"}"#));
+        assert!(!dispatch.is_already_exists(500, b"<html>"));
+        assert!(!dispatch.is_already_exists(503, b"already exists"));
+
+        doc["dispatch"]["alreadyExists"] = json!([
+            {"status": 500},
+            {"status": 500, "bodyContains": "x", "when": "a"},
+            {"status": 500, "bodyContains": ""},
+            {"status": 500, "when": "a["},
+            {"status": 99, "when": "a"},
+            {"status": 201, "when": "a"},
+            {"status": 500, "when": "a", "extra": 1},
+            "409"
+        ]);
+        let mut paths = problem_paths(&doc);
+        paths.sort();
+        assert_eq!(
+            paths,
+            [
+                "dispatch.alreadyExists",
+                "dispatch.alreadyExists.0",
+                "dispatch.alreadyExists.1.when",
+                "dispatch.alreadyExists.2.bodyContains",
+                "dispatch.alreadyExists.3.when",
+                "dispatch.alreadyExists.4.status",
+                "dispatch.alreadyExists.6.extra",
+                "dispatch.alreadyExists.7"
+            ]
         );
     }
 }

@@ -186,8 +186,14 @@ impl Adapter {
             }
         };
         let mut outcome = self
-            .call_admitted(pool, op, operation, request, &guard)
+            .call_admitted(pool, op, operation, request, &input.dispatch_id, &guard)
             .await;
+        if op == OpKind::Dispatch
+            && outcome == CallOutcome::AlreadyExists
+            && manifest.lookup.is_some()
+        {
+            outcome = self.already_existing(pool, input, &guard).await;
+        }
         if let CallOutcome::Observed(observation) = &mut outcome
             && observation.state == Some(crate::domain::state::MappedState::Failed)
             && pool.manifest.failure_log.is_some()
@@ -202,6 +208,41 @@ impl Adapter {
         let outcome = crate::redact::scrub_outcome(outcome, &pool.secrets, &input.job);
         guard.record(trial, signal_of(&outcome), Instant::now(), base, max);
         outcome
+    }
+
+    /// A dispatch answered `alreadyExists` and the manifest has a `lookup`: reads the existing
+    /// job's captures with it, so that polls that need them work after the re-attach. Without
+    /// a clear lookup answer the outcome stays [`CallOutcome::AlreadyExists`].
+    async fn already_existing(
+        &self,
+        pool: &PoolRuntime,
+        input: &RenderInput,
+        guard: &PoolGuard,
+    ) -> CallOutcome {
+        let manifest = &pool.manifest;
+        let (Some(operation), Ok(request)) = (
+            manifest.lookup.as_ref(),
+            manifest.render(OpKind::Lookup, input, &pool.secrets),
+        ) else {
+            return CallOutcome::AlreadyExists;
+        };
+        match self
+            .call_admitted(
+                pool,
+                OpKind::Lookup,
+                operation,
+                request,
+                &input.dispatch_id,
+                guard,
+            )
+            .await
+        {
+            CallOutcome::Accepted { captures, .. } => CallOutcome::Accepted {
+                captures,
+                note: Some("the scheduler already had the job; re-attached".to_owned()),
+            },
+            _ => CallOutcome::AlreadyExists,
+        }
     }
 
     /// Fetches the end of a failed job's log with the manifest's `failureLog` operation. Best
@@ -237,6 +278,7 @@ impl Adapter {
         op: OpKind,
         operation: &crate::manifest::Operation,
         request: RenderedRequest,
+        dispatch_id: &str,
         guard: &PoolGuard,
     ) -> CallOutcome {
         let manifest = &pool.manifest;
@@ -271,6 +313,7 @@ impl Adapter {
         }
         classify::classify(
             operation,
+            dispatch_id,
             exchange.status,
             exchange.retry_after_ms,
             exchange.body,

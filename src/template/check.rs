@@ -442,12 +442,14 @@ impl Checker<'_, '_> {
             ),
             ["run", "dispatchId" | "attempt"] | ["pool", "name"] => Ok(()),
             ["capture", name, ..] => {
-                if self.scope.stage == Stage::Operation(OpKind::Dispatch) {
-                    return Err(
-                        "capture.* is not available in dispatch: captures are read from the \
-                         dispatch answer, so only poll and release can use them"
-                            .to_owned(),
-                    );
+                if let Stage::Operation(op @ (OpKind::Dispatch | OpKind::Lookup)) = self.scope.stage
+                {
+                    return Err(format!(
+                        "capture.* is not available in {}: captures are read from the \
+                         dispatch (or lookup) answer, so only poll, release and failureLog can \
+                         use them",
+                        op.as_str()
+                    ));
                 }
                 if !self.scope.captures.contains(*name) {
                     let declared: Vec<&str> =

@@ -278,13 +278,21 @@ impl Captures {
     /// [`MapError::NotJson`] when there are captures and the body is not JSON;
     /// [`MapError::Expression`] when an expression fails.
     pub(crate) fn capture(&self, body: &[u8]) -> Result<Map<String, Value>, MapError> {
-        let mut out = Map::new();
         if self.0.is_empty() {
-            return Ok(out);
+            return Ok(Map::new());
         }
-        let doc = parse_body(body)?;
+        self.capture_doc(&parse_body(body)?)
+    }
+
+    /// Evaluates every capture on a parsed document (the whole answer, or the one item of a
+    /// list that `lookup` matched); a null result is left out.
+    ///
+    /// # Errors
+    /// [`MapError::Expression`] when an expression fails.
+    pub(crate) fn capture_doc(&self, doc: &Value) -> Result<Map<String, Value>, MapError> {
+        let mut out = Map::new();
         for (name, expr) in &self.0 {
-            let value = expr.eval(&doc)?;
+            let value = expr.eval(doc)?;
             if !value.is_null() {
                 out.insert(name.clone(), value);
             }
@@ -300,7 +308,7 @@ fn status_word(value: &Value) -> Option<String> {
 }
 
 /// A scalar as text; null, objects and lists are absent.
-fn scalar_text(value: &Value) -> Option<String> {
+pub(crate) fn scalar_text(value: &Value) -> Option<String> {
     match value {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),

@@ -46,7 +46,8 @@ fn manifest(base_url: &str) -> Value {
     })
 }
 
-struct Gateway {
+/// The real `cattery serve` process on a test database, which can be killed and restarted.
+pub(crate) struct Gateway {
     db: TestDatabase,
     data_dir: tempfile::TempDir,
     port: u16,
@@ -55,7 +56,7 @@ struct Gateway {
 }
 
 impl Gateway {
-    async fn start(db: TestDatabase) -> Gateway {
+    pub(crate) async fn start(db: TestDatabase) -> Gateway {
         let mut gateway = Gateway {
             db,
             data_dir: tempfile::tempdir().unwrap(),
@@ -71,7 +72,7 @@ impl Gateway {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    async fn register(&self, pool: &str, manifest: Value, secrets: Value) {
+    pub(crate) async fn register(&self, pool: &str, manifest: Value, secrets: Value) {
         let response = self
             .client
             .put(format!("{}/v1/pools/{pool}", self.base()))
@@ -83,12 +84,12 @@ impl Gateway {
         assert_eq!(response.status().as_u16(), 201);
     }
 
-    async fn restart(&mut self) {
+    pub(crate) async fn restart(&mut self) {
         self.process = Some(serve(&self.db, self.data_dir.path(), self.port, 5));
         wait_healthy(&format!("{}/readyz", self.base())).await;
     }
 
-    fn kill9(&mut self) {
+    pub(crate) fn kill9(&mut self) {
         if let Some(mut process) = self.process.take() {
             process.child.kill().unwrap();
             process.child.wait().unwrap();
@@ -100,7 +101,7 @@ impl Gateway {
             .await
     }
 
-    async fn submit_to(&self, pool: &str, job_id: &str, job: Value) -> Option<u16> {
+    pub(crate) async fn submit_to(&self, pool: &str, job_id: &str, job: Value) -> Option<u16> {
         let response = self
             .client
             .post(format!("{}/v1/pools/{pool}/runs", self.base()))
@@ -117,7 +118,7 @@ impl Gateway {
         self.runs_of("faulty").await
     }
 
-    async fn runs_of(&self, pool: &str) -> BTreeMap<String, Value> {
+    pub(crate) async fn runs_of(&self, pool: &str) -> BTreeMap<String, Value> {
         let mut out = BTreeMap::new();
         let mut after: Option<String> = None;
         loop {

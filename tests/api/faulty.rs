@@ -4,7 +4,8 @@
 //! (the port refuses connections) and coming back, and forgetting jobs.
 //!
 //! When it behaves, it is a small job API: `POST /jobs` (body `{"name"}`) creates a job (201,
-//! 409 if the name exists), `GET /jobs/{name}` answers `{"status": "Running"}` for the first
+//! 409 if the name exists, or the answer set with `set_exists_answer`), `GET /jobs` lists the
+//! jobs (`{"jobs": [{"name", "id"}]}`), `GET /jobs/{name}` answers `{"status": "Running"}` for the first
 //! `polls_to_finish` polls and then `{"status": "Complete", "output": {"name": …}}`, `DELETE
 //! /jobs/{name}` removes it (404 when unknown). Every request is recorded with its arrival time.
 
@@ -36,6 +37,10 @@ pub enum Fault {
     Slow(Duration),
     /// 200 with a JSON body of 5 MiB (over cattery's 4 MiB cap).
     Huge,
+    /// Do what was asked (create the job), then answer 503: the caller cannot tell.
+    DoThenUnavailable,
+    /// Do what was asked (create the job), then never answer.
+    DoThenHang,
 }
 
 /// A recorded request.
@@ -59,6 +64,8 @@ struct State {
     created: HashMap<String, usize>,
     forget_jobs: bool,
     arrivals: Vec<Arrival>,
+    /// The answer to a create whose name exists.
+    exists_answer: (u16, Value),
 }
 
 /// A running fault-injecting scheduler.
@@ -88,6 +95,7 @@ impl FaultyScheduler {
                 created: HashMap::new(),
                 forget_jobs: false,
                 arrivals: Vec::new(),
+                exists_answer: (409, json!({"message": "exists"})),
             })),
             stop: Arc::new(Mutex::new(None)),
         };
@@ -125,6 +133,11 @@ impl FaultyScheduler {
     /// Answers this share of the requests with 503, at random (seeded).
     pub fn set_unavailable_rate(&self, rate: f64) {
         self.state.lock().unwrap().unavailable_rate = rate;
+    }
+
+    /// Answers a create whose name exists with this status and body (instead of 409).
+    pub fn set_exists_answer(&self, status: u16, body: Value) {
+        self.state.lock().unwrap().exists_answer = (status, body);
     }
 
     pub fn forget_jobs(&self) {
@@ -256,6 +269,21 @@ async fn handle(mut stream: TcpStream, state: Arc<Mutex<State>>) {
             )
             .await;
         }
+        Fault::DoThenUnavailable => {
+            behave(&state, &method, &path, &body);
+            respond(
+                &mut stream,
+                503,
+                &[],
+                "application/json",
+                r#"{"message":"overloaded"}"#,
+            )
+            .await;
+        }
+        Fault::DoThenHang => {
+            behave(&state, &method, &path, &body);
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
         Fault::None => {
             let (status, answer) = behave(&state, &method, &path, &body);
             respond(
@@ -282,11 +310,20 @@ fn behave(state: &Arc<Mutex<State>>, method: &str, path: &str, body: &[u8]) -> (
                 return (400, json!({"message": "body.name is required"}));
             };
             if state.jobs.contains_key(&name) {
-                return (409, json!({"message": "exists"}));
+                return state.exists_answer.clone();
             }
             state.jobs.insert(name.clone(), 0);
             *state.created.entry(name.clone()).or_default() += 1;
             (201, json!({"metadata": {"name": name}}))
+        }
+        ("GET", None) if path == "/jobs" => {
+            let mut names: Vec<&String> = state.jobs.keys().collect();
+            names.sort();
+            let jobs: Vec<Value> = names
+                .into_iter()
+                .map(|name| json!({"name": name, "id": format!("id-{name}")}))
+                .collect();
+            (200, json!({"jobs": jobs}))
         }
         ("GET", Some(name)) => {
             let finish = state.polls_to_finish;
@@ -326,6 +363,7 @@ async fn respond(
         404 => "Not Found",
         409 => "Conflict",
         429 => "Too Many Requests",
+        500 => "Internal Server Error",
         503 => "Service Unavailable",
         _ => "Status",
     };

@@ -19,6 +19,7 @@ mod catfactory;
 mod cli;
 mod crash;
 mod deadlines;
+mod dispatch_lookup;
 mod egress;
 mod events;
 mod facade;

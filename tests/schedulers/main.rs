@@ -13,6 +13,7 @@
     reason = "test helpers fail the test on any setup error"
 )]
 
+mod lossy;
 mod support;
 
 mod harness;

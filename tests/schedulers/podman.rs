@@ -1,6 +1,7 @@
 //! `manifests/podman.yaml` against Podman 4.3's REST API (`podman system service`): real
 //! containers from the locally imported `localhost/busybox:ci` image.
 
+use crate::lossy::LossyProxy;
 use crate::support::{
     PODMAN_LOCK, SchedulerEnv, TestApp, eventually, fast, scheduler_script, shipped_manifest,
     spawn_app, unique,
@@ -199,5 +200,90 @@ async fn a_run_survives_a_restart_of_the_podman_service() {
 
     let run = app.wait_released(&job_id, "done", WAIT).await;
     assert_eq!(run["result"]["exitCode"], 0);
+    podman.wait_pod_gone(&pod_name(&job_id)).await;
+}
+
+#[actix_web::test]
+async fn a_play_kube_whose_answer_was_lost_is_found_by_its_pod_not_sent_again() {
+    let Some(podman) = Podman::load() else { return };
+    let _shared = PODMAN_LOCK.read().await;
+    // Podman creates and starts the pod, but the gateway gets a 503 instead of Podman's answer.
+    let proxy = LossyProxy::start(
+        &podman.env.get("PODMAN_URL"),
+        "POST",
+        "/v4.0.0/libpod/play/kube",
+        1,
+    );
+    let app = spawn_app().await;
+    let pool = unique("podman");
+    let mut manifest = podman.manifest("sleep 1; echo ok");
+    manifest["baseUrl"] = json!(proxy.base_url);
+    app.register(&pool, manifest, json!({})).await;
+    let job_id = unique("podman-lost-answer");
+    app.dispatch(&pool, json!({"jobId": job_id, "job": {}}))
+        .await;
+
+    let run = app.wait_released(&job_id, "done", WAIT).await;
+    assert_eq!(run["result"]["exitCode"], 0, "{run}");
+    let lost = proxy.lost();
+    assert_eq!(lost.len(), 1);
+    assert_eq!(lost[0].0, 200, "Podman created the pod: {lost:?}");
+    assert_eq!(proxy.matched(), 1, "play kube was sent once");
+    let events = app.events(&job_id).await;
+    assert!(
+        events.iter().any(|e| e["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("re-attached"))),
+        "{events:?}"
+    );
+    podman.wait_pod_gone(&pod_name(&job_id)).await;
+    proxy.stop().await;
+}
+
+#[actix_web::test]
+async fn a_pod_that_exists_already_answers_500_and_is_reattached_not_failed() {
+    let Some(podman) = Podman::load() else { return };
+    let _shared = PODMAN_LOCK.read().await;
+    let (app, pool) = podman.start("sleep 1; echo ok").await;
+    let job_id = unique("podman-exists");
+    // The run's pod exists before the run is dispatched (an earlier attempt made it).
+    let pod = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": pod_name(&job_id)},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [{
+                "name": "job",
+                "image": podman.env.get("PODMAN_IMAGE"),
+                "imagePullPolicy": "Never",
+                "command": ["/bin/sh", "-c", "sleep 1; echo ok"]
+            }]
+        }
+    });
+    let created = podman
+        .client
+        .post(format!(
+            "{}/v4.0.0/libpod/play/kube",
+            podman.env.get("PODMAN_URL")
+        ))
+        .json(&pod)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status().as_u16(), 200);
+    app.dispatch(&pool, json!({"jobId": job_id, "job": {}}))
+        .await;
+
+    let run = app.wait_released(&job_id, "done", WAIT).await;
+    assert_eq!(run["attempts"]["dispatch"], 1, "re-attached at once: {run}");
+    assert_eq!(run["result"]["exitCode"], 0, "{run}");
+    let events = app.events(&job_id).await;
+    assert!(
+        events.iter().any(|e| e["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("already had the job"))),
+        "{events:?}"
+    );
     podman.wait_pod_gone(&pod_name(&job_id)).await;
 }

@@ -1,6 +1,7 @@
 //! `manifests/slurm.yaml` against Slurm 22.05 through slurmrestd (v0.0.38, JWT): real batch jobs
 //! on this machine.
 
+use crate::lossy::LossyProxy;
 use crate::support::{
     SLURM_LOCK, SchedulerEnv, TestApp, fast, scheduler_script, shipped_manifest, spawn_app, unique,
 };
@@ -216,4 +217,56 @@ async fn a_run_survives_a_restart_of_slurmctld_and_slurmrestd() {
     assert_eq!(run["schedulerState"], "COMPLETED");
     let received = std::fs::read_to_string(dir.path().join(format!("{job_id}.job"))).unwrap();
     assert_eq!(received, r#"{"restart":true}"#);
+}
+
+#[actix_web::test]
+async fn a_submit_whose_answer_was_lost_is_found_by_name_not_submitted_again() {
+    let Some(slurm) = Slurm::load() else { return };
+    let _shared = SLURM_LOCK.read().await;
+    // slurmrestd queues the job, but the gateway gets a 503 instead of its answer.
+    let proxy = LossyProxy::start(
+        &slurm.env.get("SLURM_URL"),
+        "POST",
+        "/slurm/v0.0.38/job/submit",
+        1,
+    );
+    let app = spawn_app().await;
+    let pool = unique("slurm");
+    let mut manifest = slurm.manifest("#!/bin/sh\necho done\n");
+    manifest["baseUrl"] = json!(proxy.base_url);
+    app.register(&pool, manifest, slurm.secrets()).await;
+    let job_id = unique("slurm-lost-answer");
+    app.dispatch(&pool, json!({"jobId": job_id, "job": {}}))
+        .await;
+
+    let run = app.wait_released(&job_id, "done", WAIT).await;
+    let lost = proxy.lost();
+    assert_eq!(lost.len(), 1);
+    assert_eq!(lost[0].0, 200, "slurmrestd accepted the job: {lost:?}");
+    let submitted: Value = serde_json::from_str(&lost[0].1).unwrap();
+    assert_eq!(
+        run["result"]["slurmJobId"], submitted["job_id"],
+        "re-attached to the job the lost answer named: {run}"
+    );
+    assert_eq!(proxy.matched(), 1, "submitted once");
+    // Slurm itself has exactly one job of that name.
+    let jobs: Value = slurm
+        .client
+        .get(format!("{}/slurm/v0.0.38/jobs", slurm.env.get("SLURM_URL")))
+        .header("X-SLURM-USER-NAME", slurm.env.get("SLURM_USER"))
+        .header("X-SLURM-USER-TOKEN", slurm.env.get("SLURM_JWT"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let named = jobs["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|j| j["name"] == job_id.as_str())
+        .count();
+    assert_eq!(named, 1, "one Slurm job named {job_id}");
+    proxy.stop().await;
 }
