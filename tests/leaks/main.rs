@@ -158,6 +158,10 @@ fn hostile(
                 return answer(401, json!({"error": "invalid_token", "seen": auth}));
             }
             let job = jobs.entry(name.clone()).or_default();
+            if job.body.is_empty() {
+                // Never created (its only dispatch was answered 500): unknown, as a real API says.
+                return answer(404, json!({"message": "no such job"}));
+            }
             job.polls += 1;
             if job.polls == 1 {
                 return actix_web::HttpResponse::BadGateway().body(format!(
