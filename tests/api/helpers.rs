@@ -51,20 +51,32 @@ impl TestDatabase {
     }
 
     /// Runs one SQL statement straight on the database (behind the gateway's back), returning
-    /// the number of rows it changed. SQLite waits up to 5 s for the gateway's write lock.
+    /// the number of rows it changed.
     pub fn execute_sql(&self, sql: &str) -> usize {
-        use diesel::{Connection as _, RunQueryDsl as _};
+        use diesel::RunQueryDsl as _;
         if self.is_postgres() {
-            let mut conn = diesel::PgConnection::establish(self.url()).unwrap();
-            diesel::sql_query(sql).execute(&mut conn).unwrap()
+            diesel::sql_query(sql).execute(&mut self.pg()).unwrap()
         } else {
-            let path = self.sqlite_path().unwrap();
-            let mut conn = diesel::SqliteConnection::establish(path.to_str().unwrap()).unwrap();
-            diesel::sql_query("PRAGMA busy_timeout = 5000")
-                .execute(&mut conn)
-                .unwrap();
-            diesel::sql_query(sql).execute(&mut conn).unwrap()
+            diesel::sql_query(sql).execute(&mut self.sqlite()).unwrap()
         }
+    }
+
+    /// A PostgreSQL connection of its own to the test database.
+    pub fn pg(&self) -> diesel::PgConnection {
+        use diesel::Connection as _;
+        diesel::PgConnection::establish(self.url()).unwrap()
+    }
+
+    /// An SQLite connection of its own to the test database, which waits up to 10 s for the
+    /// gateway's write lock (or a store closing its connections) instead of failing at once.
+    pub fn sqlite(&self) -> diesel::SqliteConnection {
+        use diesel::{Connection as _, RunQueryDsl as _};
+        let path = self.sqlite_path().unwrap();
+        let mut conn = diesel::SqliteConnection::establish(path.to_str().unwrap()).unwrap();
+        diesel::sql_query("PRAGMA busy_timeout = 10000")
+            .execute(&mut conn)
+            .unwrap();
+        conn
     }
 }
 
@@ -107,8 +119,8 @@ pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
     pub db: TestDatabase,
-    /// Held so that the data dir lives as long as the app.
-    _data_dir: tempfile::TempDir,
+    /// The data dir, which lives as long as the app.
+    pub data_dir: tempfile::TempDir,
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -116,6 +128,16 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
+    spawn_app_prepared(adjust, |_| {}).await
+}
+
+/// The one way every test binary starts the application in process: [`test_settings`] on a
+/// fresh database and data dir, adjusted by `adjust`, then `prepare` with the built application
+/// in hand (to pin a name in its egress policy, for instance), then served on loopback.
+pub async fn spawn_app_prepared(
+    adjust: impl FnOnce(&mut Settings),
+    prepare: impl FnOnce(&Application),
+) -> TestApp {
     if std::env::var("TEST_LOG").is_ok() {
         cattery::telemetry::init(&cattery::config::LoggingSettings {
             format: "pretty".into(),
@@ -133,13 +155,14 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
     let app = Application::build(settings, secrets)
         .await
         .expect("the application starts");
+    prepare(&app);
     let address = format!("http://127.0.0.1:{}", app.port());
     actix_web::rt::spawn(app.run_until_stopped());
     TestApp {
         address,
         client: cattery::scheduler::http::plain_client().unwrap(),
         db,
-        _data_dir: data_dir,
+        data_dir,
     }
 }
 

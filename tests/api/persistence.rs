@@ -266,21 +266,9 @@ async fn job_bodies_left_behind_by_finished_runs_are_swept_at_start() {
     }
 }
 
-/// Runs one statement straight on the test database, behind cattery's back.
+/// Runs one statement straight on the test database, behind cattery's back; it changes one row.
 fn execute_sql(db: &TestDatabase, sql: &str) {
-    use diesel::connection::SimpleConnection as _;
-    use diesel::{Connection as _, RunQueryDsl as _};
-    let changed = if db.is_postgres() {
-        let mut conn = diesel::PgConnection::establish(db.url()).unwrap();
-        diesel::sql_query(sql).execute(&mut conn).unwrap()
-    } else {
-        let path = db.sqlite_path().unwrap();
-        let mut conn = diesel::SqliteConnection::establish(path.to_str().unwrap()).unwrap();
-        // The gateway (or a store closing its connections) may hold the write lock a moment.
-        conn.batch_execute("PRAGMA busy_timeout = 10000").unwrap();
-        diesel::sql_query(sql).execute(&mut conn).unwrap()
-    };
-    assert_eq!(changed, 1, "{sql}");
+    assert_eq!(db.execute_sql(sql), 1, "{sql}");
 }
 
 #[actix_web::test]

@@ -2,23 +2,24 @@
 //! a name to an address), and a loopback server that records every request and answers through
 //! a handler the test writes.
 
-use crate::helpers::{
-    ADMIN_TOKEN, DISPATCHER_TOKEN, MASTER_KEY, READER_TOKEN, TestDatabase, test_settings,
-};
+use crate::helpers::{ADMIN_TOKEN, DISPATCHER_TOKEN, TestApp, TestDatabase, spawn_app_prepared};
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
-use cattery::app::{Application, Secrets};
+use cattery::app::Application;
 use cattery::config::Settings;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// A running application built by the test itself.
-pub struct SecureApp {
-    pub address: String,
-    pub client: reqwest::Client,
-    pub db: TestDatabase,
-    pub data_dir: tempfile::TempDir,
+/// The application of [`crate::helpers::TestApp`], with answers read as `(status, body)`.
+pub struct SecureApp(pub TestApp);
+
+impl std::ops::Deref for SecureApp {
+    type Target = TestApp;
+
+    fn deref(&self) -> &TestApp {
+        &self.0
+    }
 }
 
 /// Starts the application with the test settings, adjusted, after `prepare` had the built
@@ -27,33 +28,10 @@ pub async fn spawn_secure_app(
     adjust: impl FnOnce(&mut Settings),
     prepare: impl FnOnce(&Application),
 ) -> SecureApp {
-    let db = TestDatabase::create().await;
-    let data_dir = tempfile::tempdir().unwrap();
-    let mut settings = test_settings(&db, data_dir.path());
-    adjust(&mut settings);
-    let secrets = Secrets {
-        master_key: Some(MASTER_KEY.to_owned()),
-        admin_token: Some(ADMIN_TOKEN.to_owned()),
-    };
-    let app = Application::build(settings, secrets)
-        .await
-        .expect("the application starts");
-    prepare(&app);
-    let address = format!("http://127.0.0.1:{}", app.port());
-    actix_web::rt::spawn(app.run_until_stopped());
-    SecureApp {
-        address,
-        client: cattery::scheduler::http::plain_client().unwrap(),
-        db,
-        data_dir,
-    }
+    SecureApp(spawn_app_prepared(adjust, prepare).await)
 }
 
 impl SecureApp {
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{}", self.address, path)
-    }
-
     pub async fn put_pool(&self, name: &str, manifest: Value, secrets: Value) -> (u16, Value) {
         let response = self
             .client
@@ -80,41 +58,14 @@ impl SecureApp {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
-    pub async fn get_json(&self, path: &str) -> (u16, Value) {
-        let response = self
-            .client
-            .get(self.url(path))
-            .bearer_auth(READER_TOKEN)
-            .send()
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
-    }
-
     /// Polls the run until `done` holds, failing after 20 seconds.
     pub async fn wait_for(&self, job_id: &str, done: impl Fn(&Value) -> bool) -> Value {
-        let start = Instant::now();
-        loop {
-            let (status, run) = self.get_json(&format!("/v1/runs/{job_id}")).await;
-            assert_eq!(status, 200, "{run}");
-            if done(&run) {
-                return run;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "run {job_id} did not reach the expected state: {run}"
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        self.0.wait_for(job_id, Duration::from_secs(20), done).await
     }
 
     /// Waits until the run is final.
     pub async fn wait_final(&self, job_id: &str) -> Value {
-        self.wait_for(job_id, |run| {
-            matches!(run["state"].as_str(), Some("done" | "failed" | "cancelled"))
-        })
-        .await
+        self.0.wait_settled(job_id).await
     }
 }
 
@@ -239,16 +190,15 @@ pub type SealedRows = Vec<(String, Vec<u8>)>;
 /// The sealed secret bundles `(pool, envelope)` and job bodies `(jobId, envelope)`, read
 /// straight from the database.
 pub fn sealed_rows(db: &TestDatabase) -> (SealedRows, SealedRows) {
-    use diesel::{Connection as _, RunQueryDsl as _};
+    use diesel::RunQueryDsl as _;
     let pairs = |rows: Vec<SealedRow>| rows.into_iter().map(|r| (r.id, r.sealed)).collect();
     if db.is_postgres() {
-        let mut conn = diesel::PgConnection::establish(db.url()).unwrap();
+        let mut conn = db.pg();
         let pools = diesel::sql_query(POOL_ROWS).load(&mut conn).unwrap();
         let jobs = diesel::sql_query(JOB_ROWS).load(&mut conn).unwrap();
         (pairs(pools), pairs(jobs))
     } else {
-        let path = db.sqlite_path().unwrap();
-        let mut conn = diesel::SqliteConnection::establish(path.to_str().unwrap()).unwrap();
+        let mut conn = db.sqlite();
         let pools = diesel::sql_query(POOL_ROWS).load(&mut conn).unwrap();
         let jobs = diesel::sql_query(JOB_ROWS).load(&mut conn).unwrap();
         (pairs(pools), pairs(jobs))
@@ -258,17 +208,16 @@ pub fn sealed_rows(db: &TestDatabase) -> (SealedRows, SealedRows) {
 /// Overwrites one run's sealed job body straight in the database.
 pub fn update_job_sealed(db: &TestDatabase, job_id: &str, sealed: &[u8]) {
     use diesel::sql_types::{Binary, Text};
-    use diesel::{Connection as _, RunQueryDsl as _};
+    use diesel::RunQueryDsl as _;
     let changed = if db.is_postgres() {
-        let mut conn = diesel::PgConnection::establish(db.url()).unwrap();
+        let mut conn = db.pg();
         diesel::sql_query("UPDATE runs SET job_sealed = $1 WHERE job_id = $2")
             .bind::<Binary, _>(sealed)
             .bind::<Text, _>(job_id)
             .execute(&mut conn)
             .unwrap()
     } else {
-        let path = db.sqlite_path().unwrap();
-        let mut conn = diesel::SqliteConnection::establish(path.to_str().unwrap()).unwrap();
+        let mut conn = db.sqlite();
         diesel::sql_query("UPDATE runs SET job_sealed = ? WHERE job_id = ?")
             .bind::<Binary, _>(sealed)
             .bind::<Text, _>(job_id)

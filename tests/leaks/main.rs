@@ -217,13 +217,13 @@ fn raw_database(db: &TestDatabase) -> Vec<u8> {
         assert!(bytes.len() > 4096, "the database file was read");
         return bytes;
     }
-    use diesel::{Connection as _, RunQueryDsl as _};
+    use diesel::RunQueryDsl as _;
     #[derive(diesel::QueryableByName)]
     struct Text {
         #[diesel(sql_type = diesel::sql_types::Text)]
         text: String,
     }
-    let mut conn = diesel::PgConnection::establish(db.url()).unwrap();
+    let mut conn = db.pg();
     let tables: Vec<Text> = diesel::sql_query(
         "SELECT table_name::text AS text FROM information_schema.tables WHERE table_schema = 'public'",
     )

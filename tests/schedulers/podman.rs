@@ -155,12 +155,24 @@ async fn cancelling_a_running_container_kills_and_removes_it() {
 async fn a_container_removed_behind_the_gateways_back_reads_as_lost() {
     let Some(podman) = Podman::load() else { return };
     let _shared = PODMAN_LOCK.read().await;
-    let (app, pool) = podman.start("sleep 600").await;
+    // Polls far enough apart that the pod is gone, not caught dying, at the next one.
+    let app = spawn_app().await;
+    let pool = unique("podman");
+    let mut manifest = podman.manifest("sleep 600");
+    manifest["polling"] = json!({"intervalMs": 4000, "maxIntervalMs": 4000});
+    app.register(&pool, manifest, json!({})).await;
     let job_id = unique("podman-lost");
     app.dispatch(&pool, json!({"jobId": job_id, "job": {}}))
         .await;
-    app.wait_for(&job_id, WAIT, |run| run["schedulerState"] == "running")
+    let running = app
+        .wait_for(&job_id, WAIT, |run| run["schedulerState"] == "running")
         .await;
+    // Right after a poll: the next one is seconds away.
+    let polls = running["attempts"]["poll"].as_i64().unwrap();
+    app.wait_for(&job_id, WAIT, |run| {
+        run["attempts"]["poll"].as_i64().unwrap() > polls
+    })
+    .await;
 
     let response = podman
         .client

@@ -2,7 +2,6 @@
 //! loopback schedulers, the settings of the real schedulers, the shipped manifests, and polling
 //! helpers.
 
-use cattery::app::{Application, Secrets};
 use cattery::config::Settings;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -10,10 +9,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-pub const ADMIN_TOKEN: &str = "sched-test-admin-token-0123456789";
-pub const DISPATCHER_TOKEN: &str = "sched-test-dispatcher-token-0123456789";
-/// A fixed test master key (base64 of 32 bytes).
-const MASTER_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+pub use crate::helpers::{ADMIN_TOKEN, DISPATCHER_TOKEN};
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
@@ -94,66 +90,31 @@ pub async fn scheduler_script(name: &str, verb: &str) {
     );
 }
 
-/// A running gateway and a client for it.
-pub struct TestApp {
-    pub address: String,
-    pub client: reqwest::Client,
-    _db: cattery::store::testing::TestDatabase,
-    _data_dir: tempfile::TempDir,
+/// The gateway of [`crate::helpers::TestApp`], with answers that must succeed asserted.
+pub struct TestApp(crate::helpers::TestApp);
+
+impl std::ops::Deref for TestApp {
+    type Target = crate::helpers::TestApp;
+
+    fn deref(&self) -> &crate::helpers::TestApp {
+        &self.0
+    }
 }
 
-/// Starts the gateway: port 0, a fresh database (PostgreSQL when `TEST_DATABASE_URL` is set),
-/// the local pool off, and an egress policy that allows plain http to 127.0.0.1, where every
-/// scheduler of these tests listens.
+/// Starts the gateway as every test binary does (a fresh database, PostgreSQL when
+/// `TEST_DATABASE_URL` is set; the local pool off; plain http to 127.0.0.1 allowed, where every
+/// scheduler of these tests listens), with the shipped pool defaults: the real schedulers are
+/// driven at the cadence an operator gets.
 pub async fn spawn_app() -> TestApp {
-    if std::env::var("TEST_LOG").is_ok() {
-        cattery::telemetry::init(&cattery::config::LoggingSettings {
-            format: "pretty".into(),
-            level: "debug".into(),
-        });
-    }
-    let db = cattery::store::testing::TestDatabase::create(
-        cattery::store::testing::TestBackend::from_env(),
+    TestApp(
+        crate::helpers::spawn_app_with(|settings| {
+            settings.defaults = Settings::default().defaults;
+        })
+        .await,
     )
-    .await
-    .expect("a test database");
-    let data_dir = tempfile::tempdir().unwrap();
-    let mut settings = Settings::default();
-    settings.server.bind = "127.0.0.1:0".to_owned();
-    settings.data_dir = data_dir.path().to_owned();
-    settings.database.url = db.url().to_owned();
-    settings.database.pool_size = 4;
-    settings.local_pool.enabled = false;
-    settings.logging.level = "warn".to_owned();
-    settings.egress.allow_http = true;
-    settings.egress.allow_hosts = vec!["127.0.0.1".to_owned()];
-    settings.api.tokens = vec![cattery::config::ApiToken {
-        name: "dispatcher".to_owned(),
-        sha256: cattery::crypto::sha256_hex(DISPATCHER_TOKEN.as_bytes()),
-        role: "dispatcher".to_owned(),
-    }];
-    let secrets = Secrets {
-        master_key: Some(MASTER_KEY.to_owned()),
-        admin_token: Some(ADMIN_TOKEN.to_owned()),
-    };
-    let app = Application::build(settings, secrets)
-        .await
-        .expect("the application starts");
-    let address = format!("http://127.0.0.1:{}", app.port());
-    actix_web::rt::spawn(app.run_until_stopped());
-    TestApp {
-        address,
-        client: cattery::scheduler::http::plain_client().unwrap(),
-        _db: db,
-        _data_dir: data_dir,
-    }
 }
 
 impl TestApp {
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{}", self.address, path)
-    }
-
     /// Registers a pool and fails the test unless it is created.
     pub async fn register(&self, name: &str, manifest: Value, secrets: Value) {
         let response = self
