@@ -195,6 +195,8 @@ pub async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<
 pub fn describe_transport_error(error: &reqwest::Error) -> String {
     if let Some(refusal) = crate::egress::refusal_in(error) {
         format!("the egress policy refused the call: {refusal}")
+    } else if let Some(unresolved) = crate::egress::unresolved_in(error) {
+        unresolved.to_string()
     } else if error.is_timeout() {
         "the call timed out".to_owned()
     } else if error.is_connect() {

@@ -84,7 +84,8 @@ impl Gateway {
             .deps
             .adapter
             .egress()
-            .check_manifest(name.as_str(), &manifest);
+            .check_manifest(name.as_str(), &manifest)
+            .await;
         if !refused.is_empty() {
             return Err(ServiceError::Validation(
                 refused
