@@ -14,6 +14,9 @@ use tokio::sync::Mutex;
 const EXPIRY_MARGIN: Duration = Duration::from_secs(30);
 /// The lifetime assumed when the token endpoint gives no numeric `expires_in`.
 const DEFAULT_TTL: Duration = Duration::from_secs(300);
+/// The longest a token is kept, whatever `expires_in` says: an absurd lifetime (up to
+/// `u64::MAX` seconds) must neither overflow the clock nor pin a token for ever.
+pub const MAX_TTL: Duration = Duration::from_secs(24 * 3_600);
 /// The largest token answer read.
 const MAX_TOKEN_RESPONSE: usize = 200 * 1024;
 
@@ -110,11 +113,11 @@ impl TokenCache {
         {
             return Ok(cached.token.clone());
         }
-        let (token, ttl) = fetch(auth, secrets, client, guard, timeout).await?;
-        let usable = ttl.saturating_sub(EXPIRY_MARGIN.min(ttl / 2));
+        let (token, usable) = fetch(auth, secrets, client, guard, timeout).await?;
+        let now = Instant::now();
         *cached_slot = Some(Cached {
             token: token.clone(),
-            usable_until: Instant::now() + usable,
+            usable_until: now.checked_add(usable).unwrap_or(now),
         });
         Ok(token)
     }
@@ -199,11 +202,20 @@ async fn fetch(
         .and_then(serde_json::Value::as_str)
         .filter(|t| !t.is_empty())
         .ok_or(TokenError::NoToken)?;
-    let ttl = value
+    Ok((SecretValue::new(token.to_owned()), usable_for(&value)))
+}
+
+/// How long the token of a token answer is used: its `expires_in` (or [`DEFAULT_TTL`] when it
+/// has no numeric one), at most [`MAX_TTL`], less a margin before it expires (30 s, or half the
+/// lifetime of a shorter-lived token).
+pub fn usable_for(answer: &serde_json::Value) -> Duration {
+    let ttl = answer
         .get("expires_in")
         .and_then(serde_json::Value::as_u64)
-        .map_or(DEFAULT_TTL, Duration::from_secs);
-    Ok((SecretValue::new(token.to_owned()), ttl))
+        .map_or(DEFAULT_TTL, |seconds| {
+            Duration::from_secs(seconds.min(MAX_TTL.as_secs()))
+        });
+    ttl.saturating_sub(EXPIRY_MARGIN.min(ttl / 2))
 }
 
 #[cfg(test)]
@@ -399,6 +411,28 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(missing, TokenError::MissingSecret("ID".to_owned()));
+    }
+
+    #[test]
+    fn token_lifetimes_are_capped_and_keep_a_margin() {
+        let usable = |answer| usable_for(&answer);
+        assert_eq!(
+            usable(serde_json::json!({"expires_in": 3600})),
+            Duration::from_secs(3570)
+        );
+        assert_eq!(
+            usable(serde_json::json!({"expires_in": 20})),
+            Duration::from_secs(10)
+        );
+        assert_eq!(usable(serde_json::json!({"expires_in": 0})), Duration::ZERO);
+        assert_eq!(
+            usable(serde_json::json!({"expires_in": u64::MAX})),
+            MAX_TTL - EXPIRY_MARGIN
+        );
+        assert_eq!(
+            usable(serde_json::json!({"expires_in": "soon"})),
+            DEFAULT_TTL - EXPIRY_MARGIN
+        );
     }
 
     #[actix_web::test]

@@ -15,7 +15,7 @@ use crate::domain::run::now_millis;
 use crate::domain::secrets::SecretBundle;
 use crate::lifecycle::CallOutcome;
 use crate::manifest::{Auth, Manifest, OpKind, RenderInput, RenderedRequest};
-use guard::{Admission, Circuit, PoolGuard, Signal};
+use guard::{Admission, Circuit, Permit, PoolGuard, Signal};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -175,8 +175,9 @@ impl Adapter {
             }
         };
         let now = Instant::now();
-        let trial = match guard.admit(now) {
-            Admission::Go { trial } => trial,
+        let permit = match guard.admit(now) {
+            // A trial whose call never reports back (a panic, a dropped task) counts as failed.
+            Admission::Go { trial } => Permit::new(guard.clone(), trial, base, max),
             Admission::Hold(until) => {
                 let wait = i64::try_from(until.saturating_duration_since(now).as_millis())
                     .unwrap_or(i64::MAX);
@@ -200,7 +201,7 @@ impl Adapter {
         }
         // No secret and no job value leaves the adapter in a message.
         let outcome = crate::redact::scrub_outcome(outcome, &pool.secrets, &input.job);
-        guard.record(trial, signal_of(&outcome), Instant::now(), base, max);
+        permit.record(signal_of(&outcome), Instant::now());
         outcome
     }
 

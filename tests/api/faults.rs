@@ -359,3 +359,131 @@ async fn beyond_max_queued_the_api_answers_429_with_retry_after() {
     assert_eq!(status, 404, "a refused run is not stored");
     assert_eq!(scheduler.created("sat-3"), 0);
 }
+
+#[actix_web::test]
+async fn a_huge_retry_after_waits_a_capped_time_instead_of_retrying_at_once() {
+    let (app, scheduler) = setup(0, json!({})).await;
+    scheduler.push_faults([Fault::TooMany(u64::MAX)]);
+    app.dispatch("faulty", json!({"jobId": "parked-1"})).await;
+    // The retry is scheduled an hour out (the cap), not at once and not never.
+    let start = Instant::now();
+    let retry = loop {
+        let events = app.events("parked-1").await;
+        if let Some(retry) = events.into_iter().find(|e| e["type"] == "retry") {
+            break retry;
+        }
+        assert!(start.elapsed() < WAIT, "no retry was scheduled");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    let detail = retry["detail"].as_str().unwrap();
+    assert!(detail.contains("429"), "{detail}");
+    assert!(detail.contains(" in 3600000 ms"), "{detail}");
+    // Meanwhile the pool keeps working: another run completes, and the parked one has not been
+    // sent again.
+    app.dispatch("faulty", json!({"jobId": "other-1"})).await;
+    assert_eq!(app.wait_settled("other-1").await["state"], "done");
+    assert_eq!(scheduler.created("parked-1"), 0);
+    let posts = scheduler
+        .arrivals()
+        .iter()
+        .filter(|a| a.method == "POST")
+        .count();
+    assert_eq!(
+        posts, 2,
+        "one refused dispatch and the other run's dispatch"
+    );
+    assert_eq!(app.run("parked-1").await["state"], "dispatching");
+}
+
+#[actix_web::test]
+async fn a_huge_oauth2_expires_in_does_not_stop_the_run() {
+    use crate::security_support::{Recorder, answer};
+    let scheduler = Recorder::start(|seen| match (seen.method.as_str(), seen.path.as_str()) {
+        ("POST", "/token") => answer(
+            200,
+            json!({"access_token": "tok-forever", "expires_in": u64::MAX}),
+        ),
+        ("POST", "/jobs") => answer(201, json!({})),
+        ("GET", _) => answer(200, json!({"status": "Complete", "output": {"ok": true}})),
+        _ => answer(200, json!({})),
+    })
+    .await;
+    let app = spawn_app().await;
+    let manifest = manifest(
+        &scheduler.base_url,
+        json!({"auth": {
+            "type": "oauth2_client_credentials",
+            "tokenUrl": format!("{}/token", scheduler.base_url),
+            "clientIdSecretRef": {"key": "ID"},
+            "clientSecretSecretRef": {"key": "SECRET"}
+        }}),
+    );
+    let response = app
+        .put_pool(
+            "oauth",
+            manifest,
+            json!({"ID": "client", "SECRET": "s3cret"}),
+        )
+        .await;
+    assert_eq!(
+        response.status().as_u16(),
+        201,
+        "{}",
+        response.text().await.unwrap()
+    );
+    for id in ["forever-1", "forever-2"] {
+        app.dispatch("oauth", json!({"jobId": id})).await;
+        let run = app.wait_settled(id).await;
+        assert_eq!(run["state"], "done", "{run}");
+    }
+    let seen = scheduler.seen();
+    let dispatches: Vec<_> = seen.iter().filter(|s| s.path == "/jobs").collect();
+    assert_eq!(dispatches.len(), 2);
+    for dispatch in dispatches {
+        assert_eq!(dispatch.header("authorization"), Some("Bearer tok-forever"));
+    }
+    // The token is cached (its lifetime capped, not overflowed): fetched once.
+    assert_eq!(seen.iter().filter(|s| s.path == "/token").count(), 1);
+}
+
+#[actix_web::test]
+async fn a_vanishing_rate_budget_is_refused_at_registration() {
+    let app = spawn_app().await;
+    for rate in [json!(1e-20), json!(0.0009), json!(0), json!(-1), json!(2e6)] {
+        let response = app
+            .put_pool(
+                "slow",
+                manifest(
+                    "http://127.0.0.1:9",
+                    json!({"limits": {"requestsPerSecond": rate}}),
+                ),
+                json!({}),
+            )
+            .await;
+        assert_eq!(response.status().as_u16(), 422, "{rate}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(
+            body["errors"][0]["path"], "manifest.limits.requestsPerSecond",
+            "{body}"
+        );
+        assert!(
+            body["errors"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("from 0.001 to 1000000"),
+            "{body}"
+        );
+    }
+    // The slowest budget allowed registers.
+    let response = app
+        .put_pool(
+            "slow",
+            manifest(
+                "http://127.0.0.1:9",
+                json!({"limits": {"requestsPerSecond": 0.001}}),
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(response.status().as_u16(), 201);
+}

@@ -1,14 +1,24 @@
 //! Property tests over hostile input (beside the cargo-fuzz targets of fuzz/; see README "Security"):
 //! manifest parsing and validation, template rendering with hostile values, JMESPath mapping of
-//! hostile answers, the egress URL check and redaction never panic, and keep their promises.
+//! hostile answers, the egress URL check and redaction never panic, and keep their promises; so
+//! do the numbers a manifest or a scheduler hands to the rate budget, the circuit breaker, the
+//! backoff, `Retry-After`, OAuth2 token lifetimes and the run lifecycle.
 //!
 //! Each property runs `PROPTEST_CASES` cases (256 by default); `.ci/run` runs them again longer.
 
+use cattery::backoff;
+use cattery::domain::ids::{JobId, PoolName};
+use cattery::domain::run::RunRecord;
 use cattery::domain::secrets::SecretBundle;
 use cattery::egress::{Class, EgressPolicy, classify};
+use cattery::lifecycle::{self, CallOutcome, Env, Input, Policy};
 use cattery::manifest::{Defaults, Manifest, OpKind, RenderInput};
+use cattery::scheduler::auth;
+use cattery::scheduler::guard::{Admission, Permit, PoolGuard, Signal};
+use cattery::scheduler::http::retry_after_ms;
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
+use std::time::{Duration, Instant};
 
 /// Strings that break naive code: template syntax, control characters, quotes, path tricks,
 /// percent escapes, bidi controls, long runs.
@@ -407,5 +417,177 @@ proptest! {
         let text = format!("{prefix} Authorization: Bearer {token} {suffix}");
         let clean = cattery::redact::redact_credentials(&text);
         prop_assert!(!clean.contains(&format!("Bearer {token}")), "{:?}", clean);
+    }
+
+    #[test]
+    fn any_rate_budget_a_manifest_accepts_spaces_calls_without_panicking(
+        rate in prop_oneof![
+            any::<f64>(),
+            (-30i32..30).prop_map(|e| 10f64.powi(e)),
+            Just(1e-20),
+            Just(f64::MIN_POSITIVE),
+        ],
+        mut offsets in prop::collection::vec(any::<u32>(), 1..20),
+    ) {
+        offsets.sort_unstable();
+        let mut doc = rich_manifest();
+        doc["limits"] = json!({"requestsPerSecond": rate});
+        let Ok(manifest) = Manifest::from_value(&doc, &Defaults::default()) else {
+            return Ok(());
+        };
+        let rate = manifest.limits.requests_per_second;
+        let guard = PoolGuard::default();
+        let start = Instant::now();
+        let calls = u32::try_from(offsets.len()).unwrap();
+        for offset in offsets {
+            let now = start + Duration::from_millis(u64::from(offset));
+            let wait = guard.reserve(rate, now);
+            // Validation keeps the spacing at 1000 s (with a 5% margin) at most.
+            prop_assert!(wait <= Duration::from_secs(1_050) * calls, "{:?}", wait);
+        }
+    }
+
+    #[test]
+    fn the_rate_budget_and_breaker_never_panic_on_any_numbers(
+        rate in prop::option::of(any::<f64>()),
+        steps in prop::collection::vec(
+            (0u8..4, any::<u64>(), any::<u64>(), any::<u64>()),
+            1..40,
+        ),
+    ) {
+        let guard = std::sync::Arc::new(PoolGuard::default());
+        let start = Instant::now();
+        for (kind, at, base, max) in steps {
+            let now = start + Duration::from_millis(at % (1 << 40));
+            let (base, max) = (Duration::from_millis(base), Duration::from_nanos(max));
+            match kind {
+                0 => {
+                    let _ = guard.reserve(rate, now);
+                }
+                1 => {
+                    if let Admission::Hold(until) = guard.admit(now) {
+                        prop_assert!(until >= now);
+                    }
+                }
+                2 => {
+                    if let Admission::Go { trial } = guard.admit(now) {
+                        // The call "panics": its permit is dropped without a report. A trial
+                        // must not leave the breaker waiting for it for ever.
+                        drop(Permit::new(guard.clone(), trial, base, max));
+                        let after = base
+                            .max(max)
+                            .checked_add(Duration::from_secs(3_600))
+                            .and_then(|d| now.checked_add(d));
+                        if let (true, Some(after)) = (trial, after) {
+                            let admitted = guard.admit(after);
+                            let go = matches!(admitted, Admission::Go { .. });
+                            prop_assert!(go, "still held at {:?}: {:?}", after, admitted);
+                            if let Admission::Go { trial } = admitted {
+                                Permit::new(guard.clone(), trial, base, max)
+                                    .record(Signal::Healthy, after);
+                            }
+                        }
+                    }
+                }
+                _ => guard.record(
+                    at % 2 == 0,
+                    Signal::Failing("503".to_owned()),
+                    now,
+                    base,
+                    max,
+                ),
+            }
+            let _ = guard.health(now);
+        }
+    }
+
+    #[test]
+    fn backoff_never_panics_and_caps_what_a_scheduler_asks(
+        failures in any::<u32>(),
+        initial in any::<u64>(),
+        max in any::<u64>(),
+        jitter in any::<f64>(),
+        asked in prop::option::of(any::<u64>()),
+    ) {
+        let delay = backoff::delay_ms(failures, initial, max, jitter, asked);
+        if let Some(asked) = asked {
+            prop_assert!(delay >= asked.min(backoff::MAX_RETRY_AFTER_MS));
+        }
+        prop_assert!(delay <= max.max(initial).max(backoff::MAX_RETRY_AFTER_MS));
+        let _ = backoff::spread_ms(initial, jitter);
+    }
+
+    #[test]
+    fn any_retry_after_header_is_read_within_the_cap(
+        value in prop_oneof![
+            any::<u64>().prop_map(|n| n.to_string()),
+            "[0-9]{1,40}",
+            hostile_string(),
+            (0i64..253_402_300_799).prop_map(|s| {
+                chrono::DateTime::from_timestamp(s, 0)
+                    .map_or_else(String::new, |d| d.to_rfc2822())
+            }),
+        ],
+        header in prop::sample::select(vec!["retry-after", "ratelimit-reset"]),
+    ) {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Ok(value) = reqwest::header::HeaderValue::from_str(&value) {
+            headers.insert(header, value);
+        }
+        if let Some(ms) = retry_after_ms(&headers, chrono::Utc::now()) {
+            prop_assert!(ms <= backoff::MAX_RETRY_AFTER_MS);
+        }
+    }
+
+    #[test]
+    fn any_token_lifetime_is_capped_and_fits_the_clock(
+        expires_in in prop_oneof![
+            any::<u64>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+            arb_json(),
+        ],
+    ) {
+        let usable = auth::usable_for(&json!({"access_token": "t", "expires_in": expires_in}));
+        prop_assert!(usable <= auth::MAX_TTL);
+        prop_assert!(Instant::now().checked_add(usable).is_some());
+    }
+
+    #[test]
+    fn any_retry_after_at_any_time_schedules_the_next_attempt_without_overflow(
+        asked in prop::option::of(any::<u64>()),
+        now in prop_oneof![any::<i64>().prop_map(i64::abs), Just(i64::MAX - 1)],
+        initial in any::<u64>(),
+        max in any::<u64>(),
+        jitter in 0.0f64..1.0,
+    ) {
+        let policy = Policy {
+            max_attempts: 100,
+            initial_backoff_ms: initial,
+            max_backoff_ms: max,
+            poll_interval_ms: 1_000,
+            poll_max_interval_ms: 10_000,
+            max_consecutive_errors: 100,
+            lost_redispatch: 1,
+            has_release: true,
+        };
+        let env = Env { now, jitter };
+        let queued = RunRecord::queued(
+            JobId::parse("job-1").unwrap(),
+            PoolName::parse("p").unwrap(),
+            now,
+        );
+        let dispatching = lifecycle::apply(&queued, Input::SlotGranted, &policy, env).run;
+        for op in [OpKind::Dispatch, OpKind::Poll, OpKind::Release] {
+            let outcome = CallOutcome::Retryable {
+                message: "429".to_owned(),
+                retry_after_ms: asked,
+                unreadable: false,
+            };
+            let step = lifecycle::apply(&dispatching, Input::Called(op, outcome), &policy, env);
+            if let Some(next) = step.run.next_at {
+                prop_assert!(next >= now);
+            }
+        }
     }
 }
