@@ -81,6 +81,39 @@ fn cache_key(pool: &PoolName, auth: &Auth, secrets: &SecretBundle) -> Option<Str
 }
 
 impl TokenCache {
+    /// Drops every cached token of `pool` but the one of `auth` with `secrets` (its current
+    /// credential, if it uses OAuth2): tokens of replaced credentials are never used again.
+    pub fn retain_current(&self, pool: &PoolName, auth: &Auth, secrets: &SecretBundle) {
+        let keep = cache_key(pool, auth, secrets);
+        let prefix = format!("{pool}:");
+        self.slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|key, _| !key.starts_with(&prefix) || Some(key) == keep.as_ref());
+    }
+
+    /// Drops every cached token of `pool` (deleted).
+    pub fn forget_pool(&self, pool: &PoolName) {
+        let prefix = format!("{pool}:");
+        self.slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|key, _| !key.starts_with(&prefix));
+    }
+
+    /// How many credentials have a slot (cached or being fetched).
+    pub fn len(&self) -> usize {
+        self.slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+
+    /// True when no credential has a slot.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     fn slot(&self, key: &str) -> Slot {
         let mut slots = self
             .slots
@@ -379,6 +412,52 @@ mod tests {
         assert_eq!(issued.load(Ordering::SeqCst), 3);
         assert_ne!(first.expose(), other_secret.expose());
         assert_ne!(first.expose(), other_pool.expose());
+    }
+
+    #[actix_web::test]
+    async fn replaced_credentials_and_deleted_pools_leave_no_token_behind() {
+        let (url, issued) = token_server();
+        let auth = oauth(&url);
+        let cache = TokenCache::default();
+        let client = crate::scheduler::http::plain_client().unwrap();
+        let guard = guard();
+        let timeout = Duration::from_secs(5);
+        let a = PoolName::parse("tenant-a").unwrap();
+        let b = PoolName::parse("tenant-b").unwrap();
+        for (pool, secret) in [(&a, "old"), (&a, "new"), (&b, "old")] {
+            cache
+                .token(
+                    pool,
+                    &auth,
+                    &secrets("client", secret),
+                    &client,
+                    &guard,
+                    timeout,
+                )
+                .await
+                .unwrap();
+        }
+        assert_eq!(cache.len(), 3);
+        // tenant-a now uses the new secret: only its token stays, and it is still cached.
+        cache.retain_current(&a, &auth, &secrets("client", "new"));
+        assert_eq!(cache.len(), 2);
+        cache
+            .token(
+                &a,
+                &auth,
+                &secrets("client", "new"),
+                &client,
+                &guard,
+                timeout,
+            )
+            .await
+            .unwrap();
+        assert_eq!(issued.load(Ordering::SeqCst), 3);
+        // A pool that no longer uses OAuth2 keeps none.
+        cache.retain_current(&a, &Auth::None, &SecretBundle::default());
+        assert_eq!(cache.len(), 1);
+        cache.forget_pool(&b);
+        assert!(cache.is_empty());
     }
 
     #[actix_web::test]

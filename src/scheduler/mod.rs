@@ -135,6 +135,23 @@ impl Adapter {
         &self.egress
     }
 
+    /// Drops what the adapter keeps for a deleted pool: its rate budget and breaker, and its
+    /// OAuth2 tokens (a pool registered again under the name starts afresh).
+    pub fn forget_pool(&self, pool: &PoolName) {
+        self.guards
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(pool);
+        self.tokens.forget_pool(pool);
+    }
+
+    /// Drops the OAuth2 tokens of credentials a pool no longer uses, once its manifest or its
+    /// secrets were replaced by `runtime`'s.
+    pub fn prune_tokens(&self, runtime: &PoolRuntime) {
+        self.tokens
+            .retain_current(&runtime.name, &runtime.manifest.auth, &runtime.secrets);
+    }
+
     fn guard(&self, pool: &PoolName) -> Arc<PoolGuard> {
         let mut guards = self
             .guards
@@ -388,6 +405,34 @@ fn log_tail(body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::log_tail;
+    use super::{Adapter, PoolName};
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_forgotten_pool_leaves_no_guard_behind() {
+        let adapter = Adapter::new();
+        let gone = PoolName::parse("gone").unwrap();
+        let kept = PoolName::parse("kept").unwrap();
+        for pool in [&gone, &kept] {
+            let guard = adapter.guard(pool);
+            for _ in 0..super::guard::FAILURE_THRESHOLD {
+                guard.record(
+                    false,
+                    super::Signal::Failing("503".into()),
+                    Instant::now(),
+                    Duration::from_secs(60),
+                    Duration::from_secs(60),
+                );
+            }
+        }
+        adapter.forget_pool(&gone);
+        let guards = adapter.guards.lock().unwrap();
+        assert!(!guards.contains_key(&gone));
+        assert!(guards.contains_key(&kept));
+        drop(guards);
+        assert_eq!(adapter.health(&gone).circuit, super::Circuit::Closed);
+        assert_eq!(adapter.health(&kept).circuit, super::Circuit::Open);
+    }
 
     #[test]
     fn a_log_tail_is_one_clean_line_of_the_last_characters() {

@@ -172,6 +172,7 @@ impl Gateway {
         .map_err(|e| {
             ServiceError::Validation(vec![problem("manifest.tls.caCertPem", e.to_string())])
         })?;
+        self.deps.adapter.prune_tokens(&runtime);
         self.supervisor
             .send(UpsertPool(runtime))
             .await
@@ -247,6 +248,7 @@ impl Gateway {
             .send(RemovePool(name.clone()))
             .await
             .map_err(|_| ServiceError::Unavailable)?;
+        self.deps.adapter.forget_pool(name);
         tracing::info!(pool = %name, force, "pool deleted");
         Ok(())
     }

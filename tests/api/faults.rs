@@ -487,3 +487,107 @@ async fn a_vanishing_rate_budget_is_refused_at_registration() {
         .await;
     assert_eq!(response.status().as_u16(), 201);
 }
+
+#[actix_web::test]
+async fn a_deleted_pool_registered_again_starts_with_a_closed_breaker() {
+    // Every dispatch fails (one attempt each): five failures open the breaker for a minute.
+    let extra =
+        json!({"retry": {"maxAttempts": 1, "initialBackoffMs": 20000, "maxBackoffMs": 60000}});
+    let (app, scheduler) = setup(0, extra.clone()).await;
+    scheduler.set_default_fault(Fault::Unavailable);
+    dispatch_all(&app, &ids("doomed", 6)).await;
+    let start = Instant::now();
+    loop {
+        let (_, pool) = app.get_json("/v1/pools/faulty").await;
+        if pool["health"]["circuit"] == "open" {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "the breaker never opened: {pool}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let response = app
+        .client
+        .delete(app.url("/v1/pools/faulty?force=true"))
+        .bearer_auth(crate::helpers::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 204);
+    scheduler.set_default_fault(Fault::None);
+    let response = app
+        .put_pool("faulty", manifest(&scheduler.base_url, extra), json!({}))
+        .await;
+    assert_eq!(response.status().as_u16(), 201);
+    // The new pool owes nothing to the deleted one's failures: it calls at once.
+    let (_, pool) = app.get_json("/v1/pools/faulty").await;
+    assert_eq!(pool["health"]["circuit"], "closed", "{pool}");
+    assert_eq!(pool["health"]["lastError"], Value::Null, "{pool}");
+    app.dispatch("faulty", json!({"jobId": "fresh-1"})).await;
+    assert_eq!(app.wait_settled("fresh-1").await["state"], "done");
+}
+
+#[actix_web::test]
+async fn replaced_oauth2_secrets_leave_no_cached_token_behind() {
+    use crate::security_support::{Recorder, answer};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let issued = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = issued.clone();
+    let scheduler = Recorder::start(
+        move |seen| match (seen.method.as_str(), seen.path.as_str()) {
+            ("POST", "/token") => {
+                let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+                answer(
+                    200,
+                    json!({"access_token": format!("tok-{n}"), "expires_in": 3600}),
+                )
+            }
+            ("POST", "/jobs") => answer(201, json!({})),
+            ("GET", _) => answer(200, json!({"status": "Complete", "output": {}})),
+            _ => answer(200, json!({})),
+        },
+    )
+    .await;
+    let app = spawn_app().await;
+    let manifest = manifest(
+        &scheduler.base_url,
+        json!({"auth": {
+            "type": "oauth2_client_credentials",
+            "tokenUrl": format!("{}/token", scheduler.base_url),
+            "clientIdSecretRef": {"key": "ID"},
+            "clientSecretSecretRef": {"key": "SECRET"}
+        }}),
+    );
+    let first = json!({"ID": "client", "SECRET": "first-secret"});
+    let second = json!({"ID": "client", "SECRET": "second-secret"});
+    let response = app.put_pool("oauth", manifest, first.clone()).await;
+    assert_eq!(response.status().as_u16(), 201);
+    // first → second → first again: the token of the first credential was dropped when the
+    // secrets changed, so going back fetches a new one instead of reusing a stale token.
+    for (n, secrets) in [(1, None), (2, Some(second)), (3, Some(first))] {
+        if let Some(secrets) = secrets {
+            let response = app
+                .client
+                .put(app.url("/v1/pools/oauth/secrets"))
+                .bearer_auth(crate::helpers::ADMIN_TOKEN)
+                .json(&json!({"secrets": secrets}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status().as_u16(), 200);
+        }
+        let id = format!("rotated-{n}");
+        app.dispatch("oauth", json!({"jobId": id})).await;
+        assert_eq!(app.wait_settled(&id).await["state"], "done");
+        assert_eq!(issued.load(Ordering::SeqCst), n, "tokens after run {n}");
+        let dispatch = scheduler
+            .seen()
+            .into_iter()
+            .rfind(|s| s.path == "/jobs")
+            .unwrap();
+        assert_eq!(
+            dispatch.header("authorization"),
+            Some(format!("Bearer tok-{n}").as_str())
+        );
+    }
+}
