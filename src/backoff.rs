@@ -1,10 +1,16 @@
 //! Pure backoff arithmetic: exponential growth with full jitter, capped, and `Retry-After` honoured.
 
+/// The longest delay a scheduler's `Retry-After` (or `RateLimit-Reset`) can impose: one hour.
+/// A scheduler that asks for longer is asked again after an hour; an unbounded value would
+/// park a run for ever (or overflow the clock arithmetic of its next attempt).
+pub const MAX_RETRY_AFTER_MS: u64 = 3_600_000;
+
 /// The delay before retry number `failures` (1 for the first retry), with full jitter.
 ///
 /// `jitter` is a uniform sample from `[0, 1)` supplied by the caller so that the function stays
 /// pure and testable. The result lies in `[0, min(max, initial × 2^(failures-1))]`; a
-/// `retry_after_ms` from the scheduler is a floor (never retry earlier than it asked).
+/// `retry_after_ms` from the scheduler is a floor (never retry earlier than it asked), itself
+/// capped at [`MAX_RETRY_AFTER_MS`].
 pub fn delay_ms(
     failures: u32,
     initial_ms: u64,
@@ -23,9 +29,10 @@ pub fn delay_ms(
         clippy::cast_precision_loss,
         reason = "the product lies in [0, ceiling], which fits in u64"
     )]
-    let jittered = (ceiling as f64 * jitter) as u64;
+    // The float product can round above the ceiling for ceilings beyond 2^53.
+    let jittered = ((ceiling as f64 * jitter) as u64).min(ceiling);
     match retry_after_ms {
-        Some(floor) => jittered.max(floor),
+        Some(floor) => jittered.max(floor.min(MAX_RETRY_AFTER_MS)),
         None => jittered,
     }
 }
@@ -65,6 +72,15 @@ mod tests {
     fn retry_after_is_a_floor() {
         assert_eq!(delay_ms(1, 100, 5_000, 0.0, Some(3_000)), 3_000);
         assert_eq!(delay_ms(8, 100, 5_000, 1.0, Some(3_000)), 5_000);
+    }
+
+    #[test]
+    fn a_huge_retry_after_is_capped_at_an_hour() {
+        assert_eq!(
+            delay_ms(1, 100, 5_000, 0.0, Some(u64::MAX)),
+            MAX_RETRY_AFTER_MS
+        );
+        assert_eq!(delay_ms(1, 100, 5_000, 0.0, Some(7_000)), 7_000);
     }
 
     #[test]

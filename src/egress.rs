@@ -10,9 +10,13 @@
 //!   unspecified addresses are refused, and so are IPv6 forms that embed a refused IPv4 address
 //!   (IPv4-mapped, IPv4-compatible, NAT64 `64:ff9b::/96`, 6to4 `2002::/16`);
 //! * `localhost` and `*.localhost` always mean this machine and are treated as loopback;
-//! * any other name is checked when cattery connects: the resolver installed in every scheduler
-//!   client ([`EgressGuard::resolver`]) drops every resolved address the policy refuses, so a
-//!   name that resolves (or is rebound) to an internal address cannot be reached.
+//! * any other name is resolved at registration (a name resolving only to refused addresses is
+//!   refused then; one that does not resolve is accepted, DNS may be down for a moment) and
+//!   checked again when cattery connects: the resolver installed in every scheduler client
+//!   ([`EgressGuard::resolver`]) drops every resolved address the policy refuses, so a name
+//!   that resolves (or is rebound) to an internal address cannot be reached. A name that does
+//!   not resolve when cattery connects is a transient fault ([`Unresolved`]), retried with
+//!   backoff like a refused connection, not a refusal.
 //!
 //! Cloud metadata services (`169.254.169.254`, `169.254.170.2`, `100.100.100.200`,
 //! `fd00:ec2::254`, `metadata.google.internal`) and unspecified addresses are refused always.
@@ -74,12 +78,28 @@ pub enum Refusal {
         /// Whether `egress.allowHosts` can allow it.
         allowable: bool,
     },
-    /// The name did not resolve.
-    #[error("cannot resolve {host}")]
-    Unresolved {
-        /// The name.
-        host: String,
-    },
+}
+
+/// A name that did not resolve when cattery asked. Not a [`Refusal`]: DNS can be down or slow
+/// for a moment, so the call is retried with backoff (and counts against the scheduler's health)
+/// instead of failing the run at once.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot resolve {host}")]
+pub struct Unresolved {
+    /// The name.
+    pub host: String,
+}
+
+/// Why a name yields no address to connect to.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResolveError {
+    /// The policy refuses every address the name resolved to: permanent until the policy or
+    /// the name's records change.
+    #[error(transparent)]
+    Refused(Refusal),
+    /// The name did not resolve: transient.
+    #[error(transparent)]
+    Unresolved(Unresolved),
 }
 
 fn hint(allowable: bool) -> &'static str {
@@ -554,11 +574,12 @@ impl EgressPolicy {
             })
     }
 
-    /// The addresses `name` resolved to that the policy allows.
+    /// The addresses `name` resolved to that the policy allows (empty only when `addrs` is:
+    /// a name without addresses is a lookup failure, which the resolver reports as
+    /// [`Unresolved`], not a refusal).
     ///
     /// # Errors
-    /// [`Refusal::Resolved`] naming the first refused address when none is allowed,
-    /// [`Refusal::Unresolved`] when there was no address at all.
+    /// [`Refusal::Resolved`] naming the first refused address when none is allowed.
     pub fn filter_resolved(&self, name: &str, addrs: &[IpAddr]) -> Result<Vec<IpAddr>, Refusal> {
         let host = normalise_name(name);
         if METADATA_NAMES.contains(&host.as_str()) {
@@ -576,13 +597,12 @@ impl EgressPolicy {
             }
         }
         match (kept.is_empty(), first_refused) {
-            (false, _) => Ok(kept),
             (true, Some((class, allowable))) => Err(Refusal::Resolved {
                 host,
                 class,
                 allowable,
             }),
-            (true, None) => Err(Refusal::Unresolved { host }),
+            _ => Ok(kept),
         }
     }
 }
@@ -645,25 +665,26 @@ impl Egress {
     }
 
     /// Checks the URLs a manifest names (`baseUrl`, an OAuth2 `tokenUrl`) for a pool about to
-    /// be registered: every refusal as `(manifest path, message)`.
-    pub fn check_manifest(
+    /// be registered, resolving their host names ([`EgressGuard::check_registration`]): every
+    /// refusal as `(manifest path, message)`.
+    pub async fn check_manifest(
         &self,
         pool: &str,
         manifest: &crate::manifest::Manifest,
     ) -> Vec<(String, String)> {
         let guard = self.guard(pool);
+        let mut urls = vec![("baseUrl", &manifest.base_url)];
+        if let crate::manifest::Auth::OAuth2ClientCredentials { token_url, .. } = &manifest.auth {
+            urls.push(("auth.tokenUrl", token_url));
+        }
         let mut problems = Vec::new();
-        let mut check = |path: &str, url: &url::Url| {
-            if let Err(refusal) = guard.check_url(url) {
+        for (path, url) in urls {
+            if let Err(refusal) = guard.check_registration(url).await {
                 problems.push((
                     path.to_owned(),
                     format!("the egress policy refuses this URL: {refusal}"),
                 ));
             }
-        };
-        check("baseUrl", &manifest.base_url);
-        if let crate::manifest::Auth::OAuth2ClientCredentials { token_url, .. } = &manifest.auth {
-            check("auth.tokenUrl", token_url);
         }
         if manifest.insecure_skip_verify {
             problems.push((
@@ -676,6 +697,9 @@ impl Egress {
         problems
     }
 }
+
+/// How long registration waits for a host name to resolve before accepting it unresolved.
+pub const REGISTRATION_LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The policy as one pool sees it; builds the resolver of the pool's HTTP client.
 #[derive(Debug)]
@@ -702,6 +726,31 @@ impl EgressGuard {
         self.policy.check_url(url)
     }
 
+    /// The check made when a pool is registered: [`EgressGuard::check_url`], and for a host
+    /// name the addresses it resolves to now, so that the operator sees a name pointing at a
+    /// refused address when registering rather than as failing calls later. The check at
+    /// connect time stays (DNS answers change). A name that does not resolve now (or not
+    /// within [`REGISTRATION_LOOKUP_TIMEOUT`]) is not refused: DNS may be down for a moment.
+    ///
+    /// # Errors
+    /// The [`Refusal`]; for a name that always means this machine and resolves to a refused
+    /// address, the refusal names that address.
+    pub async fn check_registration(&self, url: &url::Url) -> Result<(), Refusal> {
+        let checked = self.check_url(url);
+        let Some(url::Host::Domain(name)) = url.host() else {
+            return checked;
+        };
+        match &checked {
+            // A loopback name: what it resolves to is the more useful explanation.
+            Ok(()) | Err(Refusal::Address { .. }) => {}
+            Err(_) => return checked,
+        }
+        match tokio::time::timeout(REGISTRATION_LOOKUP_TIMEOUT, self.resolve(name)).await {
+            Ok(Err(ResolveError::Refused(refusal))) => Err(refusal),
+            Ok(Ok(_) | Err(ResolveError::Unresolved(_))) | Err(_) => checked,
+        }
+    }
+
     fn exempt_host(&self, name: &str) -> bool {
         match &self.exempt {
             Some(url::Origin::Tuple(_, url::Host::Domain(host), _)) => {
@@ -719,7 +768,13 @@ impl EgressGuard {
         })
     }
 
-    async fn resolve(&self, name: &str) -> Result<Vec<IpAddr>, Refusal> {
+    /// Resolves `name` (a pin, else the system resolver) and keeps the addresses the policy
+    /// allows.
+    ///
+    /// # Errors
+    /// [`ResolveError::Unresolved`] when the lookup fails or yields nothing (transient),
+    /// [`ResolveError::Refused`] when the policy refuses every address.
+    pub async fn resolve(&self, name: &str) -> Result<Vec<IpAddr>, ResolveError> {
         let host = normalise_name(name);
         let pinned = self
             .pins
@@ -727,18 +782,24 @@ impl EgressGuard {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(&host)
             .cloned();
-        let addrs = match pinned {
+        let unresolved = || ResolveError::Unresolved(Unresolved { host: host.clone() });
+        let addrs: Vec<IpAddr> = match pinned {
             Some(addrs) => addrs,
             None => tokio::net::lookup_host((name, 0))
                 .await
-                .map_err(|_| Refusal::Unresolved { host: host.clone() })?
+                .map_err(|_| unresolved())?
                 .map(|addr| addr.ip())
                 .collect(),
         };
+        if addrs.is_empty() {
+            return Err(unresolved());
+        }
         if self.exempt_host(&host) {
             return Ok(addrs);
         }
-        self.policy.filter_resolved(&host, &addrs)
+        self.policy
+            .filter_resolved(&host, &addrs)
+            .map_err(ResolveError::Refused)
     }
 }
 
@@ -764,8 +825,14 @@ impl reqwest::dns::Resolve for GuardedResolver {
                         Box::new(addrs.into_iter().map(|ip| SocketAddr::new(ip, 0)));
                     Ok(addrs)
                 }
-                Err(refusal) => {
+                // The inner error itself is boxed, so that `refusal_in` and `unresolved_in`
+                // find it in the HTTP client's error chain.
+                Err(ResolveError::Refused(refusal)) => {
                     let error: Box<dyn std::error::Error + Send + Sync> = Box::new(refusal);
+                    Err(error)
+                }
+                Err(ResolveError::Unresolved(unresolved)) => {
+                    let error: Box<dyn std::error::Error + Send + Sync> = Box::new(unresolved);
                     Err(error)
                 }
             }
@@ -780,6 +847,18 @@ pub fn refusal_in<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'
     while let Some(e) = current {
         if let Some(refusal) = e.downcast_ref::<Refusal>() {
             return Some(refusal);
+        }
+        current = e.source();
+    }
+    None
+}
+
+/// The failed name lookup somewhere in an error's source chain (a transient fault).
+pub fn unresolved_in<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a Unresolved> {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(unresolved) = e.downcast_ref::<Unresolved>() {
+            return Some(unresolved);
         }
         current = e.source();
     }
@@ -1152,11 +1231,6 @@ mod tests {
                 &["169.254.169.254"],
                 Refused("never allowed"),
             ),
-            (
-                "https://nowhere.example/",
-                NONE,
-                Refused("cannot resolve nowhere.example"),
-            ),
             // A name with one public and one internal address keeps only the public one.
             (
                 "https://mixed.example/",
@@ -1342,15 +1416,17 @@ mod tests {
         let guard = egress.guard("p");
         assert_eq!(
             guard.resolve("pinned.example.").await,
-            Err(Refusal::Resolved {
+            Err(ResolveError::Refused(Refusal::Resolved {
                 host: "pinned.example".to_owned(),
                 class: "127.0.0.1, a loopback address".to_owned(),
                 allowable: true,
-            })
+            }))
         );
         // localhost comes from the system resolver (/etc/hosts): loopback, refused.
         match guard.resolve("localhost").await {
-            Err(Refusal::Resolved { class, .. }) => assert!(class.contains("loopback"), "{class}"),
+            Err(ResolveError::Refused(Refusal::Resolved { class, .. })) => {
+                assert!(class.contains("loopback"), "{class}");
+            }
             other => panic!("{other:?}"),
         }
         let allowing = Egress::new(policy(false, &["pinned.example"]));
@@ -1359,5 +1435,23 @@ mod tests {
             allowing.guard("p").resolve("pinned.example").await,
             Ok(vec!["127.0.0.1".parse::<IpAddr>().unwrap()])
         );
+    }
+
+    #[actix_web::test]
+    async fn a_name_that_does_not_resolve_is_a_lookup_failure_not_a_refusal() {
+        let guard = Egress::new(EgressPolicy::default()).guard("p");
+        assert_eq!(
+            guard.resolve("no-such-host.invalid").await,
+            Err(ResolveError::Unresolved(Unresolved {
+                host: "no-such-host.invalid".to_owned()
+            }))
+        );
+        // A pin without addresses is a name without records: the same lookup failure.
+        let egress = Egress::new(EgressPolicy::default());
+        egress.pin("empty.example", Vec::new());
+        assert!(matches!(
+            egress.guard("p").resolve("empty.example").await,
+            Err(ResolveError::Unresolved(_))
+        ));
     }
 }

@@ -255,7 +255,7 @@ pub fn resume_at(run: &RunRecord, env: Env, spread_ms: u64) -> Option<Millis> {
         reason = "the product lies in [0, spread_ms]"
     )]
     let offset = (spread_ms as f64 * env.jitter.clamp(0.0, 1.0)) as i64;
-    Some(env.now + offset)
+    Some(env.now.saturating_add(offset))
 }
 
 /// Marks a run as cancel-requested. Returns `None` when the run is already final (nothing to
@@ -392,7 +392,7 @@ fn apply_dispatch(step: &mut Step, outcome: CallOutcome, policy: &Policy, env: E
                 step.run.poll_errors = failures;
                 step.run.attempts.dispatch += 1;
                 let delay = retry_delay(policy, to_u32(failures), env, retry_after_ms);
-                step.run.next_at = Some(env.now + delay);
+                step.run.next_at = Some(env.now.saturating_add(delay));
                 step.events.push(event(
                     &step.run,
                     env,
@@ -481,7 +481,7 @@ fn poll_failed(
         step.run.poll_interval_ms = to_i64(interval);
         let jittered = backoff::delay_ms(1, interval, interval, env.jitter, retry_after_ms);
         let delay = to_i64(jittered.max(policy.initial_backoff_ms.min(interval)));
-        step.run.next_at = Some(env.now + delay);
+        step.run.next_at = Some(env.now.saturating_add(delay));
         step.events.push(event(
             &step.run,
             env,
@@ -509,7 +509,7 @@ fn poll_failed(
     let delay = retry_delay(policy, to_u32(failures), env, retry_after_ms).max(to_i64(
         backoff::spread_ms(policy.poll_interval_ms, env.jitter),
     ));
-    step.run.next_at = Some(env.now + delay);
+    step.run.next_at = Some(env.now.saturating_add(delay));
     step.events.push(event(
         &step.run,
         env,
@@ -573,8 +573,10 @@ fn observe(step: &mut Step, observation: Observation, policy: &Policy, env: Env)
                 )
             };
             step.run.poll_interval_ms = interval;
-            step.run.next_at =
-                Some(env.now + to_i64(backoff::spread_ms(to_u64(interval), env.jitter)));
+            step.run.next_at = Some(
+                env.now
+                    .saturating_add(to_i64(backoff::spread_ms(to_u64(interval), env.jitter))),
+            );
             if target != before.state {
                 transition(step, env, target, step.run.scheduler_state.clone());
             }
@@ -693,7 +695,7 @@ fn apply_release(step: &mut Step, outcome: CallOutcome, policy: &Policy, env: En
             } else {
                 step.run.poll_errors = failures;
                 let delay = retry_delay(policy, to_u32(failures), env, retry_after_ms);
-                step.run.next_at = Some(env.now + delay);
+                step.run.next_at = Some(env.now.saturating_add(delay));
                 step.events.push(event(
                     &step.run,
                     env,

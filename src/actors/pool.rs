@@ -357,6 +357,15 @@ impl Actor for PoolActor {
         ctx.run_interval(SWEEP, |actor, ctx| actor.sweep(ctx));
         ctx.run_interval(QUEUE_DEADLINES, |actor, ctx| actor.expire_queued(ctx));
     }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        if self.retired {
+            // The pool was deleted and its last calls (releases after a forced delete) are made:
+            // its breaker, rate budget and tokens, which those calls may have brought back, go.
+            // (Were the name registered again meanwhile, its new pool only starts afresh.)
+            self.deps.adapter.forget_pool(&self.runtime.current().name);
+        }
+    }
 }
 
 impl Handler<Submit> for PoolActor {

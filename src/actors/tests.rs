@@ -1,7 +1,7 @@
 //! Supervision: actors that die unexpectedly are restarted from the persisted state.
 
 use super::pool::Crash;
-use super::supervisor::{PoolAddr, PoolStats, SubmitRun, Supervisor, UpsertPool};
+use super::supervisor::{PoolAddr, PoolStats, RemovePool, SubmitRun, Supervisor, UpsertPool};
 use super::{Activity, Deps, Owners};
 use crate::bus::EventBus;
 use crate::config::EgressSettings;
@@ -206,4 +206,34 @@ async fn an_older_pool_revision_arriving_late_does_not_replace_a_newer_one() {
             "after revision {sent}"
         );
     }
+}
+
+#[actix_web::test]
+async fn a_deleted_pool_leaves_no_call_state_behind_once_its_actor_is_done() {
+    let (_db, deps) = deps().await;
+    let pool = local_pool().await;
+    let supervisor = Supervisor::new(deps.clone()).start();
+    supervisor
+        .send(UpsertPool(runtime("gone", &pool.base_url())))
+        .await
+        .unwrap();
+    let name = PoolName::parse("gone").unwrap();
+    // Calls of the pool (the last releases after a forced delete, say) keep its breaker.
+    let _ = deps.adapter.health(&name);
+    assert!(deps.adapter.keeps_state_of(&name));
+    let pool_actor = supervisor
+        .send(PoolAddr(name.clone()))
+        .await
+        .unwrap()
+        .unwrap();
+    supervisor.send(RemovePool(name.clone())).await.unwrap();
+    let start = Instant::now();
+    while pool_actor.connected() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the pool actor did not stop"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!deps.adapter.keeps_state_of(&name));
 }

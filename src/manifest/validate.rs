@@ -282,6 +282,12 @@ fn u32_of(n: u64) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
+/// The slowest rate budget: one call every 1000 s. A smaller rate would space calls further
+/// apart than any clock arithmetic needs to handle (and than any pool could use).
+pub const MIN_REQUESTS_PER_SECOND: f64 = 0.001;
+/// The fastest rate budget.
+pub const MAX_REQUESTS_PER_SECOND: f64 = 1_000_000.0;
+
 fn limits(root: &Fields<'_>, defaults: &Defaults, problems: &mut Problems) -> Limits {
     let mut limits = defaults.limits.clone();
     let allowed = ["maxInFlight", "maxQueued", "requestsPerSecond", "timeoutMs"];
@@ -298,12 +304,16 @@ fn limits(root: &Fields<'_>, defaults: &Defaults, problems: &mut Problems) -> Li
         limits.max_queued = u32_of(n);
     }
     if let Some(v) = f.get("requestsPerSecond") {
-        match v.as_f64().filter(|r| r.is_finite() && *r > 0.0) {
+        match v
+            .as_f64()
+            .filter(|r| (MIN_REQUESTS_PER_SECOND..=MAX_REQUESTS_PER_SECOND).contains(r))
+        {
             Some(r) => limits.requests_per_second = Some(r),
             None => problems.add(
                 f.child("requestsPerSecond"),
                 format!(
-                    "must be a number above 0, e.g. 50 or 0.5; got {}",
+                    "must be a number from {MIN_REQUESTS_PER_SECOND} to {MAX_REQUESTS_PER_SECOND}, \
+                     e.g. 50 or 0.5; got {}",
                     super::walk::show(v)
                 ),
             ),

@@ -14,6 +14,9 @@ use tokio::sync::Mutex;
 const EXPIRY_MARGIN: Duration = Duration::from_secs(30);
 /// The lifetime assumed when the token endpoint gives no numeric `expires_in`.
 const DEFAULT_TTL: Duration = Duration::from_secs(300);
+/// The longest a token is kept, whatever `expires_in` says: an absurd lifetime (up to
+/// `u64::MAX` seconds) must neither overflow the clock nor pin a token for ever.
+pub const MAX_TTL: Duration = Duration::from_secs(24 * 3_600);
 /// The largest token answer read.
 const MAX_TOKEN_RESPONSE: usize = 200 * 1024;
 
@@ -78,6 +81,39 @@ fn cache_key(pool: &PoolName, auth: &Auth, secrets: &SecretBundle) -> Option<Str
 }
 
 impl TokenCache {
+    /// Drops every cached token of `pool` but the one of `auth` with `secrets` (its current
+    /// credential, if it uses OAuth2): tokens of replaced credentials are never used again.
+    pub fn retain_current(&self, pool: &PoolName, auth: &Auth, secrets: &SecretBundle) {
+        let keep = cache_key(pool, auth, secrets);
+        let prefix = format!("{pool}:");
+        self.slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|key, _| !key.starts_with(&prefix) || Some(key) == keep.as_ref());
+    }
+
+    /// Drops every cached token of `pool` (deleted).
+    pub fn forget_pool(&self, pool: &PoolName) {
+        let prefix = format!("{pool}:");
+        self.slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|key, _| !key.starts_with(&prefix));
+    }
+
+    /// How many credentials have a slot (cached or being fetched).
+    pub fn len(&self) -> usize {
+        self.slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+
+    /// True when no credential has a slot.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     fn slot(&self, key: &str) -> Slot {
         let mut slots = self
             .slots
@@ -110,11 +146,11 @@ impl TokenCache {
         {
             return Ok(cached.token.clone());
         }
-        let (token, ttl) = fetch(auth, secrets, client, guard, timeout).await?;
-        let usable = ttl.saturating_sub(EXPIRY_MARGIN.min(ttl / 2));
+        let (token, usable) = fetch(auth, secrets, client, guard, timeout).await?;
+        let now = Instant::now();
         *cached_slot = Some(Cached {
             token: token.clone(),
-            usable_until: Instant::now() + usable,
+            usable_until: now.checked_add(usable).unwrap_or(now),
         });
         Ok(token)
     }
@@ -199,11 +235,20 @@ async fn fetch(
         .and_then(serde_json::Value::as_str)
         .filter(|t| !t.is_empty())
         .ok_or(TokenError::NoToken)?;
-    let ttl = value
+    Ok((SecretValue::new(token.to_owned()), usable_for(&value)))
+}
+
+/// How long the token of a token answer is used: its `expires_in` (or [`DEFAULT_TTL`] when it
+/// has no numeric one), at most [`MAX_TTL`], less a margin before it expires (30 s, or half the
+/// lifetime of a shorter-lived token).
+pub fn usable_for(answer: &serde_json::Value) -> Duration {
+    let ttl = answer
         .get("expires_in")
         .and_then(serde_json::Value::as_u64)
-        .map_or(DEFAULT_TTL, Duration::from_secs);
-    Ok((SecretValue::new(token.to_owned()), ttl))
+        .map_or(DEFAULT_TTL, |seconds| {
+            Duration::from_secs(seconds.min(MAX_TTL.as_secs()))
+        });
+    ttl.saturating_sub(EXPIRY_MARGIN.min(ttl / 2))
 }
 
 #[cfg(test)]
@@ -370,6 +415,52 @@ mod tests {
     }
 
     #[actix_web::test]
+    async fn replaced_credentials_and_deleted_pools_leave_no_token_behind() {
+        let (url, issued) = token_server();
+        let auth = oauth(&url);
+        let cache = TokenCache::default();
+        let client = crate::scheduler::http::plain_client().unwrap();
+        let guard = guard();
+        let timeout = Duration::from_secs(5);
+        let a = PoolName::parse("tenant-a").unwrap();
+        let b = PoolName::parse("tenant-b").unwrap();
+        for (pool, secret) in [(&a, "old"), (&a, "new"), (&b, "old")] {
+            cache
+                .token(
+                    pool,
+                    &auth,
+                    &secrets("client", secret),
+                    &client,
+                    &guard,
+                    timeout,
+                )
+                .await
+                .unwrap();
+        }
+        assert_eq!(cache.len(), 3);
+        // tenant-a now uses the new secret: only its token stays, and it is still cached.
+        cache.retain_current(&a, &auth, &secrets("client", "new"));
+        assert_eq!(cache.len(), 2);
+        cache
+            .token(
+                &a,
+                &auth,
+                &secrets("client", "new"),
+                &client,
+                &guard,
+                timeout,
+            )
+            .await
+            .unwrap();
+        assert_eq!(issued.load(Ordering::SeqCst), 3);
+        // A pool that no longer uses OAuth2 keeps none.
+        cache.retain_current(&a, &Auth::None, &SecretBundle::default());
+        assert_eq!(cache.len(), 1);
+        cache.forget_pool(&b);
+        assert!(cache.is_empty());
+    }
+
+    #[actix_web::test]
     async fn a_failing_token_endpoint_is_reported_without_credentials() {
         let (url, _) = token_server();
         let auth = oauth(&url);
@@ -399,6 +490,28 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(missing, TokenError::MissingSecret("ID".to_owned()));
+    }
+
+    #[test]
+    fn token_lifetimes_are_capped_and_keep_a_margin() {
+        let usable = |answer| usable_for(&answer);
+        assert_eq!(
+            usable(serde_json::json!({"expires_in": 3600})),
+            Duration::from_secs(3570)
+        );
+        assert_eq!(
+            usable(serde_json::json!({"expires_in": 20})),
+            Duration::from_secs(10)
+        );
+        assert_eq!(usable(serde_json::json!({"expires_in": 0})), Duration::ZERO);
+        assert_eq!(
+            usable(serde_json::json!({"expires_in": u64::MAX})),
+            MAX_TTL - EXPIRY_MARGIN
+        );
+        assert_eq!(
+            usable(serde_json::json!({"expires_in": "soon"})),
+            DEFAULT_TTL - EXPIRY_MARGIN
+        );
     }
 
     #[actix_web::test]

@@ -8,7 +8,7 @@
 //! while open, calls are deferred, not failed; when the cool-down ends one trial call goes out
 //! (half-open); its success closes the breaker, its failure opens it again for twice as long.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Consecutive failures that open the breaker.
@@ -18,6 +18,18 @@ pub const FAILURE_THRESHOLD: u32 = 5;
 const SPACING_MARGIN: f64 = 1.05;
 /// How long a caller waits before asking again while a trial call is out.
 const TRIAL_WAIT: Duration = Duration::from_millis(200);
+/// The longest spacing of the rate budget (validation keeps rates at or above one call every
+/// 1000 s; this bounds the arithmetic whatever rate arrives).
+const MAX_SPACING: Duration = Duration::from_secs(3_600);
+/// How far ahead an instant is pushed at most: a sum that would overflow the clock ends here.
+const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 24 * 3_600);
+
+/// `now + by`, saturating at a far-future instant instead of panicking on overflow.
+fn later(now: Instant, by: Duration) -> Instant {
+    now.checked_add(by)
+        .or_else(|| now.checked_add(FAR_FUTURE))
+        .unwrap_or(now)
+}
 
 /// The breaker's state as PoolView shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,10 +121,12 @@ impl PoolGuard {
         let Some(rate) = requests_per_second.filter(|r| r.is_finite() && *r > 0.0) else {
             return Duration::ZERO;
         };
-        let spacing = Duration::from_secs_f64(SPACING_MARGIN / rate);
+        let spacing = Duration::try_from_secs_f64(SPACING_MARGIN / rate)
+            .unwrap_or(MAX_SPACING)
+            .min(MAX_SPACING);
         let mut inner = self.lock();
         let slot = inner.next_free.map_or(now, |free| free.max(now));
-        inner.next_free = Some(slot + spacing);
+        inner.next_free = Some(later(slot, spacing));
         slot.saturating_duration_since(now)
     }
 
@@ -141,7 +155,7 @@ impl PoolGuard {
             }
             State::HalfOpen {
                 trial_out: true, ..
-            } => Admission::Hold(now + TRIAL_WAIT),
+            } => Admission::Hold(later(now, TRIAL_WAIT)),
         }
     }
 
@@ -177,20 +191,24 @@ impl PoolGuard {
                 inner.last_error = Some(reason);
                 inner.state = match inner.state {
                     State::HalfOpen { cooldown, .. } if trial => {
-                        let cooldown = (cooldown * 2).min(max_cooldown.max(base_cooldown));
+                        let cooldown = cooldown
+                            .saturating_mul(2)
+                            .min(max_cooldown.max(base_cooldown));
                         State::Open {
-                            until: now + cooldown,
+                            until: later(now, cooldown),
                             cooldown,
                         }
                     }
-                    State::Closed { failures } if failures + 1 >= FAILURE_THRESHOLD => {
+                    State::Closed { failures }
+                        if failures.saturating_add(1) >= FAILURE_THRESHOLD =>
+                    {
                         State::Open {
-                            until: now + base_cooldown,
+                            until: later(now, base_cooldown),
                             cooldown: base_cooldown,
                         }
                     }
                     State::Closed { failures } => State::Closed {
-                        failures: failures + 1,
+                        failures: failures.saturating_add(1),
                     },
                     // A call admitted before the breaker opened: it changes nothing.
                     ref other => clone_state(other),
@@ -209,6 +227,62 @@ impl PoolGuard {
             State::HalfOpen { .. } => Circuit::HalfOpen,
         };
         (circuit, inner.last_error.clone())
+    }
+}
+
+/// An admitted call's duty to report back to the breaker. A trial call that ends without a
+/// report (its task panicked or was dropped) counts as failed when its permit is dropped, so
+/// that the breaker can never stay half-open with a trial that will never report.
+#[derive(Debug)]
+pub struct Permit {
+    guard: Arc<PoolGuard>,
+    trial: bool,
+    base_cooldown: Duration,
+    max_cooldown: Duration,
+    reported: bool,
+}
+
+impl Permit {
+    /// The permit of a call admitted with `trial`; see [`PoolGuard::record`] for the cool-downs.
+    pub fn new(
+        guard: Arc<PoolGuard>,
+        trial: bool,
+        base_cooldown: Duration,
+        max_cooldown: Duration,
+    ) -> Permit {
+        Permit {
+            guard,
+            trial,
+            base_cooldown,
+            max_cooldown,
+            reported: false,
+        }
+    }
+
+    /// Records how the call went ([`PoolGuard::record`]).
+    pub fn record(mut self, signal: Signal, now: Instant) {
+        self.reported = true;
+        self.guard.record(
+            self.trial,
+            signal,
+            now,
+            self.base_cooldown,
+            self.max_cooldown,
+        );
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if self.trial && !self.reported {
+            self.guard.record(
+                true,
+                Signal::Failing("the trial call did not complete".to_owned()),
+                Instant::now(),
+                self.base_cooldown,
+                self.max_cooldown,
+            );
+        }
     }
 }
 
@@ -336,5 +410,57 @@ mod tests {
         assert_eq!(guard.admit(later), Admission::Go { trial: true });
         guard.record(true, Signal::Neutral, later, BASE, MAX);
         assert_eq!(guard.admit(later), Admission::Go { trial: true });
+    }
+
+    #[test]
+    fn a_trial_that_never_reports_opens_the_breaker_again_instead_of_leaving_it_half_open() {
+        let guard = Arc::new(PoolGuard::default());
+        let now = Instant::now();
+        for _ in 0..FAILURE_THRESHOLD {
+            fail(&guard, false, now);
+        }
+        let later = now + BASE;
+        assert_eq!(guard.admit(later), Admission::Go { trial: true });
+        let permit = Permit::new(guard.clone(), true, BASE, MAX);
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let _permit = permit;
+            panic!("the call panicked");
+        }));
+        assert!(panicked.is_err());
+        assert_eq!(guard.health(later).0, Circuit::Open);
+        let Admission::Hold(until) = guard.admit(Instant::now()) else {
+            panic!("expected the breaker to hold");
+        };
+        assert_eq!(guard.admit(until), Admission::Go { trial: true });
+        // A permit that reports is not counted twice; a non-trial permit never reports on drop.
+        Permit::new(guard.clone(), true, BASE, MAX).record(Signal::Healthy, until);
+        assert_eq!(guard.health(until).0, Circuit::Closed);
+        drop(Permit::new(guard.clone(), false, BASE, MAX));
+        assert_eq!(
+            guard.health(until),
+            (
+                Circuit::Closed,
+                Some("the trial call did not complete".into())
+            )
+        );
+    }
+
+    #[test]
+    fn extreme_rates_and_cooldowns_saturate_instead_of_overflowing() {
+        let guard = PoolGuard::default();
+        let now = Instant::now();
+        for rate in [1e-300, 1e-20, f64::MIN_POSITIVE, 1e300, f64::MAX] {
+            let first = guard.reserve(Some(rate), now);
+            let second = guard.reserve(Some(rate), now);
+            assert!(first <= MAX_SPACING * 10 && second <= MAX_SPACING * 10);
+        }
+        let huge = Duration::MAX;
+        for _ in 0..FAILURE_THRESHOLD {
+            guard.record(false, Signal::Failing("x".into()), now, huge, huge);
+        }
+        let Admission::Hold(until) = guard.admit(now) else {
+            panic!("expected the breaker to hold");
+        };
+        assert!(until > now);
     }
 }

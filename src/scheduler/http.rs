@@ -195,6 +195,8 @@ pub async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<
 pub fn describe_transport_error(error: &reqwest::Error) -> String {
     if let Some(refusal) = crate::egress::refusal_in(error) {
         format!("the egress policy refused the call: {refusal}")
+    } else if let Some(unresolved) = crate::egress::unresolved_in(error) {
+        unresolved.to_string()
     } else if error.is_timeout() {
         "the call timed out".to_owned()
     } else if error.is_connect() {
@@ -207,8 +209,12 @@ pub fn describe_transport_error(error: &reqwest::Error) -> String {
 }
 
 /// The delay a scheduler asked for: `Retry-After` (seconds or an HTTP date), else
-/// `RateLimit-Reset` (seconds).
+/// `RateLimit-Reset` (seconds); at most [`crate::backoff::MAX_RETRY_AFTER_MS`].
 pub fn retry_after_ms(headers: &HeaderMap, now: DateTime<Utc>) -> Option<u64> {
+    asked_ms(headers, now).map(|ms| ms.min(crate::backoff::MAX_RETRY_AFTER_MS))
+}
+
+fn asked_ms(headers: &HeaderMap, now: DateTime<Utc>) -> Option<u64> {
     let text = |name: &str| {
         headers
             .get(name)
@@ -277,6 +283,17 @@ mod tests {
             retry_after_ms(&headers(&[("retry-after", "soon")]), now),
             None
         );
+        for huge in [
+            ("retry-after", "18446744073709551615"),
+            ("retry-after", "Fri, 31 Dec 9999 23:59:59 GMT"),
+            ("ratelimit-reset", "99999999999"),
+        ] {
+            assert_eq!(
+                retry_after_ms(&headers(&[huge]), now),
+                Some(crate::backoff::MAX_RETRY_AFTER_MS),
+                "{huge:?}"
+            );
+        }
         assert_eq!(retry_after_ms(&HeaderMap::new(), now), None);
     }
 

@@ -15,7 +15,7 @@ use crate::domain::run::now_millis;
 use crate::domain::secrets::SecretBundle;
 use crate::lifecycle::CallOutcome;
 use crate::manifest::{Auth, Manifest, OpKind, RenderInput, RenderedRequest};
-use guard::{Admission, Circuit, PoolGuard, Signal};
+use guard::{Admission, Circuit, Permit, PoolGuard, Signal};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -135,6 +135,32 @@ impl Adapter {
         &self.egress
     }
 
+    /// Drops what the adapter keeps for a deleted pool: its rate budget and breaker, and its
+    /// OAuth2 tokens (a pool registered again under the name starts afresh).
+    pub fn forget_pool(&self, pool: &PoolName) {
+        self.guards
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(pool);
+        self.tokens.forget_pool(pool);
+    }
+
+    /// Drops the OAuth2 tokens of credentials a pool no longer uses, once its manifest or its
+    /// secrets were replaced by `runtime`'s.
+    pub fn prune_tokens(&self, runtime: &PoolRuntime) {
+        self.tokens
+            .retain_current(&runtime.name, &runtime.manifest.auth, &runtime.secrets);
+    }
+
+    /// Test-only: whether the adapter keeps a breaker and rate budget for `pool`.
+    #[cfg(test)]
+    pub(crate) fn keeps_state_of(&self, pool: &PoolName) -> bool {
+        self.guards
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains_key(pool)
+    }
+
     fn guard(&self, pool: &PoolName) -> Arc<PoolGuard> {
         let mut guards = self
             .guards
@@ -175,8 +201,9 @@ impl Adapter {
             }
         };
         let now = Instant::now();
-        let trial = match guard.admit(now) {
-            Admission::Go { trial } => trial,
+        let permit = match guard.admit(now) {
+            // A trial whose call never reports back (a panic, a dropped task) counts as failed.
+            Admission::Go { trial } => Permit::new(guard.clone(), trial, base, max),
             Admission::Hold(until) => {
                 let wait = i64::try_from(until.saturating_duration_since(now).as_millis())
                     .unwrap_or(i64::MAX);
@@ -206,7 +233,7 @@ impl Adapter {
         }
         // No secret and no job value leaves the adapter in a message.
         let outcome = crate::redact::scrub_outcome(outcome, &pool.secrets, &input.job);
-        guard.record(trial, signal_of(&outcome), Instant::now(), base, max);
+        permit.record(signal_of(&outcome), Instant::now());
         outcome
     }
 
@@ -430,6 +457,34 @@ fn log_tail(body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::log_tail;
+    use super::{Adapter, PoolName};
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_forgotten_pool_leaves_no_guard_behind() {
+        let adapter = Adapter::new();
+        let gone = PoolName::parse("gone").unwrap();
+        let kept = PoolName::parse("kept").unwrap();
+        for pool in [&gone, &kept] {
+            let guard = adapter.guard(pool);
+            for _ in 0..super::guard::FAILURE_THRESHOLD {
+                guard.record(
+                    false,
+                    super::Signal::Failing("503".into()),
+                    Instant::now(),
+                    Duration::from_secs(60),
+                    Duration::from_secs(60),
+                );
+            }
+        }
+        adapter.forget_pool(&gone);
+        let guards = adapter.guards.lock().unwrap();
+        assert!(!guards.contains_key(&gone));
+        assert!(guards.contains_key(&kept));
+        drop(guards);
+        assert_eq!(adapter.health(&gone).circuit, super::Circuit::Closed);
+        assert_eq!(adapter.health(&kept).circuit, super::Circuit::Open);
+    }
 
     #[test]
     fn a_log_tail_is_one_clean_line_of_the_last_characters() {

@@ -84,7 +84,8 @@ impl Gateway {
             .deps
             .adapter
             .egress()
-            .check_manifest(name.as_str(), &manifest);
+            .check_manifest(name.as_str(), &manifest)
+            .await;
         if !refused.is_empty() {
             return Err(ServiceError::Validation(
                 refused
@@ -181,8 +182,10 @@ impl Gateway {
     }
 
     /// Hands a pool's runtime to its actor (started or swapped in); a new actor takes over the
-    /// pool's unfinished runs from the store.
+    /// pool's unfinished runs from the store. OAuth2 tokens of credentials the pool no longer
+    /// has are dropped.
     async fn activate(&self, runtime: PoolRuntime) -> Result<(), ServiceError> {
+        self.deps.adapter.prune_tokens(&runtime);
         self.supervisor
             .send(RegisterPool(runtime))
             .await
@@ -258,6 +261,7 @@ impl Gateway {
             .send(RemovePool(name.clone()))
             .await
             .map_err(|_| ServiceError::Unavailable)?;
+        self.deps.adapter.forget_pool(name);
         tracing::info!(pool = %name, force, "pool deleted");
         Ok(())
     }

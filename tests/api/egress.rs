@@ -53,12 +53,9 @@ async fn the_default_policy_refuses_forbidden_urls_at_registration_before_any_tr
         ),
         (
             format!("https://localhost:{port}"),
-            "localhost is a loopback name",
+            "localhost resolves to 127.0.0.1, a loopback address",
         ),
-        (
-            format!("https://localhost.:{port}"),
-            "localhost is a loopback name",
-        ),
+        (format!("https://localhost.:{port}"), "localhost"),
         (format!("https://[::1]:{port}"), "::1, a loopback address"),
         (
             format!("https://[::ffff:127.0.0.1]:{port}"),
@@ -144,7 +141,7 @@ async fn the_default_policy_refuses_forbidden_urls_at_registration_before_any_tr
     assert_eq!(pools["pools"], json!([]));
     assert!(listener.seen().is_empty());
 
-    // A public https scheduler registers (names are resolved only when cattery connects).
+    // A public https scheduler registers (a name that does not resolve now is not refused).
     let (status, body) = app
         .put_pool(
             "p",
@@ -171,9 +168,16 @@ async fn a_name_that_resolves_to_loopback_is_refused_when_cattery_connects() {
     };
     let manifest = simple_manifest(&format!("http://sched.test:{}", scheduler.port));
 
-    // Only the address 127.0.0.1 is allowed, as a URL host: the name passes registration (it
-    // is not resolved then) but every address it resolves to is refused at connect time.
-    let app = spawn_secure_app(|_| {}, pin).await;
+    // Only the address 127.0.0.1 is allowed, as a URL host. The name does not resolve when the
+    // pool is registered, so it is accepted; it is rebound to 127.0.0.1 afterwards, and every
+    // address it resolves to is refused at connect time.
+    let gateway = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let kept = gateway.clone();
+    let app = spawn_secure_app(
+        |_| {},
+        move |app: &cattery::app::Application| *kept.lock().unwrap() = Some(app.gateway()),
+    )
+    .await;
     let (status, body) = app
         .put_pool(
             "named",
@@ -182,6 +186,12 @@ async fn a_name_that_resolves_to_loopback_is_refused_when_cattery_connects() {
         )
         .await;
     assert_eq!(status, 201, "{body}");
+    let gateway = gateway.lock().unwrap().take().unwrap();
+    gateway
+        .deps
+        .adapter
+        .egress()
+        .pin("sched.test", vec!["127.0.0.1".parse().unwrap()]);
     app.dispatch("named", json!({"jobId": "rebound-1"})).await;
     let run = app.wait_final("rebound-1").await;
     assert_eq!(run["state"], "failed", "{run}");
@@ -321,4 +331,128 @@ async fn the_built_in_local_pool_is_exempt_under_the_default_policy() {
     assert_eq!(status, 202, "{body}");
     let run = app.wait_final("local-1").await;
     assert_eq!(run["state"], "done", "{run}");
+}
+
+#[actix_web::test]
+async fn a_host_name_resolving_to_a_refused_address_is_refused_at_registration() {
+    let app = spawn_secure_app(
+        |s| s.egress = cattery::config::Settings::default().egress,
+        |app| {
+            // A name the way /etc/hosts would point it into a private network.
+            app.gateway()
+                .deps
+                .adapter
+                .egress()
+                .pin("sched.corp.test", vec!["10.1.2.3".parse().unwrap()]);
+        },
+    )
+    .await;
+    let secrets = json!({"SCHED_TOKEN": "t0ken-value"});
+    let cases = [
+        (
+            "https://localhost:8443",
+            "localhost resolves to 127.0.0.1, a loopback address, which the egress policy \
+             refuses; list it in egress.allowHosts to allow it",
+        ),
+        (
+            "https://sched.corp.test",
+            "sched.corp.test resolves to 10.1.2.3, a private address, which the egress policy \
+             refuses; list it in egress.allowHosts to allow it",
+        ),
+    ];
+    for (base_url, expected) in cases {
+        let (status, body) = app
+            .put_pool("p", simple_manifest(base_url), secrets.clone())
+            .await;
+        assert_eq!(status, 422, "{base_url}: {body}");
+        assert_eq!(body["code"], "validation_failed");
+        let (path, message) = problem_of(&body);
+        assert_eq!(path, "manifest.baseUrl", "{base_url}: {body}");
+        assert!(message.contains(expected), "{base_url}: {message}");
+    }
+    // The OAuth2 token URL is resolved the same way.
+    let mut oauth = simple_manifest("https://no-such-host.invalid");
+    oauth["auth"] = json!({
+        "type": "oauth2_client_credentials",
+        "tokenUrl": "https://sched.corp.test/token",
+        "clientIdSecretRef": {"key": "ID"},
+        "clientSecretSecretRef": {"key": "SECRET"}
+    });
+    let (status, body) = app
+        .put_pool("p", oauth, json!({"ID": "client", "SECRET": "s3cret"}))
+        .await;
+    assert_eq!(status, 422, "{body}");
+    let (path, message) = problem_of(&body);
+    assert_eq!(path, "manifest.auth.tokenUrl");
+    assert!(message.contains("resolves to 10.1.2.3"), "{message}");
+    let (_, pools) = app.get_json("/v1/pools").await;
+    assert_eq!(pools["pools"], json!([]));
+
+    // A name that does not resolve now is accepted: DNS may be down for a moment.
+    let (status, body) = app
+        .put_pool(
+            "p",
+            simple_manifest("https://no-such-host.invalid"),
+            secrets,
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+}
+
+#[actix_web::test]
+async fn a_dns_failure_is_retried_not_refused() {
+    // The port of a real scheduler, named by a host that does not resolve.
+    let scheduler = Recorder::start(|_| answer(201, json!({}))).await;
+    let app = spawn_secure_app(|_| {}, |_| {}).await;
+    let mut manifest = simple_manifest(&format!("http://no-such-host.invalid:{}", scheduler.port));
+    manifest["retry"] = json!({"maxAttempts": 100, "initialBackoffMs": 10, "maxBackoffMs": 50});
+    let (status, body) = app
+        .put_pool(
+            "unresolved",
+            manifest,
+            json!({"SCHED_TOKEN": "t0ken-value"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = app.dispatch("unresolved", json!({"jobId": "dns-1"})).await;
+    assert_eq!(status, 202, "{body}");
+
+    // The breaker counts the failures and opens, with the reason.
+    let start = std::time::Instant::now();
+    let pool = loop {
+        let (_, pool) = app.get_json("/v1/pools/unresolved").await;
+        if pool["health"]["circuit"] == "open" {
+            break pool;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "the breaker never opened: {pool}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    };
+    assert!(
+        pool["health"]["lastError"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("cannot resolve no-such-host.invalid"),
+        "{pool}"
+    );
+    // The dispatch was retried with backoff, not failed as refused.
+    let (_, run) = app.get_json("/v1/runs/dns-1").await;
+    assert_eq!(run["state"], "dispatching", "{run}");
+    let (_, events) = app.get_json("/v1/runs/dns-1/events").await;
+    let retries = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            e["type"] == "retry"
+                && e["detail"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("cannot resolve no-such-host.invalid")
+        })
+        .count();
+    assert!(retries >= 4, "{events}");
+    assert!(scheduler.seen().is_empty());
 }

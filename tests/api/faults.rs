@@ -359,3 +359,235 @@ async fn beyond_max_queued_the_api_answers_429_with_retry_after() {
     assert_eq!(status, 404, "a refused run is not stored");
     assert_eq!(scheduler.created("sat-3"), 0);
 }
+
+#[actix_web::test]
+async fn a_huge_retry_after_waits_a_capped_time_instead_of_retrying_at_once() {
+    let (app, scheduler) = setup(0, json!({})).await;
+    scheduler.push_faults([Fault::TooMany(u64::MAX)]);
+    app.dispatch("faulty", json!({"jobId": "parked-1"})).await;
+    // The retry is scheduled an hour out (the cap), not at once and not never.
+    let start = Instant::now();
+    let retry = loop {
+        let events = app.events("parked-1").await;
+        if let Some(retry) = events.into_iter().find(|e| e["type"] == "retry") {
+            break retry;
+        }
+        assert!(start.elapsed() < WAIT, "no retry was scheduled");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    let detail = retry["detail"].as_str().unwrap();
+    assert!(detail.contains("429"), "{detail}");
+    assert!(detail.contains(" in 3600000 ms"), "{detail}");
+    // Meanwhile the pool keeps working: another run completes, and the parked one has not been
+    // sent again.
+    app.dispatch("faulty", json!({"jobId": "other-1"})).await;
+    assert_eq!(app.wait_settled("other-1").await["state"], "done");
+    assert_eq!(scheduler.created("parked-1"), 0);
+    let posts = scheduler
+        .arrivals()
+        .iter()
+        .filter(|a| a.method == "POST")
+        .count();
+    assert_eq!(
+        posts, 2,
+        "one refused dispatch and the other run's dispatch"
+    );
+    assert_eq!(app.run("parked-1").await["state"], "dispatching");
+}
+
+#[actix_web::test]
+async fn a_huge_oauth2_expires_in_does_not_stop_the_run() {
+    use crate::security_support::{Recorder, answer};
+    let scheduler = Recorder::start(|seen| match (seen.method.as_str(), seen.path.as_str()) {
+        ("POST", "/token") => answer(
+            200,
+            json!({"access_token": "tok-forever", "expires_in": u64::MAX}),
+        ),
+        ("POST", "/jobs") => answer(201, json!({})),
+        ("GET", _) => answer(200, json!({"status": "Complete", "output": {"ok": true}})),
+        _ => answer(200, json!({})),
+    })
+    .await;
+    let app = spawn_app().await;
+    let manifest = manifest(
+        &scheduler.base_url,
+        json!({"auth": {
+            "type": "oauth2_client_credentials",
+            "tokenUrl": format!("{}/token", scheduler.base_url),
+            "clientIdSecretRef": {"key": "ID"},
+            "clientSecretSecretRef": {"key": "SECRET"}
+        }}),
+    );
+    let response = app
+        .put_pool(
+            "oauth",
+            manifest,
+            json!({"ID": "client", "SECRET": "s3cret"}),
+        )
+        .await;
+    assert_eq!(
+        response.status().as_u16(),
+        201,
+        "{}",
+        response.text().await.unwrap()
+    );
+    for id in ["forever-1", "forever-2"] {
+        app.dispatch("oauth", json!({"jobId": id})).await;
+        let run = app.wait_settled(id).await;
+        assert_eq!(run["state"], "done", "{run}");
+    }
+    let seen = scheduler.seen();
+    let dispatches: Vec<_> = seen.iter().filter(|s| s.path == "/jobs").collect();
+    assert_eq!(dispatches.len(), 2);
+    for dispatch in dispatches {
+        assert_eq!(dispatch.header("authorization"), Some("Bearer tok-forever"));
+    }
+    // The token is cached (its lifetime capped, not overflowed): fetched once.
+    assert_eq!(seen.iter().filter(|s| s.path == "/token").count(), 1);
+}
+
+#[actix_web::test]
+async fn a_vanishing_rate_budget_is_refused_at_registration() {
+    let app = spawn_app().await;
+    for rate in [json!(1e-20), json!(0.0009), json!(0), json!(-1), json!(2e6)] {
+        let response = app
+            .put_pool(
+                "slow",
+                manifest(
+                    "http://127.0.0.1:9",
+                    json!({"limits": {"requestsPerSecond": rate}}),
+                ),
+                json!({}),
+            )
+            .await;
+        assert_eq!(response.status().as_u16(), 422, "{rate}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(
+            body["errors"][0]["path"], "manifest.limits.requestsPerSecond",
+            "{body}"
+        );
+        assert!(
+            body["errors"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("from 0.001 to 1000000"),
+            "{body}"
+        );
+    }
+    // The slowest budget allowed registers.
+    let response = app
+        .put_pool(
+            "slow",
+            manifest(
+                "http://127.0.0.1:9",
+                json!({"limits": {"requestsPerSecond": 0.001}}),
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(response.status().as_u16(), 201);
+}
+
+#[actix_web::test]
+async fn a_deleted_pool_registered_again_starts_with_a_closed_breaker() {
+    // Every dispatch fails (one attempt each): five failures open the breaker for a minute.
+    let extra =
+        json!({"retry": {"maxAttempts": 1, "initialBackoffMs": 20000, "maxBackoffMs": 60000}});
+    let (app, scheduler) = setup(0, extra.clone()).await;
+    scheduler.set_default_fault(Fault::Unavailable);
+    dispatch_all(&app, &ids("doomed", 6)).await;
+    let start = Instant::now();
+    loop {
+        let (_, pool) = app.get_json("/v1/pools/faulty").await;
+        if pool["health"]["circuit"] == "open" {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "the breaker never opened: {pool}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let response = app
+        .client
+        .delete(app.url("/v1/pools/faulty?force=true"))
+        .bearer_auth(crate::helpers::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 204);
+    scheduler.set_default_fault(Fault::None);
+    let response = app
+        .put_pool("faulty", manifest(&scheduler.base_url, extra), json!({}))
+        .await;
+    assert_eq!(response.status().as_u16(), 201);
+    // The new pool owes nothing to the deleted one's failures: it calls at once.
+    let (_, pool) = app.get_json("/v1/pools/faulty").await;
+    assert_eq!(pool["health"]["circuit"], "closed", "{pool}");
+    assert_eq!(pool["health"]["lastError"], Value::Null, "{pool}");
+    app.dispatch("faulty", json!({"jobId": "fresh-1"})).await;
+    assert_eq!(app.wait_settled("fresh-1").await["state"], "done");
+}
+
+#[actix_web::test]
+async fn replaced_oauth2_secrets_leave_no_cached_token_behind() {
+    use crate::security_support::{Recorder, answer};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let issued = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = issued.clone();
+    let scheduler = Recorder::start(
+        move |seen| match (seen.method.as_str(), seen.path.as_str()) {
+            ("POST", "/token") => {
+                let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+                answer(
+                    200,
+                    json!({"access_token": format!("tok-{n}"), "expires_in": 3600}),
+                )
+            }
+            ("POST", "/jobs") => answer(201, json!({})),
+            ("GET", _) => answer(200, json!({"status": "Complete", "output": {}})),
+            _ => answer(200, json!({})),
+        },
+    )
+    .await;
+    let app = spawn_app().await;
+    let manifest = manifest(
+        &scheduler.base_url,
+        json!({"auth": {
+            "type": "oauth2_client_credentials",
+            "tokenUrl": format!("{}/token", scheduler.base_url),
+            "clientIdSecretRef": {"key": "ID"},
+            "clientSecretSecretRef": {"key": "SECRET"}
+        }}),
+    );
+    let first = json!({"ID": "client", "SECRET": "first-secret"});
+    let second = json!({"ID": "client", "SECRET": "second-secret"});
+    let response = app.put_pool("oauth", manifest, first.clone()).await;
+    assert_eq!(response.status().as_u16(), 201);
+    // first → second → first again: the token of the first credential was dropped when the
+    // secrets changed, so going back fetches a new one instead of reusing a stale token.
+    for (n, secrets) in [(1, None), (2, Some(second)), (3, Some(first))] {
+        if let Some(secrets) = secrets {
+            let response = app
+                .client
+                .put(app.url("/v1/pools/oauth/secrets"))
+                .bearer_auth(crate::helpers::ADMIN_TOKEN)
+                .json(&json!({"secrets": secrets}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status().as_u16(), 200);
+        }
+        let id = format!("rotated-{n}");
+        app.dispatch("oauth", json!({"jobId": id})).await;
+        assert_eq!(app.wait_settled(&id).await["state"], "done");
+        assert_eq!(issued.load(Ordering::SeqCst), n, "tokens after run {n}");
+        let dispatch = scheduler
+            .seen()
+            .into_iter()
+            .rfind(|s| s.path == "/jobs")
+            .unwrap();
+        assert_eq!(
+            dispatch.header("authorization"),
+            Some(format!("Bearer tok-{n}").as_str())
+        );
+    }
+}

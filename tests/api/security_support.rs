@@ -207,8 +207,8 @@ pub fn sealed_rows(db: &TestDatabase) -> (SealedRows, SealedRows) {
 
 /// Overwrites one run's sealed job body straight in the database.
 pub fn update_job_sealed(db: &TestDatabase, job_id: &str, sealed: &[u8]) {
-    use diesel::sql_types::{Binary, Text};
     use diesel::RunQueryDsl as _;
+    use diesel::sql_types::{Binary, Text};
     let changed = if db.is_postgres() {
         let mut conn = db.pg();
         diesel::sql_query("UPDATE runs SET job_sealed = $1 WHERE job_id = $2")
