@@ -242,6 +242,50 @@ pub fn reattach(
     apply(run, Input::Called(OpKind::Dispatch, accepted), policy, env)
 }
 
+/// A reconciling call (lookup or poll) that gave no clear answer, for the `failures`-th time in
+/// a row: the run asks again after a backoff, or, once `policy.max_attempts` such answers came,
+/// dispatches again under the same `run.dispatchId` (relying on the scheduler's idempotency).
+/// Recorded as a `retry` event, so that the run's history shows every call.
+pub fn reconcile_unsure(
+    run: &RunRecord,
+    outcome: &CallOutcome,
+    failures: u32,
+    policy: &Policy,
+    env: Env,
+) -> Step {
+    let mut step = Step {
+        run: run.clone(),
+        events: Vec::new(),
+    };
+    step.run.updated_at = env.now;
+    let retry_after_ms = match outcome {
+        CallOutcome::Retryable { retry_after_ms, .. } => *retry_after_ms,
+        _ => None,
+    };
+    let delay = retry_delay(policy, failures, env, retry_after_ms);
+    step.run.next_at = Some(env.now.saturating_add(delay));
+    let message = match outcome {
+        CallOutcome::Retryable { message, .. } | CallOutcome::Rejected { message } => {
+            message.as_str()
+        }
+        _ => "the answer said neither found nor not found",
+    };
+    let then = if failures >= policy.max_attempts {
+        "no clear answer: dispatching again under the same id"
+    } else {
+        "asking again"
+    };
+    step.events.push(event(
+        run,
+        env,
+        "retry",
+        Some(format!(
+            "asking the scheduler whether an earlier attempt created the job: {message}; {then} in {delay} ms"
+        )),
+    ));
+    step
+}
+
 /// Spreads overdue calls of reloaded runs over `spread_ms`, so that a restart with many runs
 /// does not burst the scheduler. A call that is not due yet keeps its time.
 pub fn resume_at(run: &RunRecord, env: Env, spread_ms: u64) -> Option<Millis> {
@@ -1524,5 +1568,29 @@ mod tests {
             env(30),
         );
         assert_eq!(step.run.state, RunState::Running);
+    }
+
+    #[test]
+    fn an_unclear_reconciling_answer_is_recorded_and_asked_again_after_a_backoff() {
+        let dispatching = apply(&queued(), Input::SlotGranted, &policy(), env(10)).run;
+        let unclear = CallOutcome::Retryable {
+            message: "cannot resolve sched.invalid".to_owned(),
+            retry_after_ms: Some(700),
+            unreadable: false,
+        };
+        let step = reconcile_unsure(&dispatching, &unclear, 1, &policy(), env(100));
+        assert_eq!(step.run.state, RunState::Dispatching);
+        assert_eq!(step.run.next_at, Some(800), "Retry-After is a floor");
+        assert_eq!(step.events.len(), 1);
+        let detail = step.events[0].detail.as_deref().unwrap();
+        assert_eq!(step.events[0].kind, "retry");
+        assert!(detail.contains("cannot resolve sched.invalid"), "{detail}");
+        assert!(detail.contains("asking again"), "{detail}");
+        let last = reconcile_unsure(&dispatching, &unclear, 3, &policy(), env(100));
+        let detail = last.events[0].detail.as_deref().unwrap();
+        assert!(
+            detail.contains("dispatching again under the same id"),
+            "{detail}"
+        );
     }
 }

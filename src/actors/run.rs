@@ -212,29 +212,28 @@ impl RunActor {
                     actor.drive(ctx);
                 }
                 Reconciled::Unsure => {
-                    let env = Self::env();
-                    actor.run.next_at = Some(match outcome {
-                        CallOutcome::Deferred { until } => until,
-                        _ => {
-                            actor.reconcile_failures += 1;
-                            if actor.reconcile_failures >= policy.max_attempts {
-                                // No clear answer: dispatch again under the same id and rely on
-                                // the scheduler's idempotency (alreadyExists, a fixed name, a key).
-                                actor.reconcile = false;
-                                actor.reconcile_failures = 0;
-                                actor.asked_attempt = Some(actor.run.attempts.dispatch);
-                            }
-                            let delay = crate::backoff::delay_ms(
-                                actor.reconcile_failures.max(1),
-                                policy.initial_backoff_ms,
-                                policy.max_backoff_ms,
-                                env.jitter,
-                                None,
-                            );
-                            env.now + i64::try_from(delay).unwrap_or(i64::MAX)
-                        }
-                    });
-                    actor.drive(ctx);
+                    if let CallOutcome::Deferred { until } = outcome {
+                        // Held back by the circuit breaker: nothing was asked.
+                        actor.run.next_at = Some(until);
+                        return actor.drive(ctx);
+                    }
+                    actor.reconcile_failures += 1;
+                    let failures = actor.reconcile_failures;
+                    if failures >= policy.max_attempts {
+                        // No clear answer: dispatch again under the same id and rely on the
+                        // scheduler's idempotency (alreadyExists, a fixed name, a key).
+                        actor.reconcile = false;
+                        actor.reconcile_failures = 0;
+                        actor.asked_attempt = Some(actor.run.attempts.dispatch);
+                    }
+                    let step = lifecycle::reconcile_unsure(
+                        &actor.run,
+                        &outcome,
+                        failures,
+                        &policy,
+                        Self::env(),
+                    );
+                    actor.commit(step, ctx);
                 }
             }
         }));
