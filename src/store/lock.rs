@@ -6,6 +6,11 @@
 //! it ends (`kill -9` included): an exclusive `flock` on `<database file>.lock` for SQLite, and a
 //! session advisory lock held on a dedicated connection for PostgreSQL (the server drops it when
 //! that connection closes).
+//!
+//! That connection can break while the gateway lives (PostgreSQL restarted, a proxy cut it), and
+//! the lock goes with it. A watcher checks the connection every few seconds and takes the lock
+//! again on a new one; when another gateway took it meanwhile, this one stops the process at once
+//! (fail-stop): everything it did is committed, and two gateways must never drive the same runs.
 
 use super::StoreError;
 use super::conn::Target;
@@ -36,11 +41,72 @@ impl std::fmt::Debug for InstanceLock {
 enum Held {
     /// The open, `flock`ed lock file.
     File { _file: File },
-    /// The connection that holds the session advisory lock; closing it releases the lock.
-    /// Never used again, but shared with the store across threads, hence the mutex.
-    Postgres {
-        _conn: std::sync::Mutex<PgConnection>,
-    },
+    /// The watcher thread that owns the connection holding the session advisory lock.
+    Postgres { _watch: Watch },
+}
+
+/// How often the watcher checks the connection that holds the PostgreSQL lock.
+const WATCH_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The exit status of a gateway that lost its instance lock to another one.
+const LOST_LOCK_EXIT: i32 = 75;
+
+/// Stops the watcher when dropped; the watcher then closes the connection, releasing the lock.
+struct Watch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Keeps the advisory lock of `url` held on `conn` until `stop` is set (see the module docs).
+fn watch(url: String, conn: PgConnection) -> Result<Watch, StoreError> {
+    use std::sync::atomic::Ordering;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = stop.clone();
+    let mut conn = conn;
+    std::thread::Builder::new()
+        .name("cattery-instance-lock".to_owned())
+        .spawn(move || {
+            let tick = std::time::Duration::from_millis(100);
+            loop {
+                let mut waited = std::time::Duration::ZERO;
+                while waited < WATCH_EVERY {
+                    if stopped.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    std::thread::sleep(tick);
+                    waited += tick;
+                }
+                if diesel::sql_query("SELECT 1").execute(&mut conn).is_ok() {
+                    continue;
+                }
+                tracing::warn!("the connection holding the instance lock broke; taking the lock again");
+                match advisory_lock(&url) {
+                    Ok(again) => {
+                        conn = again;
+                        tracing::info!("instance lock taken again");
+                    }
+                    Err(e @ StoreError::InUse { .. }) => {
+                        tracing::error!(error = %e, "another gateway took the instance lock while this one was cut off from the database; stopping at once so that only one gateway drives the runs (everything done so far is committed)");
+                        std::process::exit(LOST_LOCK_EXIT);
+                    }
+                    Err(e) => {
+                        // The database is out of reach: this gateway's commits fail as well and
+                        // nothing moves; try again at the next check.
+                        tracing::warn!(error = %e, "cannot take the instance lock again yet");
+                    }
+                }
+            }
+        })
+        .map_err(|source| StoreError::Connect {
+            backend: "postgres",
+            source: Box::new(source),
+        })?;
+    Ok(Watch { stop })
 }
 
 /// Takes the instance lock of `target`, or says who holds it.
@@ -50,7 +116,7 @@ pub(crate) fn acquire(target: &Target) -> Result<InstanceLock, StoreError> {
             _file: lock_file(path)?,
         },
         Target::Postgres(url) => Held::Postgres {
-            _conn: std::sync::Mutex::new(advisory_lock(url)?),
+            _watch: watch(url.clone(), advisory_lock(url)?)?,
         },
     };
     Ok(InstanceLock { _held: held })

@@ -173,6 +173,59 @@ async fn a_second_gateway_on_the_same_database_refuses_to_start_until_the_first_
     wait_healthy(&format!("{}/readyz", last.base_url)).await;
 }
 
+/// Ends the PostgreSQL session that holds the instance lock (as a PostgreSQL restart or a cut
+/// connection would), returning how many sessions were ended.
+fn end_lock_session(db: &TestDatabase) -> usize {
+    // The lock key 0x6361747400000003: its high half is the classid, its low half the objid.
+    db.execute_sql(
+        "SELECT pg_terminate_backend(pid) FROM pg_locks \
+         WHERE locktype = 'advisory' AND granted AND classid = 1667331188 AND objid = 3 \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+}
+
+#[actix_web::test]
+async fn a_gateway_whose_lock_connection_breaks_takes_the_lock_again_or_stops() {
+    let db = TestDatabase::create().await;
+    if !db.is_postgres() {
+        // SQLite's lock is a file lock held by the process itself: it cannot break.
+        return;
+    }
+    let (first_dir, second_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut first = serve(&db, first_dir.path(), free_port());
+    wait_healthy(&format!("{}/readyz", first.base_url)).await;
+
+    // Its lock session ends: the gateway takes the lock again, so a second one is still refused.
+    assert_eq!(end_lock_session(&db), 1);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut second = serve_command(&db, second_dir.path(), free_port())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(!wait_exit(&mut second, Duration::from_secs(20)).success());
+    assert!(
+        first.child.try_wait().unwrap().is_none(),
+        "the first gateway stopped"
+    );
+
+    // Its lock session ends and someone else takes the lock first (this session queues for it
+    // before the old one is gone): the first gateway stops rather than drive runs beside it.
+    let mut taker = db.pg();
+    {
+        use diesel::RunQueryDsl as _;
+        assert_eq!(end_lock_session(&db), 1);
+        diesel::sql_query(format!("SELECT pg_advisory_lock({INSTANCE_LOCK_KEY})"))
+            .execute(&mut taker)
+            .unwrap();
+    }
+    let status = wait_exit(&mut first.child, Duration::from_secs(20));
+    assert_eq!(status.code(), Some(75), "{status:?}");
+}
+
+/// The instance lock's key (see src/store/lock.rs).
+const INSTANCE_LOCK_KEY: i64 = 7_161_132_924_060_827_651;
+
 #[actix_web::test]
 async fn a_finished_runs_job_body_is_gone_from_the_database_once_it_reads_final() {
     let app = spawn_app().await;
