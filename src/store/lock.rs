@@ -51,23 +51,33 @@ const WATCH_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 /// The exit status of a gateway that lost its instance lock to another one.
 const LOST_LOCK_EXIT: i32 = 75;
 
-/// Stops the watcher when dropped; the watcher then closes the connection, releasing the lock.
+/// The connection holding the PostgreSQL lock, shared by the watcher and its [`Watch`].
+type LockConnection = std::sync::Arc<std::sync::Mutex<Option<PgConnection>>>;
+
+/// Stops the watcher when dropped and closes the connection, which releases the lock at once.
 struct Watch {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conn: LockConnection,
 }
 
 impl Drop for Watch {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // The watcher holds the connection only while it checks or replaces it; should it be
+        // doing so now, it closes the connection itself when it sees `stop`.
+        if let Ok(mut conn) = self.conn.try_lock() {
+            conn.take();
+        }
     }
 }
 
-/// Keeps the advisory lock of `url` held on `conn` until `stop` is set (see the module docs).
+/// Keeps the advisory lock of `url` held on `conn` until the returned [`Watch`] is dropped (see
+/// the module docs).
 fn watch(url: String, conn: PgConnection) -> Result<Watch, StoreError> {
     use std::sync::atomic::Ordering;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stopped = stop.clone();
-    let mut conn = conn;
+    let conn: LockConnection = std::sync::Arc::new(std::sync::Mutex::new(Some(conn)));
+    let (stopped, held) = (stop.clone(), conn.clone());
     std::thread::Builder::new()
         .name("cattery-instance-lock".to_owned())
         .spawn(move || {
@@ -81,13 +91,23 @@ fn watch(url: String, conn: PgConnection) -> Result<Watch, StoreError> {
                     std::thread::sleep(tick);
                     waited += tick;
                 }
-                if diesel::sql_query("SELECT 1").execute(&mut conn).is_ok() {
+                let mut guard = held
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if stopped.load(Ordering::SeqCst) {
+                    guard.take();
+                    return;
+                }
+                let Some(current) = guard.as_mut() else {
+                    return;
+                };
+                if diesel::sql_query("SELECT 1").execute(current).is_ok() {
                     continue;
                 }
                 tracing::warn!("the connection holding the instance lock broke; taking the lock again");
                 match advisory_lock(&url) {
                     Ok(again) => {
-                        conn = again;
+                        *guard = Some(again);
                         tracing::info!("instance lock taken again");
                     }
                     Err(e @ StoreError::InUse { .. }) => {
@@ -106,7 +126,7 @@ fn watch(url: String, conn: PgConnection) -> Result<Watch, StoreError> {
             backend: "postgres",
             source: Box::new(source),
         })?;
-    Ok(Watch { stop })
+    Ok(Watch { stop, conn })
 }
 
 /// Takes the instance lock of `target`, or says who holds it.
