@@ -50,7 +50,12 @@ fn check(result: Result<Manifest, ManifestError>) {
         pool_name: "pool-1".to_owned(),
     };
     let secrets = secrets_for(&manifest);
-    for op in [OpKind::Dispatch, OpKind::Poll, OpKind::Release] {
+    for op in [
+        OpKind::Dispatch,
+        OpKind::Poll,
+        OpKind::Release,
+        OpKind::Lookup,
+    ] {
         let _ = manifest.render(op, &input, &secrets);
     }
     let answer = br#"{"state": "done", "status": "Running", "id": "x", "items": [1, "a", null]}"#;

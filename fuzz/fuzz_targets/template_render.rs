@@ -18,7 +18,12 @@ use libfuzzer_sys::fuzz_target;
 use serde_json::{Map, Value, json};
 use std::sync::OnceLock;
 
-const OPS: [OpKind; 3] = [OpKind::Dispatch, OpKind::Poll, OpKind::Release];
+const OPS: [OpKind; 4] = [
+    OpKind::Dispatch,
+    OpKind::Poll,
+    OpKind::Release,
+    OpKind::Lookup,
+];
 
 /// The capture names the fixed manifests declare.
 const CAPTURES: [&str; 6] = [
@@ -36,7 +41,7 @@ struct Case {
     manifest: Manifest,
     secrets: SecretBundle,
     /// Per operation: the number of path segments of a benign run's URL.
-    segments: [usize; 3],
+    segments: [usize; 4],
 }
 
 fn benign_input() -> RenderInput {
@@ -69,7 +74,7 @@ fn cases() -> &'static [Case] {
             .map(|(name, text)| {
                 let manifest = compile(name, text);
                 let secrets = secrets_for(&manifest);
-                let mut segments = [0; 3];
+                let mut segments = [0; 4];
                 for (i, op) in OPS.into_iter().enumerate() {
                     if manifest.operation(op).is_none() {
                         continue;
