@@ -147,10 +147,8 @@ impl Supervisor {
     fn adopt_stored_runs(&self, name: PoolName, addr: Addr<PoolActor>, ctx: &mut Context<Self>) {
         let store = self.deps.store.clone();
         let fut = async move {
-            match store.load_unfinished().await {
+            match store.load_unfinished_of(&name).await {
                 Ok(runs) => {
-                    let runs: Vec<RunRecord> =
-                        runs.into_iter().filter(|run| run.pool == name).collect();
                     if !runs.is_empty() {
                         tracing::info!(pool = %name, runs = runs.len(), "resuming the unfinished runs of a pool");
                         addr.do_send(Resume(runs));

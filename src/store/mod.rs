@@ -596,7 +596,25 @@ impl Store {
     /// # Errors
     /// [`StoreError::Query`], or [`StoreError::Closed`] when the writer stopped.
     pub async fn load_unfinished(&self) -> Result<Vec<RunRecord>, StoreError> {
-        let (runs, corrupt) = self.with_conn(runs::load_unfinished).await?;
+        let (runs, corrupt) = self
+            .with_conn(|conn| runs::load_unfinished(conn, None))
+            .await?;
+        for row in corrupt {
+            self.quarantine(row).await?;
+        }
+        Ok(runs)
+    }
+
+    /// [`Store::load_unfinished`] for the runs of one pool (a pool actor taking over its runs
+    /// reads only those, however many runs the other pools have).
+    ///
+    /// # Errors
+    /// [`StoreError::Query`], or [`StoreError::Closed`] when the writer stopped.
+    pub async fn load_unfinished_of(&self, pool: &PoolName) -> Result<Vec<RunRecord>, StoreError> {
+        let pool = pool.clone();
+        let (runs, corrupt) = self
+            .with_conn(move |conn| runs::load_unfinished(conn, Some(&pool)))
+            .await?;
         for row in corrupt {
             self.quarantine(row).await?;
         }

@@ -300,19 +300,20 @@ static ALL_STATES: LazyLock<(String, String)> = LazyLock::new(|| {
 /// that do not parse back into a run.
 pub(crate) fn load_unfinished(
     conn: &mut DbConn,
+    pool: Option<&PoolName>,
 ) -> Result<(Vec<RunRecord>, Vec<RunRow>), StoreError> {
     let (states, releases) = &*ALL_STATES;
+    let (of_pool, mut binds) = match pool {
+        Some(pool) => ("pool = ? AND ", vec![Bind::Text(pool.as_str().to_owned())]),
+        None => ("", Vec::new()),
+    };
+    binds.push(Bind::Text(ReleaseState::Pending.as_str().to_owned()));
     let sql = format!(
-        "{} WHERE state IN ({}) OR release_state = ? OR state NOT IN ({states}) \
-         OR release_state NOT IN ({releases}) ORDER BY created_at ASC, job_id ASC",
+        "{} WHERE {of_pool}(state IN ({}) OR release_state = ? OR state NOT IN ({states}) \
+         OR release_state NOT IN ({releases})) ORDER BY created_at ASC, job_id ASC",
         *SELECT, *UNFINISHED_STATES
     );
-    let rows: Vec<RunRow> = raw_query(
-        conn,
-        &sql,
-        vec![Bind::Text(ReleaseState::Pending.as_str().to_owned())],
-    )
-    .load(conn)?;
+    let rows: Vec<RunRow> = raw_query(conn, &sql, binds).load(conn)?;
     let mut runs = Vec::with_capacity(rows.len());
     let mut corrupt = Vec::new();
     for row in rows {

@@ -464,6 +464,30 @@ async fn load_unfinished_returns_runs_that_need_work_oldest_first(backend: TestB
     }
     expected.reverse();
     assert_eq!(store.load_unfinished().await.unwrap(), expected);
+
+    // One pool's share: only its runs, in the same order.
+    let mut other = bare_run("other-pool-running", "q", 50);
+    other.state = RunState::Running;
+    insert(&store, &other).await;
+    let mut finished = bare_run("other-pool-done", "q", 51);
+    finished.state = RunState::Done;
+    finished.release = ReleaseState::Done;
+    insert(&store, &finished).await;
+    assert_eq!(
+        store.load_unfinished_of(&pool_name("p")).await.unwrap(),
+        expected
+    );
+    assert_eq!(
+        store.load_unfinished_of(&pool_name("q")).await.unwrap(),
+        vec![other]
+    );
+    assert!(
+        store
+            .load_unfinished_of(&pool_name("none"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 async fn pool_stats_count_runs_by_state_group(backend: TestBackend) {
