@@ -163,7 +163,10 @@ pub(crate) fn build_pool(target: &Target, size: u32) -> Result<DbPool, StoreErro
     let backend = target.backend().name();
     Pool::builder()
         .max_size(size.max(1))
-        .min_idle(Some(1))
+        // Connections are opened on demand only, never by the pool's background threads: a
+        // PostgreSQL connection still being opened (TLS included) by such a thread when the
+        // process exits can crash it at exit, after a command did all its work.
+        .min_idle(Some(0))
         .connection_timeout(CHECKOUT_TIMEOUT)
         .connection_customizer(Box::new(SqlitePragmas))
         .build(DbManager {

@@ -172,3 +172,27 @@ async fn serve_without_a_configured_token_creates_a_private_admin_token_file() {
         .unwrap();
     assert_eq!(refused.status().as_u16(), 401);
 }
+
+/// A command that opens the database exits with its own status every time: nothing the store
+/// left running in the background (a connection being opened) may crash the process at exit.
+#[actix_web::test]
+async fn a_database_command_exits_cleanly_every_time() {
+    let db = TestDatabase::create().await;
+    let data_dir = tempfile::tempdir().unwrap();
+    for attempt in 0..60 {
+        let output = Command::new(cattery_bin())
+            .args(["keys", "rotate"])
+            .env("CATTERY_DATABASE_URL", db.url())
+            .env("CATTERY__DATADIR", data_dir.path())
+            .env("CATTERY_MASTER_KEY", MASTER_KEY)
+            .env("CATTERY__LOGGING__LEVEL", "warn")
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "attempt {attempt}: {:?} {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
