@@ -1,7 +1,9 @@
 //! A run never sends a job other than the one submitted, never repeats a call whose outcome it
 //! already has, and never keeps the job's values in the scheduler text it stores.
 
-use crate::security_support::{Recorder, Seen, answer, spawn_secure_app, update_job_sealed};
+use crate::security_support::{
+    Recorder, SecureApp, Seen, answer, spawn_secure_app, update_job_sealed,
+};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
@@ -12,6 +14,20 @@ fn manifest(base_url: &str, max_in_flight: u32) -> Value {
     let mut manifest = crate::security_support::simple_manifest(base_url);
     manifest["limits"] = json!({"maxInFlight": max_in_flight});
     manifest
+}
+
+/// A gateway with one pool on `scheduler`, registered.
+async fn app_with_pool(pool: &str, scheduler: &Recorder, max_in_flight: u32) -> SecureApp {
+    let app = spawn_secure_app(|_| {}, |_| {}).await;
+    let (status, body) = app
+        .put_pool(
+            pool,
+            manifest(&scheduler.base_url, max_in_flight),
+            json!({"SCHED_TOKEN": "t"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    app
 }
 
 fn dispatched_names(seen: &[Seen]) -> Vec<String> {
@@ -34,15 +50,7 @@ async fn a_job_body_that_cannot_be_decrypted_fails_the_run_and_nothing_is_sent()
         _ => answer(200, json!({})),
     })
     .await;
-    let app = spawn_secure_app(|_| {}, |_| {}).await;
-    let (status, body) = app
-        .put_pool(
-            "one",
-            manifest(&scheduler.base_url, 1),
-            json!({"SCHED_TOKEN": "t"}),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
+    let app = app_with_pool("one", &scheduler, 1).await;
     let (status, _) = app
         .dispatch("one", json!({"jobId": "hold", "job": {"n": 1}}))
         .await;
@@ -64,14 +72,7 @@ async fn a_job_body_that_cannot_be_decrypted_fails_the_run_and_nothing_is_sent()
     );
     let (status, _) = app.get_json("/v1/runs/hold").await;
     assert_eq!(status, 200);
-    let cancel = app
-        .client
-        .post(app.url("/v1/runs/hold/cancel"))
-        .bearer_auth(crate::helpers::DISPATCHER_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(cancel.status().as_u16(), 202);
+    assert_eq!(app.cancel("hold").await.status().as_u16(), 202);
 
     let run = app.wait_final("victim").await;
     assert_eq!(run["state"], "failed", "{run}");
@@ -95,15 +96,7 @@ async fn a_failed_commit_is_retried_without_repeating_the_accepted_dispatch() {
         _ => answer(200, json!({})),
     })
     .await;
-    let app = spawn_secure_app(|_| {}, |_| {}).await;
-    let (status, body) = app
-        .put_pool(
-            "flaky-db",
-            manifest(&scheduler.base_url, 4),
-            json!({"SCHED_TOKEN": "t"}),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
+    let app = app_with_pool("flaky-db", &scheduler, 4).await;
     let (status, _) = app
         .dispatch("flaky-db", json!({"jobId": "once", "job": {"n": 1}}))
         .await;
@@ -137,15 +130,7 @@ async fn job_values_echoed_in_a_poll_answer_are_redacted_before_they_are_stored(
         _ => answer(200, json!({})),
     })
     .await;
-    let app = spawn_secure_app(|_| {}, |_| {}).await;
-    let (status, body) = app
-        .put_pool(
-            "echo",
-            manifest(&scheduler.base_url, 4),
-            json!({"SCHED_TOKEN": "t"}),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
+    let app = app_with_pool("echo", &scheduler, 4).await;
     let (status, _) = app
         .dispatch(
             "echo",
