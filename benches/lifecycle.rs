@@ -9,7 +9,8 @@
 //!
 //! Run: `cargo bench --bench lifecycle` (SQLite), and with
 //! `TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres` for PostgreSQL too.
-//! `LIFECYCLES` sets the number of runs per shape (default 4000).
+//! `LIFECYCLES` sets the number of runs per shape (default 4000); `CATTERY_BIN` runs another
+//! build of the gateway (to compare builds with the same workload and scheduler).
 #![expect(clippy::unwrap_used, reason = "a benchmark stops on any setup error")]
 
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
@@ -131,7 +132,10 @@ async fn start_gateway(db: &TestDatabase, client: &reqwest::Client) -> Gateway {
         .local_addr()
         .unwrap()
         .port();
-    let child = Command::new(env!("CARGO_BIN_EXE_cattery"))
+    // CATTERY_BIN drives another build of the gateway (an earlier one, to compare).
+    let bin =
+        std::env::var("CATTERY_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_cattery").to_owned());
+    let child = Command::new(bin)
         .arg("serve")
         .env("CATTERY_DATABASE_URL", db.url())
         .env("CATTERY_BIND", format!("127.0.0.1:{port}"))
