@@ -53,7 +53,10 @@ async fn fresh(backend: TestBackend) -> (TestDatabase, Store, Vec<RunRecord>) {
             to: Some(RunState::Queued),
             detail: None,
         };
-        store.insert_run(record.clone(), None, event).await.unwrap();
+        store
+            .insert_run(record.clone(), None, vec![event])
+            .await
+            .unwrap();
         runs.push(record);
     }
     (db, store, runs)

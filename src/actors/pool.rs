@@ -1,22 +1,65 @@
 //! PoolActor: one per pool; owns the pool's queue and its `maxInFlight` slots, and starts a
 //! RunActor for every run that holds a slot or still has a release to make.
 
-use super::run::{CancelRun, RunActor};
+use super::run::{CancelRun, RunActor, Start};
 use super::{Deps, SharedRuntime, policy_of};
 use crate::domain::ids::JobId;
-use crate::domain::run::{Millis, RunRecord, now_millis};
+use crate::domain::run::{Millis, NewEvent, RunRecord, now_millis};
 use crate::domain::state::RunState;
 use crate::lifecycle::{self, Env, Input};
 use crate::scheduler::PoolRuntime;
 use actix::prelude::*;
+use serde_json::Value;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 use tokio::sync::oneshot;
 
-/// A new run, already committed as `queued`.
+/// A new run to accept. The pool decides, in step with its own slot accounting, whether it
+/// admits the run at all (`maxQueued`), and whether it starts at once (a slot is free and no
+/// run waits) or waits in the queue; it then commits the run in that state with its first
+/// events, and answers once that is durable. A run that starts at once is stored straight in
+/// `dispatching` and its actor gets the job body from here, so nothing is read back.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Submit(pub RunRecord);
+pub struct Admit {
+    /// The run as submitted, `queued`; the pool fills in its manifest revision and, when the
+    /// submission set none, the manifest's default deadline.
+    pub run: RunRecord,
+    /// The submission's own deadline, in seconds from the run's creation.
+    pub deadline_seconds: Option<u64>,
+    /// The sealed job body, as stored.
+    pub sealed: Vec<u8>,
+    /// The job body in clear, for a dispatch that starts at once (dropped after it).
+    pub job: Value,
+    /// Where the answer goes.
+    pub reply: oneshot::Sender<Result<Admitted, AdmitError>>,
+}
+
+/// What [`Admit`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Admitted {
+    /// The run is stored (queued, or dispatching when it started at once).
+    Created(RunRecord),
+    /// A run with this `jobId` exists already; nothing was written. The caller compares them.
+    Existing(RunRecord),
+}
+
+/// Why [`Admit`] accepted nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum AdmitError {
+    /// The pool has no actor (it is not registered, or could not be loaded).
+    #[error("the pool has no live actor")]
+    NoPool,
+    /// Every slot is taken and `maxQueued` runs wait already.
+    #[error("the pool is saturated ({queued} runs queued)")]
+    Saturated {
+        /// Runs waiting.
+        queued: usize,
+    },
+    /// The run could not be stored.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
 
 /// Unfinished runs reloaded from the store at start.
 #[derive(Message)]
@@ -143,8 +186,11 @@ pub struct PoolActor {
     deps: Deps,
     /// Committed `queued` runs, oldest first.
     queue: VecDeque<Waiting>,
-    /// Runs granted a slot whose record is being loaded to start their actor.
+    /// Runs granted a slot whose record is being loaded (or, for a new run that starts at
+    /// once, stored) to start their actor.
     granting: HashSet<JobId>,
+    /// New runs being stored as `queued`: they count against `maxQueued` already.
+    admitting: HashSet<JobId>,
     /// Live run actors.
     runs: HashMap<JobId, Addr<RunActor>>,
     /// Runs holding a slot (a finished run that still releases holds none). A set, not a
@@ -166,9 +212,23 @@ impl PoolActor {
             deps,
             queue: VecDeque::new(),
             granting: HashSet::new(),
+            admitting: HashSet::new(),
             runs: HashMap::new(),
             slots: HashSet::new(),
             retired: false,
+        }
+    }
+
+    /// The live counts: runs being stored as `queued` count as queued already.
+    fn live_stats(&self) -> LiveStats {
+        let runtime = self.runtime.current();
+        LiveStats {
+            queued: self.queue.len() + self.admitting.len(),
+            in_flight: self.slots.len(),
+            max_in_flight: self.max_in_flight(),
+            max_queued: usize::try_from(runtime.manifest.limits.max_queued).unwrap_or(usize::MAX),
+            deadline_seconds: runtime.manifest.polling.deadline_seconds,
+            revision: runtime.revision,
         }
     }
 
@@ -228,11 +288,11 @@ impl PoolActor {
     ) {
         self.granting.remove(&waiting.job_id);
         match loaded {
-            Ok(Some(run)) if run.state == RunState::Queued => self.start_run(run, true, ctx),
+            Ok(Some(run)) if run.state == RunState::Queued => self.start_granted(run, ctx),
             Ok(Some(run)) if run.needs_work() && !self.runs.contains_key(&run.job_id) => {
                 // It moved on without this pool's grant (another replica took it): drive it as
                 // it stands.
-                self.start_run(run, false, ctx);
+                self.start_run(run, None, ctx);
                 self.pump(ctx);
             }
             Ok(_) => {
@@ -250,10 +310,30 @@ impl PoolActor {
 
     /// Whether the run is waiting in the queue or being granted a slot.
     fn is_waiting(&self, job_id: &JobId) -> bool {
-        self.granting.contains(job_id) || self.queue.iter().any(|w| &w.job_id == job_id)
+        self.granting.contains(job_id)
+            || self.admitting.contains(job_id)
+            || self.queue.iter().any(|w| &w.job_id == job_id)
     }
 
-    fn start_run(&mut self, run: RunRecord, granted: bool, ctx: &mut Context<Self>) {
+    /// Starts the actor of a run. `job` is the clear job body of a new run that starts at once
+    /// (stored straight in `dispatching`); `None` for a run reloaded or granted from the queue,
+    /// whose actor opens the stored body when it dispatches.
+    fn start_run(&mut self, run: RunRecord, job: Option<Value>, ctx: &mut Context<Self>) {
+        let granted = false;
+        self.start_actor(run, granted, job, ctx);
+    }
+
+    fn start_granted(&mut self, run: RunRecord, ctx: &mut Context<Self>) {
+        self.start_actor(run, true, None, ctx);
+    }
+
+    fn start_actor(
+        &mut self,
+        run: RunRecord,
+        granted: bool,
+        job: Option<Value>,
+        ctx: &mut Context<Self>,
+    ) {
         let Some(ownership) = self.deps.owners.claim(&run.job_id) else {
             // An old actor of this run (of a pool actor that died) is still finishing a step:
             // try again from the store once it is gone.
@@ -267,16 +347,23 @@ impl PoolActor {
         }
         let job_id = run.job_id.clone();
         let runtime = self.runtime.current();
-        let reconcile = !granted
-            && lifecycle::recovery(&run, runtime.manifest.reconcile_op().is_some())
-                == lifecycle::Recovery::Reconcile;
+        let start = match job {
+            // Stored in `dispatching` a moment ago with its body in hand: not sent anywhere yet.
+            Some(job) => Start::New(job),
+            None if granted => Start::Granted,
+            None if lifecycle::recovery(&run, runtime.manifest.reconcile_op().is_some())
+                == lifecycle::Recovery::Reconcile =>
+            {
+                Start::Reconcile
+            }
+            None => Start::Resume,
+        };
         let actor = RunActor::new(
             run,
             self.runtime.clone(),
             self.deps.clone(),
             ctx.address(),
-            granted,
-            reconcile,
+            start,
             ownership,
         );
         self.runs.insert(job_id, actor.start());
@@ -308,7 +395,7 @@ impl PoolActor {
                 self.pump(ctx);
             }
             Ok((_, Some(run))) if run.needs_work() && !self.runs.contains_key(&run.job_id) => {
-                self.start_run(run, false, ctx);
+                self.start_run(run, None, ctx);
             }
             Ok((job_id, _)) => {
                 if !self.runs.contains_key(&job_id) {
@@ -343,7 +430,11 @@ impl PoolActor {
     }
 
     fn maybe_stop(&mut self, ctx: &mut Context<Self>) {
-        if self.retired && self.runs.is_empty() && self.queue.is_empty() && self.granting.is_empty()
+        if self.retired
+            && self.runs.is_empty()
+            && self.queue.is_empty()
+            && self.granting.is_empty()
+            && self.admitting.is_empty()
         {
             ctx.stop();
         }
@@ -368,12 +459,95 @@ impl Actor for PoolActor {
     }
 }
 
-impl Handler<Submit> for PoolActor {
+impl Handler<Admit> for PoolActor {
     type Result = ();
 
-    fn handle(&mut self, msg: Submit, ctx: &mut Self::Context) {
-        self.queue.push_back(Waiting::of(&msg.0));
-        self.pump(ctx);
+    fn handle(&mut self, msg: Admit, ctx: &mut Self::Context) {
+        let Admit {
+            mut run,
+            deadline_seconds,
+            sealed,
+            job,
+            reply,
+        } = msg;
+        let live = self.live_stats();
+        if !live.admits_one_more() {
+            let _ = reply.send(Err(AdmitError::Saturated {
+                queued: live.queued,
+            }));
+            return;
+        }
+        let runtime = self.runtime.current();
+        run.manifest_revision = runtime.revision;
+        run.deadline_at = deadline_seconds
+            .or(runtime.manifest.polling.deadline_seconds)
+            .map(|seconds| {
+                let millis = i64::try_from(seconds.saturating_mul(1000)).unwrap_or(i64::MAX);
+                run.created_at.saturating_add(millis)
+            });
+        let mut events = vec![NewEvent {
+            job_id: run.job_id.clone(),
+            at: run.created_at,
+            kind: "transition".to_owned(),
+            from: None,
+            to: Some(RunState::Queued),
+            detail: Some(format!("accepted for pool {}", run.pool)),
+        }];
+        let starts = self.slots.len() < self.max_in_flight()
+            && self.queue.is_empty()
+            && self.admitting.is_empty()
+            && !self.deps.activity.is_draining();
+        let job_id = run.job_id.clone();
+        if starts {
+            // The slot is taken now; the run is stored already holding it.
+            let granted = lifecycle::apply(
+                &run,
+                Input::SlotGranted,
+                &policy_of(&runtime),
+                Env {
+                    now: run.created_at,
+                    jitter: fastrand::f64(),
+                },
+            );
+            run = granted.run;
+            events.extend(granted.events);
+            self.slots.insert(job_id.clone());
+            self.granting.insert(job_id.clone());
+        } else {
+            self.admitting.insert(job_id.clone());
+        }
+        let store = self.deps.store.clone();
+        let stored = run.clone();
+        self.deps.activity.enter();
+        let fut = async move { store.insert_run(stored, Some(sealed), events).await };
+        ctx.spawn(fut.into_actor(self).map(move |inserted, actor, ctx| {
+            actor.deps.activity.leave();
+            actor.granting.remove(&job_id);
+            actor.admitting.remove(&job_id);
+            let answer = match inserted {
+                Ok(crate::store::InsertOutcome::Inserted(records)) => {
+                    actor.deps.bus.publish(records, &run);
+                    if starts {
+                        actor.start_run(run.clone(), Some(job), ctx);
+                    } else {
+                        actor.queue.push_back(Waiting::of(&run));
+                    }
+                    Ok(Admitted::Created(run))
+                }
+                Ok(crate::store::InsertOutcome::Existing(existing)) => {
+                    Ok(Admitted::Existing(existing))
+                }
+                Err(e) => Err(AdmitError::Store(e)),
+            };
+            if answer.is_err() || matches!(answer, Ok(Admitted::Existing(_))) {
+                // Nothing new was stored: a slot taken for it is free again.
+                if starts && !actor.runs.contains_key(&job_id) {
+                    actor.slots.remove(&job_id);
+                }
+            }
+            let _ = reply.send(answer);
+            actor.pump(ctx);
+        }));
     }
 }
 
@@ -397,7 +571,7 @@ impl Handler<Resume> for PoolActor {
             } else {
                 // Dispatching, pending, running: they hold a slot already (recomputed here from
                 // the store); finished runs with a release due hold none.
-                self.start_run(run, false, ctx);
+                self.start_run(run, None, ctx);
             }
         }
         self.pump(ctx);
@@ -436,15 +610,7 @@ impl Handler<GetStats> for PoolActor {
     type Result = MessageResult<GetStats>;
 
     fn handle(&mut self, _msg: GetStats, _ctx: &mut Self::Context) -> Self::Result {
-        let runtime = self.runtime.current();
-        MessageResult(LiveStats {
-            queued: self.queue.len(),
-            in_flight: self.slots.len(),
-            max_in_flight: self.max_in_flight(),
-            max_queued: usize::try_from(runtime.manifest.limits.max_queued).unwrap_or(usize::MAX),
-            deadline_seconds: runtime.manifest.polling.deadline_seconds,
-            revision: runtime.revision,
-        })
+        MessageResult(self.live_stats())
     }
 }
 
@@ -461,8 +627,9 @@ impl Handler<Cancel> for PoolActor {
     type Result = ();
 
     fn handle(&mut self, msg: Cancel, ctx: &mut Self::Context) {
-        if self.granting.contains(&msg.job_id) {
-            // Its actor starts as soon as its record is loaded: ask again then.
+        if self.granting.contains(&msg.job_id) || self.admitting.contains(&msg.job_id) {
+            // Its actor starts (or it joins the queue) as soon as its record is loaded or
+            // stored: ask again then.
             ctx.notify_later(msg, CANCEL_RETRY);
             return;
         }

@@ -29,6 +29,21 @@ const STORE_RETRY_MAX: Duration = Duration::from_secs(10);
 #[rtype(result = "()")]
 pub struct CancelRun(pub oneshot::Sender<RunRecord>);
 
+/// How a run actor begins.
+#[derive(Debug)]
+pub enum Start {
+    /// The pool just gave this queued run a slot: commit that, then dispatch.
+    Granted,
+    /// Reloaded in `dispatching` (after a restart or a lost commit race): ask the scheduler
+    /// whether an earlier attempt created the job before dispatching again.
+    Reconcile,
+    /// Reloaded in any other state: drive it on from there.
+    Resume,
+    /// A new run, stored straight in `dispatching` a moment ago, with its clear job body: the
+    /// dispatch uses it instead of reading the body back, and drops it once accepted.
+    New(Value),
+}
+
 /// The actor of one live run.
 pub struct RunActor {
     run: RunRecord,
@@ -62,19 +77,22 @@ pub struct RunActor {
 }
 
 impl RunActor {
-    /// A run actor for `run`. `granted` means the pool just gave a queued run a slot;
-    /// `reconcile` that the run was reloaded in `dispatching` and the scheduler must be asked
-    /// about it before dispatching again.
+    /// A run actor for `run`, started as `start` says.
     pub fn new(
         run: RunRecord,
         runtime: SharedRuntime,
         deps: Deps,
         pool: Addr<PoolActor>,
-        granted: bool,
-        reconcile: bool,
+        start: Start,
         ownership: Ownership,
     ) -> Self {
+        let granted = matches!(start, Start::Granted);
         let holds_slot = granted || run.state.holds_slot();
+        let (reconcile, job) = match start {
+            Start::Reconcile => (true, None),
+            Start::New(job) => (false, Some(job)),
+            Start::Granted | Start::Resume => (false, None),
+        };
         Self {
             run,
             runtime,
@@ -85,7 +103,7 @@ impl RunActor {
             holds_slot,
             granted,
             cancel_waiters: Vec::new(),
-            job: None,
+            job,
             reconcile,
             reconcile_failures: 0,
             asked_attempt: None,

@@ -2,7 +2,7 @@
 
 use super::Deps;
 use super::pool::{
-    self, Cancel, CancelError, GetStats, LiveStats, PoolActor, Resume, Retire, Submit,
+    self, Admit, AdmitError, Cancel, CancelError, GetStats, LiveStats, PoolActor, Resume, Retire,
     UpdateRuntime,
 };
 use crate::domain::ids::{JobId, PoolName};
@@ -31,10 +31,11 @@ pub struct RegisterPool(pub PoolRuntime);
 #[rtype(result = "()")]
 pub struct RemovePool(pub PoolName);
 
-/// Hand a committed `queued` run to its pool.
+/// Hand a new run to its pool, which stores it and answers on the message's reply channel
+/// ([`AdmitError::NoPool`] when the pool has no actor).
 #[derive(Message)]
-#[rtype(result = "bool")]
-pub struct SubmitRun(pub RunRecord);
+#[rtype(result = "()")]
+pub struct AdmitRun(pub Admit);
 
 /// Hand reloaded unfinished runs to their pools. Answers the runs whose pool is unknown.
 #[derive(Message)]
@@ -194,16 +195,15 @@ impl Handler<RemovePool> for Supervisor {
     }
 }
 
-impl Handler<SubmitRun> for Supervisor {
-    type Result = bool;
+impl Handler<AdmitRun> for Supervisor {
+    type Result = ();
 
-    fn handle(&mut self, msg: SubmitRun, _ctx: &mut Self::Context) -> bool {
-        match self.pools.get(&msg.0.pool) {
-            Some(addr) => {
-                addr.do_send(Submit(msg.0));
-                true
+    fn handle(&mut self, msg: AdmitRun, _ctx: &mut Self::Context) {
+        match self.pools.get(&msg.0.run.pool) {
+            Some(addr) if addr.connected() => addr.do_send(msg.0),
+            _ => {
+                let _ = msg.0.reply.send(Err(AdmitError::NoPool));
             }
-            None => false,
         }
     }
 }

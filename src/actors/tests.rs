@@ -1,13 +1,14 @@
 //! Supervision: actors that die unexpectedly are restarted from the persisted state.
 
 use super::pool::Crash;
-use super::supervisor::{PoolAddr, PoolStats, RemovePool, SubmitRun, Supervisor, UpsertPool};
+use super::pool::{Admit, Admitted};
+use super::supervisor::{AdmitRun, PoolAddr, PoolStats, RemovePool, Supervisor, UpsertPool};
 use super::{Activity, Deps, Owners};
 use crate::bus::EventBus;
 use crate::config::EgressSettings;
 use crate::crypto::{Sealer, binding};
 use crate::domain::ids::{JobId, PoolName};
-use crate::domain::run::{NewEvent, ReleaseState, RunRecord, now_millis};
+use crate::domain::run::{ReleaseState, RunRecord, now_millis};
 use crate::domain::secrets::SecretBundle;
 use crate::domain::state::RunState;
 use crate::egress::{Egress, EgressPolicy};
@@ -85,22 +86,23 @@ fn runtime(name: &str, base_url: &str) -> PoolRuntime {
 
 async fn submit(deps: &Deps, supervisor: &Addr<Supervisor>, pool: &str, id: &str) -> JobId {
     let job_id = JobId::parse(id).unwrap();
-    let now = now_millis();
-    let run = RunRecord::queued(job_id.clone(), PoolName::parse(pool).unwrap(), now);
+    let run = RunRecord::queued(job_id.clone(), PoolName::parse(pool).unwrap(), now_millis());
     let sealed = deps.sealer.seal(b"{}", &binding::run_job(id)).unwrap();
-    let event = NewEvent {
-        job_id: job_id.clone(),
-        at: now,
-        kind: "transition".into(),
-        from: None,
-        to: Some(RunState::Queued),
-        detail: None,
-    };
-    deps.store
-        .insert_run(run.clone(), Some(sealed), event)
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    supervisor
+        .send(AdmitRun(Admit {
+            run,
+            deadline_seconds: None,
+            sealed,
+            job: serde_json::json!({}),
+            reply,
+        }))
         .await
         .unwrap();
-    assert!(supervisor.send(SubmitRun(run)).await.unwrap());
+    assert!(matches!(
+        answer.await.unwrap().unwrap(),
+        Admitted::Created(_)
+    ));
     job_id
 }
 

@@ -1,13 +1,13 @@
 //! Run use cases: submit (idempotent by jobId), read, list, cancel, history, and resume at start.
 
 use super::{Gateway, ServiceError, canonical_json, problem};
-use crate::actors::supervisor::{CancelRunOf, ResumeRuns, SubmitRun};
+use crate::actors::pool::{Admit, AdmitError, Admitted};
+use crate::actors::supervisor::{AdmitRun, CancelRunOf, ResumeRuns};
 use crate::crypto::{CryptoError, DigestKey, binding, constant_time_eq, sha256_hex};
 use crate::domain::ids::{JobId, PoolName};
-use crate::domain::run::{EventRecord, NewEvent, RunRecord, now_millis};
-use crate::domain::state::RunState;
+use crate::domain::run::{EventRecord, RunRecord, now_millis};
 use crate::manifest::Problem;
-use crate::store::{InsertOutcome, RunFilter, RunPage};
+use crate::store::{RunFilter, RunPage};
 use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
@@ -267,69 +267,52 @@ impl Gateway {
             return Err(ServiceError::ShuttingDown);
         }
         let key = self.digest_key().await?;
-        if let Some(existing) = self.deps.store.get_run(&submission.job_id).await? {
-            return same_submission(existing, pool, &submission, key);
-        }
-        self.pool(pool).await?;
-        let live = self
-            .live_stats(pool)
-            .await
-            .ok_or(ServiceError::Unavailable)?;
-        if !live.admits_one_more() {
-            return Err(ServiceError::Saturated {
-                pool: pool.to_string(),
-                queued: live.queued,
-            });
-        }
         let now = now_millis();
-        let deadline = submission.deadline_seconds.or(live.deadline_seconds);
         let run = RunRecord {
             kind: submission.kind.clone(),
             labels: submission.labels.clone(),
             request_digest: submission.digest(pool, key)?,
-            deadline_at: deadline.map(|seconds| {
-                now.saturating_add(i64::try_from(seconds.saturating_mul(1000)).unwrap_or(i64::MAX))
-            }),
-            manifest_revision: live.revision,
             ..RunRecord::queued(submission.job_id.clone(), pool.clone(), now)
         };
-        let clear = match &submission.job {
-            Some(job) => serde_json::to_vec(job),
-            None => serde_json::to_vec(&Map::new()),
-        }
-        .map_err(|e| ServiceError::Internal(e.into()))?;
+        let job = Value::Object(submission.job.clone().unwrap_or_default());
+        let clear = serde_json::to_vec(&job).map_err(|e| ServiceError::Internal(e.into()))?;
         let sealed = self
             .deps
             .sealer
             .seal(&clear, &binding::run_job(run.job_id.as_str()))?;
-        let created = NewEvent {
-            job_id: run.job_id.clone(),
-            at: now,
-            kind: "transition".to_owned(),
-            from: None,
-            to: Some(RunState::Queued),
-            detail: Some(format!("accepted for pool {pool}")),
+        // The pool admits the run (or not), decides whether it starts at once, and stores it:
+        // one message and one write, with no read before it. An identical submission that was
+        // stored already comes back as `Existing` from the same write.
+        let (reply, answer) = oneshot::channel();
+        self.supervisor.do_send(AdmitRun(Admit {
+            run,
+            deadline_seconds: submission.deadline_seconds,
+            sealed,
+            job,
+            reply,
+        }));
+        let refused = match answer.await.map_err(|_| ServiceError::Unavailable)? {
+            Ok(Admitted::Created(run)) => return Ok((run, true)),
+            Ok(Admitted::Existing(existing)) => {
+                return same_submission(existing, pool, &submission, key);
+            }
+            Err(AdmitError::Store(e)) => return Err(e.into()),
+            Err(refused) => refused,
         };
-        match self
-            .deps
-            .store
-            .insert_run(run.clone(), Some(sealed), created)
-            .await?
-        {
-            InsertOutcome::Existing(existing) => same_submission(existing, pool, &submission, key),
-            InsertOutcome::Inserted(event) => {
-                self.deps.bus.publish(vec![event], &run);
-                let accepted = self
-                    .supervisor
-                    .send(SubmitRun(run.clone()))
-                    .await
-                    .map_err(|_| ServiceError::Unavailable)?;
-                if !accepted {
-                    // Committed but the pool actor is gone (deleted meanwhile): the run waits in
-                    // the store and resumes when the pool is registered again.
-                    tracing::warn!(job_id = %run.job_id, pool = %pool, "a run was accepted for a pool without an actor");
-                }
-                Ok((run, true))
+        // Refused before anything was stored: a retry of a run that exists is still answered
+        // with that run, whatever the pool's state now.
+        if let Some(existing) = self.deps.store.get_run(&submission.job_id).await? {
+            return same_submission(existing, pool, &submission, key);
+        }
+        match refused {
+            AdmitError::Saturated { queued } => Err(ServiceError::Saturated {
+                pool: pool.to_string(),
+                queued,
+            }),
+            _ => {
+                // Unknown pool (404), or known but without a live actor (503).
+                self.pool(pool).await?;
+                Err(ServiceError::Unavailable)
             }
         }
     }

@@ -217,8 +217,8 @@ pub struct RunPage {
     reason = "one value per insert, matched at once and never stored in bulk"
 )]
 pub enum InsertOutcome {
-    /// The run was new: it is stored with its first event.
-    Inserted(EventRecord),
+    /// The run was new: it is stored with its first events, returned as committed.
+    Inserted(Vec<EventRecord>),
     /// A run with this `jobId` already exists; nothing was written. The caller compares it.
     Existing(RunRecord),
 }
@@ -482,8 +482,8 @@ impl Store {
 
     // ---- runs ----
 
-    /// Stores a new run with its sealed job body and its first event, atomically, once the
-    /// transaction has committed. When a run with this `jobId` exists, returns it and writes
+    /// Stores a new run with its sealed job body and its first events (its acceptance, and its
+    /// slot when it starts at once), atomically; answers once the transaction has committed. When a run with this `jobId` exists, returns it and writes
     /// nothing. Goes through the group-committing writer, like [`Store::commit`].
     ///
     /// # Errors
@@ -493,13 +493,13 @@ impl Store {
         &self,
         run: RunRecord,
         job_sealed: Option<Vec<u8>>,
-        event: NewEvent,
+        events: Vec<NewEvent>,
     ) -> Result<InsertOutcome, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.send(WriteRequest::Insert {
             run,
             job_sealed,
-            event,
+            events,
             reply,
         })?;
         answer.await.map_err(|_| StoreError::Closed)?

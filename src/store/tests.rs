@@ -143,11 +143,15 @@ fn transition(run: &RunRecord, from: RunState, to: RunState, detail: &str) -> Ne
 
 async fn insert(store: &Store, run: &RunRecord) -> EventRecord {
     match store
-        .insert_run(run.clone(), Some(b"sealed".to_vec()), created_event(run))
+        .insert_run(
+            run.clone(),
+            Some(b"sealed".to_vec()),
+            vec![created_event(run)],
+        )
         .await
         .unwrap()
     {
-        InsertOutcome::Inserted(event) => event,
+        InsertOutcome::Inserted(mut events) => events.remove(0),
         InsertOutcome::Existing(_) => panic!("{} already existed", run.job_id),
     }
 }
@@ -211,7 +215,7 @@ async fn a_run_with_every_optional_field_empty_round_trips(backend: TestBackend)
     let (_db, store) = open(backend).await;
     let run = bare_run("bare", "p", 10);
     let outcome = store
-        .insert_run(run.clone(), None, created_event(&run))
+        .insert_run(run.clone(), None, vec![created_event(&run)])
         .await
         .unwrap();
     assert!(matches!(outcome, InsertOutcome::Inserted(_)));
@@ -275,7 +279,7 @@ async fn inserting_the_same_job_twice_returns_the_existing_run_and_writes_nothin
         .insert_run(
             other.clone(),
             Some(b"other".to_vec()),
-            created_event(&other),
+            vec![created_event(&other)],
         )
         .await
         .unwrap();
@@ -294,7 +298,7 @@ async fn inserting_the_same_job_twice_returns_the_existing_run_and_writes_nothin
             let run = bare_run("raced", "p", 5);
             tokio::spawn(async move {
                 store
-                    .insert_run(run.clone(), None, created_event(&run))
+                    .insert_run(run.clone(), None, vec![created_event(&run)])
                     .await
                     .unwrap()
             })
@@ -547,7 +551,7 @@ async fn concurrent_commits_all_land_in_fewer_transactions(backend: TestBackend)
             let store = store.clone();
             tokio::spawn(async move {
                 store
-                    .insert_run(run.clone(), None, created_event(&run))
+                    .insert_run(run.clone(), None, vec![created_event(&run)])
                     .await
                     .unwrap()
             })
@@ -685,7 +689,7 @@ async fn an_event_of_another_run_is_refused(backend: TestBackend) {
     assert_eq!(store.get_run(&a.job_id).await.unwrap(), Some(a.clone()));
     let c = bare_run("c", "p", 3);
     assert!(matches!(
-        store.insert_run(c.clone(), None, wrong).await,
+        store.insert_run(c.clone(), None, vec![wrong]).await,
         Err(StoreError::Invalid { .. })
     ));
     assert_eq!(store.get_run(&c.job_id).await.unwrap(), None);
@@ -879,7 +883,7 @@ async fn job_bodies_can_be_cleared_and_resealed(backend: TestBackend) {
         .insert_run(
             bare_run("no-body", "p", 3),
             None,
-            created_event(&bare_run("no-body", "p", 3)),
+            vec![created_event(&bare_run("no-body", "p", 3))],
         )
         .await
         .unwrap();

@@ -27,7 +27,7 @@ pub(crate) enum WriteRequest {
     Insert {
         run: RunRecord,
         job_sealed: Option<Vec<u8>>,
-        event: NewEvent,
+        events: Vec<NewEvent>,
         reply: oneshot::Sender<Result<InsertOutcome, StoreError>>,
     },
     /// `Store::commit`.
@@ -177,15 +177,20 @@ fn apply(conn: &mut DbConn, request: &WriteRequest) -> Result<Outcome, StoreErro
         WriteRequest::Insert {
             run,
             job_sealed,
-            event,
+            events,
             ..
         } => {
-            check_event_owner(run, event)?;
+            for event in events {
+                check_event_owner(run, event)?;
+            }
             if let Some(existing) = runs::get(conn, &run.job_id)? {
                 return Ok(Outcome::Insert(InsertOutcome::Existing(existing)));
             }
             runs::insert(conn, run, job_sealed.clone())?;
-            let stored = events::append(conn, &run.pool, event.clone())?;
+            let stored = events
+                .iter()
+                .map(|event| events::append(conn, &run.pool, event.clone()))
+                .collect::<Result<Vec<_>, _>>()?;
             Ok(Outcome::Insert(InsertOutcome::Inserted(stored)))
         }
         WriteRequest::Commit { run, events, .. } => {

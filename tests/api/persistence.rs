@@ -281,7 +281,7 @@ async fn stored_run(store: &Store, id: &str, state: RunState, release: ReleaseSt
         detail: None,
     };
     let inserted = store
-        .insert_run(run, Some(b"sealed-body".to_vec()), event)
+        .insert_run(run, Some(b"sealed-body".to_vec()), vec![event])
         .await
         .unwrap();
     assert!(matches!(inserted, InsertOutcome::Inserted(_)));
