@@ -2,82 +2,118 @@
 //! a fast scheduler on loopback, next to that scheduler's raw capacity measured in the same run.
 //!
 //! One lifecycle is: `POST /v1/pools/bench/runs` with a 2 KB job, then cattery's dispatch
-//! (`POST /jobs`), two polls (`Running`, then `Complete`) and the release (`DELETE`). Runs are
-//! submitted by 64 concurrent clients while earlier ones are driven (at most 64 in flight), and
-//! the clock stops when the scheduler has seen every release. The gateway's CPU time is read
-//! from `/proc/<pid>/stat`, so the scheduler and the clients (this process) do not count.
+//! (`POST /jobs`), two polls (`Running`, then `Complete`) and the release (`DELETE`); the clock
+//! stops when the scheduler has seen every release. Each shape runs on a fresh database, for
+//! SQLite and, when `TEST_DATABASE_URL` is set, PostgreSQL:
+//!
+//! - `meanwhile`: runs submitted by 64 concurrent clients while earlier ones are driven (the
+//!   pool's `maxInFlight` is 64).
+//! - `queued`: every run is in the store, `queued`, before the clock starts. A first gateway
+//!   accepts them against a scheduler address where a socket is held that never answers: 64
+//!   runs hang in their dispatch, the rest wait in the queue, and no scheduler has seen a call.
+//!   That gateway is killed (SIGKILL), the held socket's pending connections are dropped, and
+//!   the same socket is handed to the fast scheduler, so the pool's stored `baseUrl` now reaches
+//!   it. The clock starts when a new gateway process is spawned on the same database: it resumes
+//!   the runs before it listens (re-registering the pool afterwards would come too late), asks
+//!   the scheduler about the 64 caught in `dispatching` (a poll by `run.dispatchId`, answered
+//!   404) and dispatches them. Recovery (spawn until `/readyz` answers) is reported apart.
+//! - `one`: a single client submits a run and waits for its release before the next
+//!   (`LIFECYCLES / 10` runs, at least 200).
+//!
+//! Per shape: lifecycles/s, the share of the scheduler's raw capacity (the scheduler alone, sent
+//! the same four calls per lifecycle by as many concurrent clients as the shape has runs in
+//! flight), the gateway's CPU time per lifecycle (`/proc/<pid>/stat`: the scheduler and the
+//! clients run in this process and do not count), on PostgreSQL the server's CPU time per
+//! lifecycle (see `support::probe::PgCpu` for what is counted), the gateway's resident memory
+//! when ready and idle and at its peak (`VmRSS`, `VmHWM`), and the peak number of connections
+//! from the gateway to the scheduler (sampled every 10 ms in `/proc/net/tcp`).
+//!
+//! Exactly once is checked after every shape: the scheduler keeps a ledger per job name, and each
+//! run's job must have been created once, polled to `Complete` and released once, with a single
+//! dispatch (`queued`: repeated dispatches are allowed only as answered 409 `alreadyExists`, the
+//! manifest's idempotency, and are reported).
 //!
 //! Run: `cargo bench --bench lifecycle` (SQLite), and with
 //! `TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres` for PostgreSQL too.
-//! `LIFECYCLES` sets the number of runs per shape (default 4000); `CATTERY_BIN` runs another
-//! build of the gateway (to compare builds with the same workload and scheduler).
+//! `LIFECYCLES` sets the number of runs per shape (default 4000); `SHAPES` a subset of the shapes
+//! (`SHAPES=meanwhile,queued,one`); `CATTERY_BIN` runs another build of the gateway (to compare
+//! builds with the same workload and scheduler).
 #![expect(clippy::unwrap_used, reason = "a benchmark stops on any setup error")]
 
-use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+mod support;
+
 use cattery::store::testing::{TestBackend, TestDatabase};
 use serde_json::{Value, json};
-use std::collections::HashMap;
 use std::io::Write as _;
-use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use support::gateway::{ADMIN_TOKEN, Gateway};
+use support::probe::{self, ConnectionSampler, PgCpu};
+use support::scheduler::{Ledger, Scheduler};
 
-const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
-const MASTER_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+/// Runs in flight in the `meanwhile` and `queued` shapes: the pool's `maxInFlight`, and the
+/// number of submitting clients.
 const CONCURRENCY: usize = 64;
 
-/// The fast scheduler's state: polls seen per job, and releases seen.
-#[derive(Default)]
-struct Jobs {
-    polls: Mutex<HashMap<String, u32>>,
-    released: AtomicUsize,
+/// The generous limit on any wait: no figure is asserted, only that the runs finish.
+const LIMIT: Duration = Duration::from_secs(600);
+
+/// The shapes of the workload.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    Meanwhile,
+    Queued,
+    One,
 }
 
-/// A job API that answers at once: create (201), poll (`Running`, then `Complete`), delete.
-fn start_scheduler() -> (String, Arc<Jobs>) {
-    let jobs = Arc::new(Jobs::default());
-    let state = jobs.clone();
-    let (sender, receiver) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        actix_web::rt::System::new().block_on(async move {
-            let server = HttpServer::new(move || {
-                let state = state.clone();
-                App::new().default_service(web::to(move |req: HttpRequest, _body: web::Bytes| {
-                    let state = state.clone();
-                    async move { answer(&state, &req) }
-                }))
-            })
-            .workers(1)
-            .bind(("127.0.0.1", 0))
-            .unwrap();
-            sender.send(server.addrs()[0].port()).unwrap();
-            server.run().await.unwrap();
-        });
-    });
-    let port = receiver.recv().unwrap();
-    (format!("http://127.0.0.1:{port}"), jobs)
-}
+impl Shape {
+    const ALL: [Shape; 3] = [Shape::Meanwhile, Shape::Queued, Shape::One];
 
-fn answer(jobs: &Jobs, req: &HttpRequest) -> HttpResponse {
-    let name = req.path().trim_start_matches("/jobs/").to_owned();
-    match req.method().as_str() {
-        "POST" => HttpResponse::Created().json(json!({"metadata": {"uid": "u"}})),
-        "GET" => {
-            let mut polls = jobs.polls.lock().unwrap();
-            let seen = polls.entry(name).or_default();
-            *seen += 1;
-            let status = if *seen >= 2 { "Complete" } else { "Running" };
-            HttpResponse::Ok().json(json!({"status": status}))
+    /// The name `SHAPES` uses.
+    fn key(self) -> &'static str {
+        match self {
+            Shape::Meanwhile => "meanwhile",
+            Shape::Queued => "queued",
+            Shape::One => "one",
         }
-        "DELETE" => {
-            jobs.released.fetch_add(1, Ordering::SeqCst);
-            HttpResponse::Ok().json(json!({}))
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Shape::Meanwhile => "submitted meanwhile, 64 in flight",
+            Shape::Queued => "already queued, 64 in flight",
+            Shape::One => "1 in flight",
         }
-        _ => HttpResponse::NotFound().finish(),
+    }
+
+    /// The shapes `SHAPES` names (a comma list), or all of them.
+    fn selected() -> Vec<Shape> {
+        let Some(list) = std::env::var("SHAPES")
+            .ok()
+            .filter(|s| !s.trim().is_empty())
+        else {
+            return Shape::ALL.to_vec();
+        };
+        let names: Vec<&str> = list.split(',').map(str::trim).collect();
+        for name in &names {
+            assert!(
+                Shape::ALL.iter().any(|shape| shape.key() == *name),
+                "SHAPES: unknown shape {name:?} (known: meanwhile, queued, one)"
+            );
+        }
+        Shape::ALL
+            .into_iter()
+            .filter(|shape| names.contains(&shape.key()))
+            .collect()
     }
 }
 
+/// The pool: at most 64 runs in flight, polls as fast as allowed. The dispatch names the job
+/// after `run.dispatchId` and a name in use answers 409, which `alreadyExists` reads as "already
+/// dispatched", so a repeated dispatch cannot make a second job. Its timeout is long so that
+/// the `queued` shape's dispatches hang until the gateway is killed; the fast scheduler answers
+/// long before any timeout.
 fn manifest(base_url: &str) -> Value {
     json!({
         "apiVersion": "cattery/v1",
@@ -87,7 +123,9 @@ fn manifest(base_url: &str) -> Value {
         "polling": {"intervalMs": 1, "maxIntervalMs": 1},
         "dispatch": {
             "request": {"method": "POST", "path": "/jobs", "body": {"name": "{{run.dispatchId}}", "spec": "{{input.job}}"}},
-            "expect": [201]
+            "expect": [201],
+            "alreadyExists": [409],
+            "timeoutMs": 600_000
         },
         "poll": {
             "request": {"method": "GET", "path": "/jobs/{{run.dispatchId}}"},
@@ -102,110 +140,49 @@ fn job(i: usize) -> Value {
     json!({"n": i, "prompt": "x".repeat(2_000)})
 }
 
-/// CPU seconds (user + system) a process has used so far.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // The fields after the command name, which is in parentheses and may hold spaces.
-    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    // USER_HZ is 100 on Linux.
-    ticks as f64 / 100.0
+/// The run's `jobId`, which is also its first `run.dispatchId`: the job's name at the scheduler.
+fn job_name(i: usize) -> String {
+    format!("bench-{i}")
 }
 
-struct Gateway {
-    child: Child,
-    base: String,
-    _data_dir: tempfile::TempDir,
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn start_gateway(db: &TestDatabase, client: &reqwest::Client) -> Gateway {
-    let data_dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    // CATTERY_BIN drives another build of the gateway (an earlier one, to compare).
-    let bin =
-        std::env::var("CATTERY_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_cattery").to_owned());
-    let child = Command::new(bin)
-        .arg("serve")
-        .env("CATTERY_DATABASE_URL", db.url())
-        .env("CATTERY_BIND", format!("127.0.0.1:{port}"))
-        .env("CATTERY__DATADIR", data_dir.path())
-        .env("CATTERY__LOCALPOOL__ENABLED", "false")
-        .env("CATTERY__EGRESS__ALLOWHTTP", "true")
-        .env("CATTERY__EGRESS__ALLOWHOSTS", "[127.0.0.1]")
-        .env("CATTERY__LOGGING__LEVEL", "warn")
-        .env("CATTERY_MASTER_KEY", MASTER_KEY)
-        .env("CATTERY_ADMIN_TOKEN", ADMIN_TOKEN)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let start = Instant::now();
-    while !client
-        .get(format!("{base}/readyz"))
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success())
-    {
-        assert!(start.elapsed() < Duration::from_secs(30), "no gateway");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Gateway {
-        child,
-        base,
-        _data_dir: data_dir,
-    }
-}
-
-/// Lifecycles per second and gateway CPU milliseconds per lifecycle.
-async fn through_cattery(backend: TestBackend, lifecycles: usize) -> (f64, f64) {
-    let client = cattery::scheduler::http::plain_client().unwrap();
-    let db = TestDatabase::create(backend).await.unwrap();
-    let gateway = start_gateway(&db, &client).await;
-    let (scheduler, jobs) = start_scheduler();
+/// Registers pool `bench` with `scheduler` as its `baseUrl`.
+async fn register(client: &reqwest::Client, gateway: &Gateway, scheduler: &str) {
     let registered = client
         .put(format!("{}/v1/pools/bench", gateway.base))
         .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"manifest": manifest(&scheduler), "secrets": {}}))
+        .json(&json!({"manifest": manifest(scheduler), "secrets": {}}))
         .send()
         .await
         .unwrap();
     assert_eq!(registered.status().as_u16(), 201);
-    let cpu_before = cpu_seconds(gateway.child.id());
-    let start = Instant::now();
+}
+
+/// Submits run `i`; it is durable once answered 202.
+async fn submit(client: &reqwest::Client, url: &str, i: usize) {
+    let response = client
+        .post(url)
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"jobId": job_name(i), "job": job(i)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 202);
+}
+
+/// Submits runs `0..lifecycles` from [`CONCURRENCY`] concurrent clients.
+async fn submit_all(client: &reqwest::Client, gateway: &Gateway, lifecycles: usize) {
     let next = Arc::new(AtomicUsize::new(0));
+    let url = format!("{}/v1/pools/bench/runs", gateway.base);
     let submitters: Vec<_> = (0..CONCURRENCY)
         .map(|_| {
-            let (client, next, url) = (
-                client.clone(),
-                next.clone(),
-                format!("{}/v1/pools/bench/runs", gateway.base),
-            );
+            let (client, next, url) = (client.clone(), next.clone(), url.clone());
             tokio::spawn(async move {
                 loop {
                     let i = next.fetch_add(1, Ordering::SeqCst);
                     if i >= lifecycles {
                         return;
                     }
-                    let response = client
-                        .post(&url)
-                        .bearer_auth(ADMIN_TOKEN)
-                        .json(&json!({"jobId": format!("bench-{i}"), "job": job(i)}))
-                        .send()
-                        .await
-                        .unwrap();
-                    assert_eq!(response.status().as_u16(), 202);
+                    submit(&client, &url, i).await;
                 }
             })
         })
@@ -213,37 +190,243 @@ async fn through_cattery(backend: TestBackend, lifecycles: usize) -> (f64, f64) 
     for submitter in submitters {
         submitter.await.unwrap();
     }
-    while jobs.released.load(Ordering::SeqCst) < lifecycles {
-        assert!(
-            start.elapsed() < Duration::from_secs(600),
-            "runs did not finish"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let seconds = start.elapsed().as_secs_f64();
-    let cpu = cpu_seconds(gateway.child.id()) - cpu_before;
-    (
-        lifecycles as f64 / seconds,
-        cpu * 1000.0 / lifecycles as f64,
-    )
 }
 
-/// The scheduler alone, sent the same calls per lifecycle by 64 concurrent clients.
-async fn scheduler_alone(lifecycles: usize) -> f64 {
+/// Waits until the scheduler has seen `count` releases.
+async fn wait_released(ledger: &Ledger, count: usize, gateway: &Gateway) {
+    if !ledger.wait_released(count, LIMIT).await {
+        panic!(
+            "runs did not finish in {LIMIT:?}: {} of {count} released; the gateway's log:\n{}",
+            ledger.released(),
+            gateway.log_tail()
+        );
+    }
+}
+
+/// After a short pause (a late duplicate call would arrive in it), checks exactly once for runs
+/// `0..lifecycles`; answers the repeated dispatches (see [`Ledger::verify`]).
+async fn settle_and_verify(
+    ledger: &Ledger,
+    lifecycles: usize,
+    repeats_allowed: bool,
+) -> Vec<(String, u32)> {
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let names: Vec<String> = (0..lifecycles).map(job_name).collect();
+    ledger.verify(&names, repeats_allowed)
+}
+
+/// The PostgreSQL database's name, for PostgreSQL.
+fn pg_database(db: &TestDatabase, backend: TestBackend) -> Option<String> {
+    (backend == TestBackend::Postgres).then(|| {
+        url::Url::parse(db.url())
+            .unwrap()
+            .path()
+            .trim_start_matches('/')
+            .to_owned()
+    })
+}
+
+/// One row's figures.
+struct Figures {
+    rate: f64,
+    cpu_ms: f64,
+    pg_cpu_ms: Option<f64>,
+    rss_idle_mib: f64,
+    rss_peak_mib: f64,
+    peak_connections: usize,
+}
+
+/// A timed stretch of a shape, with everything measured over it.
+struct Window {
+    start: Instant,
+    gateway_cpu: f64,
+    pg: Option<PgCpu>,
+    connections: ConnectionSampler,
+}
+
+impl Window {
+    /// Starts the clock now; `gateway_cpu` is the gateway's CPU time so far.
+    fn open(gateway_cpu: f64, database: Option<&str>, scheduler_port: u16) -> Window {
+        Window {
+            pg: database.map(PgCpu::start),
+            connections: ConnectionSampler::start(scheduler_port),
+            gateway_cpu,
+            start: Instant::now(),
+        }
+    }
+
+    /// Stops the clock at `end` (the last release) and reads the rest while the gateway still
+    /// runs (its PostgreSQL backends with it).
+    fn close(self, end: Instant, gateway: &Gateway, lifecycles: usize, rss_idle: f64) -> Figures {
+        let seconds = (end - self.start).as_secs_f64();
+        let per = lifecycles as f64;
+        let cpu = probe::cpu_seconds(gateway.pid()) - self.gateway_cpu;
+        Figures {
+            rate: per / seconds,
+            cpu_ms: cpu * 1000.0 / per,
+            pg_cpu_ms: self.pg.map(|pg| pg.seconds() * 1000.0 / per),
+            rss_idle_mib: rss_idle,
+            rss_peak_mib: probe::memory_mib(gateway.pid(), "VmHWM"),
+            peak_connections: self.connections.finish(),
+        }
+    }
+}
+
+/// A fresh database of `backend`, and what a shape needs to start gateways on it.
+struct Setup {
+    client: reqwest::Client,
+    db: TestDatabase,
+    database: Option<String>,
+    data_dir: tempfile::TempDir,
+}
+
+impl Setup {
+    async fn new(backend: TestBackend) -> Setup {
+        let db = TestDatabase::create(backend).await.unwrap();
+        Setup {
+            client: cattery::scheduler::http::plain_client().unwrap(),
+            database: pg_database(&db, backend),
+            db,
+            data_dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// A gateway on this database, ready, with the pool registered against `scheduler`; and
+    /// its resident memory then (idle).
+    async fn gateway(&self, log: &str, scheduler: &str) -> (Gateway, f64) {
+        let mut gateway = Gateway::spawn(self.db.url(), self.data_dir.path(), log);
+        gateway.ready(&self.client).await;
+        register(&self.client, &gateway, scheduler).await;
+        let idle = probe::memory_mib(gateway.pid(), "VmRSS");
+        (gateway, idle)
+    }
+}
+
+/// Runs submitted by 64 clients while earlier ones are driven.
+async fn submitted_meanwhile(backend: TestBackend, lifecycles: usize) -> Figures {
+    let setup = Setup::new(backend).await;
+    let scheduler = Scheduler::start();
+    let (gateway, idle) = setup.gateway("gateway.log", &scheduler.base).await;
+    let window = Window::open(
+        probe::cpu_seconds(gateway.pid()),
+        setup.database.as_deref(),
+        scheduler.port,
+    );
+    submit_all(&setup.client, &gateway, lifecycles).await;
+    wait_released(&scheduler.ledger, lifecycles, &gateway).await;
+    let figures = window.close(Instant::now(), &gateway, lifecycles, idle);
+    settle_and_verify(&scheduler.ledger, lifecycles, false).await;
+    figures
+}
+
+/// One run at a time: submit, wait for its release, next.
+async fn one_in_flight(backend: TestBackend, lifecycles: usize) -> Figures {
+    let setup = Setup::new(backend).await;
+    let scheduler = Scheduler::start();
+    let (gateway, idle) = setup.gateway("gateway.log", &scheduler.base).await;
+    let url = format!("{}/v1/pools/bench/runs", gateway.base);
+    let window = Window::open(
+        probe::cpu_seconds(gateway.pid()),
+        setup.database.as_deref(),
+        scheduler.port,
+    );
+    for i in 0..lifecycles {
+        submit(&setup.client, &url, i).await;
+        wait_released(&scheduler.ledger, i + 1, &gateway).await;
+    }
+    let figures = window.close(Instant::now(), &gateway, lifecycles, idle);
+    settle_and_verify(&scheduler.ledger, lifecycles, false).await;
+    figures
+}
+
+/// What the `queued` shape reports besides its row.
+struct Recovery {
+    /// Spawn of the new gateway until `/readyz` answered.
+    ready_after: Duration,
+    /// Dispatches hanging on the held socket when the first gateway was killed.
+    held: usize,
+    /// Polls the scheduler answered 404 (the new gateway asking about jobs it may have created).
+    unknown_polls: usize,
+    /// Releases the scheduler had seen when `/readyz` first answered.
+    released_at_ready: usize,
+    /// Lifecycles per second from `/readyz` to the last release, over the runs released then.
+    rate_from_ready: f64,
+    /// Jobs whose dispatch came more than once (answered 409), with their `POST` counts.
+    repeated: Vec<(String, u32)>,
+}
+
+/// Every run already `queued` in the store when a fresh gateway starts (see the module docs).
+async fn already_queued(backend: TestBackend, lifecycles: usize) -> (Figures, Recovery) {
+    let setup = Setup::new(backend).await;
+    // The socket the first gateway dispatches to: the kernel completes its connections, and
+    // nothing ever reads them, so every dispatch hangs with nothing reaching any scheduler.
+    let held_socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held_socket.local_addr().unwrap().port();
+    let (first, idle) = setup
+        .gateway("first.log", &format!("http://127.0.0.1:{port}"))
+        .await;
+    submit_all(&setup.client, &first, lifecycles).await;
+    let hanging = lifecycles.min(CONCURRENCY);
+    let since = Instant::now();
+    while probe::connections_to(port) < hanging && since.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let held = probe::connections_to(port);
+    first.sigkill();
+    // The dead gateway's connections still wait to be accepted, their requests unread: drop
+    // them unread, so that the scheduler never sees a call of the first gateway.
+    held_socket.set_nonblocking(true).unwrap();
+    // Accepted (or reset before it could be): closed unread.
+    for _ in 0..100_000 {
+        if held_socket
+            .accept()
+            .is_err_and(|err| err.kind() == std::io::ErrorKind::WouldBlock)
+        {
+            break;
+        }
+    }
+    if let Some(database) = &setup.database {
+        // The instance lock is free once the killed gateway's backends are gone.
+        probe::wait_backends_gone(database, Duration::from_secs(30));
+    }
+    let scheduler = Scheduler::on(held_socket);
+
+    let window = Window::open(0.0, setup.database.as_deref(), port);
+    let mut gateway = Gateway::spawn(setup.db.url(), setup.data_dir.path(), "second.log");
+    let ready_after = gateway.ready(&setup.client).await;
+    let released_at_ready = scheduler.ledger.released();
+    wait_released(&scheduler.ledger, lifecycles, &gateway).await;
+    let end = Instant::now();
+    let from_ready = end - (gateway.spawned + ready_after);
+    let figures = window.close(end, &gateway, lifecycles, idle);
+    let repeated = settle_and_verify(&scheduler.ledger, lifecycles, true).await;
+    let recovery = Recovery {
+        ready_after,
+        held,
+        unknown_polls: scheduler.ledger.unknown_polls(),
+        released_at_ready,
+        rate_from_ready: (lifecycles - released_at_ready) as f64 / from_ready.as_secs_f64(),
+        repeated,
+    };
+    (figures, recovery)
+}
+
+/// The scheduler alone, sent the same calls per lifecycle by `clients` concurrent clients.
+async fn scheduler_alone(lifecycles: usize, clients: usize) -> f64 {
     let client = cattery::scheduler::http::plain_client().unwrap();
-    let (scheduler, _jobs) = start_scheduler();
+    let scheduler = Scheduler::start();
     let start = Instant::now();
     let next = Arc::new(AtomicUsize::new(0));
-    let workers: Vec<_> = (0..CONCURRENCY)
+    let workers: Vec<_> = (0..clients)
         .map(|_| {
-            let (client, next, base) = (client.clone(), next.clone(), scheduler.clone());
+            let (client, next, base) = (client.clone(), next.clone(), scheduler.base.clone());
             tokio::spawn(async move {
                 loop {
                     let i = next.fetch_add(1, Ordering::SeqCst);
                     if i >= lifecycles {
                         return;
                     }
-                    let name = format!("raw-{i}");
+                    let name = job_name(i);
                     let body = json!({"name": name, "spec": job(i)});
                     client
                         .post(format!("{base}/jobs"))
@@ -270,7 +453,34 @@ async fn scheduler_alone(lifecycles: usize) -> f64 {
     for worker in workers {
         worker.await.unwrap();
     }
-    lifecycles as f64 / start.elapsed().as_secs_f64()
+    let rate = lifecycles as f64 / start.elapsed().as_secs_f64();
+    scheduler
+        .ledger
+        .verify(&(0..lifecycles).map(job_name).collect::<Vec<_>>(), false);
+    rate
+}
+
+fn load_average() -> String {
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    load.split(' ').take(3).collect::<Vec<_>>().join(" ")
+}
+
+fn row(out: &mut std::io::Stdout, shape: Shape, backend: &str, raw: f64, figures: &Figures) {
+    let pg = figures
+        .pg_cpu_ms
+        .map_or_else(|| "–".to_owned(), |ms| format!("{ms:.2}"));
+    let _ = writeln!(
+        out,
+        "| {} | {backend} | {:.0} | {:.1}% | {:.2} | {pg} | {:.1} / {:.1} | {} |",
+        shape.label(),
+        figures.rate,
+        figures.rate * 100.0 / raw,
+        figures.cpu_ms,
+        figures.rss_idle_mib,
+        figures.rss_peak_mib,
+        figures.peak_connections,
+    );
+    let _ = out.flush();
 }
 
 fn main() {
@@ -279,6 +489,9 @@ fn main() {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(4_000);
+    // A tenth at one in flight, at least 200 (or all of them, when fewer were asked for).
+    let one_lifecycles = (lifecycles / 10).max(lifecycles.min(200));
+    let shapes = Shape::selected();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -288,26 +501,77 @@ fn main() {
     if cattery::store::testing::admin_url().is_some() {
         backends.push(("postgres", TestBackend::Postgres));
     }
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load_at_start = load_average();
     let mut out = std::io::stdout();
     let _ = writeln!(
         out,
-        "{lifecycles} lifecycles (2 KB job, dispatch, 2 polls, release), {CONCURRENCY} in flight; load average at start: {}",
-        load.split(' ').take(3).collect::<Vec<_>>().join(" ")
+        "{lifecycles} lifecycles per shape at {CONCURRENCY} in flight, {one_lifecycles} at 1 in flight (2 KB job, dispatch, 2 polls, release), each shape on a fresh database\n"
     );
-    let raw = runtime.block_on(scheduler_alone(lifecycles));
     let _ = writeln!(
         out,
-        "| shape | lifecycles/s | gateway CPU ms per lifecycle | share of the scheduler's raw capacity |"
+        "| shape | backend | lifecycles/s | share of the scheduler's raw capacity | gateway CPU ms per lifecycle | PostgreSQL CPU ms per lifecycle | gateway RSS idle / peak MiB | peak connections to the scheduler |"
     );
-    let _ = writeln!(out, "|---|---|---|---|");
-    let _ = writeln!(out, "| the scheduler alone (raw capacity) | {raw:.0} | | |");
-    for (name, backend) in backends {
-        let (rate, cpu_ms) = runtime.block_on(through_cattery(backend, lifecycles));
-        let _ = writeln!(
-            out,
-            "| cattery, {name}, submitted meanwhile | {rate:.0} | {cpu_ms:.2} | {:.1}% |",
-            rate * 100.0 / raw
-        );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
+    let wide = shapes.iter().any(|shape| *shape != Shape::One);
+    let raw_wide = wide.then(|| runtime.block_on(scheduler_alone(lifecycles, CONCURRENCY)));
+    let raw_one = shapes
+        .contains(&Shape::One)
+        .then(|| runtime.block_on(scheduler_alone(one_lifecycles, 1)));
+    for (raw, concurrency) in [(raw_wide, CONCURRENCY), (raw_one, 1)] {
+        if let Some(raw) = raw {
+            let _ = writeln!(
+                out,
+                "| the scheduler alone, {concurrency} in flight (raw capacity) | – | {raw:.0} | | | | | |"
+            );
+        }
     }
+    let _ = out.flush();
+    let mut notes = Vec::new();
+    for (name, backend) in backends {
+        for &shape in &shapes {
+            match shape {
+                Shape::Meanwhile => {
+                    let figures = runtime.block_on(submitted_meanwhile(backend, lifecycles));
+                    row(&mut out, shape, name, raw_wide.unwrap(), &figures);
+                }
+                Shape::Queued => {
+                    let (figures, recovery) = runtime.block_on(already_queued(backend, lifecycles));
+                    row(&mut out, shape, name, raw_wide.unwrap(), &figures);
+                    notes.push(format!(
+                        "Already queued, {name}: recovery (new gateway spawned until /readyz answered) {} ms, included in the rate; {} dispatches were hanging when the first gateway was killed, and the new one asked about {} jobs (polls answered 404) before dispatching; {} runs released before /readyz; from /readyz to the last release {:.0} lifecycles/s; idle RSS is the first gateway's.{}",
+                        recovery.ready_after.as_millis(),
+                        recovery.held,
+                        recovery.unknown_polls,
+                        recovery.released_at_ready,
+                        recovery.rate_from_ready,
+                        if recovery.repeated.is_empty() {
+                            " Every job was dispatched once.".to_owned()
+                        } else {
+                            format!(
+                                " Dispatched again (answered 409 alreadyExists, each job exists once): {} jobs, e.g. {:?}.",
+                                recovery.repeated.len(),
+                                &recovery.repeated[..recovery.repeated.len().min(5)]
+                            )
+                        }
+                    ));
+                }
+                Shape::One => {
+                    let figures = runtime.block_on(one_in_flight(backend, one_lifecycles));
+                    row(&mut out, shape, name, raw_one.unwrap(), &figures);
+                }
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\nLoad average at the start: {load_at_start}; at the end: {}.",
+        load_average()
+    );
+    for note in notes {
+        let _ = writeln!(out, "{note}");
+    }
+    let _ = writeln!(
+        out,
+        "Exactly once held in every shape: each run's job created once, polled to Complete, released once."
+    );
 }
