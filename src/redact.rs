@@ -125,6 +125,12 @@ fn collect_strings<'a>(value: &'a serde_json::Value, out: &mut Vec<&'a str>) {
     }
 }
 
+/// True when `text` is long enough to hold one of a job's values: only job strings of
+/// [`MIN_JOB_VALUE_CHARS`] or more are redacted, so a shorter text never needs the job body.
+pub fn may_hold_job_value(text: &str) -> bool {
+    text.chars().nth(MIN_JOB_VALUE_CHARS - 1).is_some()
+}
+
 /// True when the outcome carries text from the scheduler (or about it).
 fn has_text(outcome: &CallOutcome) -> bool {
     match outcome {

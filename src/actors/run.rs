@@ -435,21 +435,28 @@ async fn load_job(deps: &Deps, run: &RunRecord) -> Result<Value, JobBodyError> {
         .map_err(|_| JobBodyError::Unreadable("the decrypted job body is not JSON"))
 }
 
-/// True when `outcome` carries scheduler text that the run does not show yet (an error, a
-/// message, a new detail or status word): text that may echo the job's values.
+/// True when `outcome` carries scheduler text that the run does not show yet and that may echo
+/// one of the job's values (an error, a message, a new detail or status word): the job body is
+/// opened then, to redact them. A text too short to hold a job value, and a status word the
+/// manifest or the protocol knows (its `statusMap`, the built-in words: vocabulary, not
+/// output), never needs it.
 fn carries_new_text(outcome: &CallOutcome, run: &RunRecord) -> bool {
+    let may_echo = |text: &String| crate::redact::may_hold_job_value(text);
     match outcome {
-        CallOutcome::Retryable { .. } | CallOutcome::Rejected { .. } => true,
-        CallOutcome::Accepted { note, .. } => note.is_some(),
+        CallOutcome::Retryable { message, .. } | CallOutcome::Rejected { message } => {
+            may_echo(message)
+        }
+        CallOutcome::Accepted { note, .. } => note.as_ref().is_some_and(may_echo),
         CallOutcome::Observed(o) => {
-            o.error.is_some()
-                || o.failure_cause.is_some()
+            o.error.as_ref().is_some_and(may_echo)
+                || o.failure_cause.as_ref().is_some_and(may_echo)
                 || o.detail
                     .as_ref()
-                    .is_some_and(|d| run.detail.as_ref() != Some(d))
-                || o.scheduler_state
-                    .as_ref()
-                    .is_some_and(|w| run.scheduler_state.as_ref() != Some(w))
+                    .is_some_and(|d| run.detail.as_ref() != Some(d) && may_echo(d))
+                || (o.unmapped
+                    && o.scheduler_state
+                        .as_ref()
+                        .is_some_and(|w| run.scheduler_state.as_ref() != Some(w) && may_echo(w)))
         }
         CallOutcome::AlreadyExists | CallOutcome::NotFound | CallOutcome::Deferred { .. } => false,
     }
@@ -545,5 +552,65 @@ impl Handler<Crash> for RunActor {
 
     fn handle(&mut self, _msg: Crash, _ctx: &mut Self::Context) {
         panic!("a run actor crashes on purpose");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::carries_new_text;
+    use crate::domain::ids::{JobId, PoolName};
+    use crate::domain::run::RunRecord;
+    use crate::lifecycle::CallOutcome;
+    use crate::manifest::Observation;
+
+    fn run() -> RunRecord {
+        RunRecord::queued(JobId::parse("j").unwrap(), PoolName::parse("p").unwrap(), 1)
+    }
+
+    fn observed(observation: Observation) -> CallOutcome {
+        CallOutcome::Observed(Box::new(observation))
+    }
+
+    #[test]
+    fn only_new_text_long_enough_to_hold_a_job_value_needs_the_job_body() {
+        let run = run();
+        // Known vocabulary (statusMap or built-in words), however long: never the job's text.
+        let known = Observation {
+            scheduler_state: Some("Complete-and-released".to_owned()),
+            ..Observation::default()
+        };
+        assert!(!carries_new_text(&observed(known), &run));
+        // An unknown status word: it may echo the job when it is long enough to hold a value.
+        let short = Observation {
+            scheduler_state: Some("Wobbly".to_owned()),
+            unmapped: true,
+            ..Observation::default()
+        };
+        assert!(!carries_new_text(&observed(short), &run));
+        let long = Observation {
+            scheduler_state: Some("echo-of-a-job-value".to_owned()),
+            unmapped: true,
+            ..Observation::default()
+        };
+        assert!(carries_new_text(&observed(long.clone()), &run));
+        // The same word again is not new.
+        let mut seen = run.clone();
+        seen.scheduler_state = long.scheduler_state.clone();
+        assert!(!carries_new_text(&observed(long), &seen));
+        // Errors and messages: by length.
+        let error = Observation {
+            error: Some("token s3cr3t-value leaked".to_owned()),
+            ..Observation::default()
+        };
+        assert!(carries_new_text(&observed(error), &run));
+        let terse = Observation {
+            error: Some("failed".to_owned()),
+            ..Observation::default()
+        };
+        assert!(!carries_new_text(&observed(terse), &run));
+        let rejected = CallOutcome::Rejected {
+            message: "HTTP 400: bad job s3cr3t-value".to_owned(),
+        };
+        assert!(carries_new_text(&rejected, &run));
     }
 }
