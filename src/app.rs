@@ -145,6 +145,7 @@ impl Application {
             bus: EventBus::new(),
             activity: Arc::new(crate::actors::Activity::default()),
             owners: crate::actors::Owners::default(),
+            arbiters: crate::actors::RunArbiters::per_core(),
         };
         let supervisor = Supervisor::new(deps.clone()).start();
         let gateway = web::Data::new(Gateway::new(deps, supervisor, defaults_of(&settings)));
@@ -257,6 +258,7 @@ impl Application {
             }
         };
         self.gateway.begin_shutdown();
+        self.gateway.deps.arbiters.stop();
         if let Some(local_pool) = self.local_pool {
             local_pool.stop().await;
         }

@@ -87,6 +87,62 @@ pub struct Deps {
     pub activity: Arc<Activity>,
     /// Which runs have a live actor: never two actors for one run.
     pub owners: Owners,
+    /// Where run actors live: spread over one arbiter per core.
+    pub arbiters: RunArbiters,
+}
+
+/// The arbiters (one event-loop thread each) that run actors are spread over, round robin, so
+/// that the work of many runs (rendering, mapping, HTTP client tasks) uses every core instead
+/// of the one thread the supervisor and the pool actors share. Empty: run actors start on the
+/// current arbiter (tests that build actors by hand).
+#[derive(Clone, Default)]
+pub struct RunArbiters {
+    handles: Arc<[actix::dev::ArbiterHandle]>,
+    next: Arc<AtomicUsize>,
+}
+
+impl std::fmt::Debug for RunArbiters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunArbiters")
+            .field("arbiters", &self.handles.len())
+            .finish()
+    }
+}
+
+impl RunArbiters {
+    /// Starts `count` arbiters in the current actix system; they stop with it (or on
+    /// [`RunArbiters::stop`]).
+    pub fn start(count: usize) -> Self {
+        let handles: Vec<_> = (0..count).map(|_| actix::Arbiter::new().handle()).collect();
+        Self {
+            handles: handles.into(),
+            next: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// One arbiter per available core.
+    pub fn per_core() -> Self {
+        Self::start(std::thread::available_parallelism().map_or(1, std::num::NonZero::get))
+    }
+
+    /// Starts `actor` on the next arbiter.
+    pub fn start_actor<A>(&self, actor: A) -> actix::Addr<A>
+    where
+        A: actix::Actor<Context = actix::Context<A>> + Send,
+    {
+        if self.handles.is_empty() {
+            return actor.start();
+        }
+        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len();
+        A::start_in_arbiter(&self.handles[index], move |_| actor)
+    }
+
+    /// Stops the arbiters once the actors on them have nothing left to run.
+    pub fn stop(&self) {
+        for handle in self.handles.iter() {
+            handle.stop();
+        }
+    }
 }
 
 /// The set of runs that have a live RunActor. An actor claims its run when it is created and

@@ -366,7 +366,8 @@ impl PoolActor {
             start,
             ownership,
         );
-        self.runs.insert(job_id, actor.start());
+        self.runs
+            .insert(job_id, self.deps.arbiters.start_actor(actor));
     }
 
     /// Reloads a run from the store after a pause and starts its actor if it still needs one.

@@ -35,6 +35,7 @@ async fn deps() -> (TestDatabase, Deps) {
         bus: EventBus::new(),
         activity: Arc::new(Activity::default()),
         owners: Owners::default(),
+        arbiters: super::RunArbiters::start(2),
     };
     (db, deps)
 }
