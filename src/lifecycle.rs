@@ -7,7 +7,7 @@
 //! the same rules drive recovery after a restart: a reloaded record yields the same action.
 
 use crate::backoff;
-use crate::domain::run::{Millis, NewEvent, ReleaseState, RunRecord};
+use crate::domain::run::{Attempts, Millis, NewEvent, ReleaseState, RunRecord};
 use crate::domain::state::{MappedState, RunState};
 use crate::manifest::{Observation, OpKind};
 use serde_json::Map;
@@ -121,6 +121,29 @@ pub struct Step {
     pub run: RunRecord,
     /// Events to commit together with the run.
     pub events: Vec<NewEvent>,
+}
+
+/// Whether a step must be committed before the run goes on. A poll that saw nothing new (same
+/// state, word, progress, detail, heartbeat; no event) changes only its own bookkeeping: the
+/// poll counter, the stretched interval and the time of the next poll. Those stay in memory:
+/// after a restart the stored interval and a fresh `resume_at` schedule the next poll just as
+/// well, so a long job's steady polls cost no write. Everything else is committed.
+pub fn needs_commit(before: &RunRecord, step: &Step) -> bool {
+    if !step.events.is_empty() {
+        return true;
+    }
+    let after = &step.run;
+    let bookkeeping_only = RunRecord {
+        attempts: Attempts {
+            poll: before.attempts.poll,
+            ..after.attempts
+        },
+        poll_interval_ms: before.poll_interval_ms,
+        next_at: before.next_at,
+        updated_at: before.updated_at,
+        ..after.clone()
+    };
+    bookkeeping_only != *before
 }
 
 /// What is due for `run` at `now`.
@@ -1592,5 +1615,68 @@ mod tests {
             detail.contains("dispatching again under the same id"),
             "{detail}"
         );
+    }
+
+    #[test]
+    fn a_poll_that_saw_nothing_new_needs_no_commit_and_any_news_does() {
+        let running = running();
+        let seen = Input::Called(
+            OpKind::Poll,
+            CallOutcome::Observed(Box::new(Observation {
+                state: Some(MappedState::Running),
+                scheduler_state: running.scheduler_state.clone(),
+                ..Observation::default()
+            })),
+        );
+        let first = apply(&running, seen.clone(), &policy(), env(30));
+        let quiet = apply(&first.run, seen, &policy(), env(40));
+        assert!(quiet.events.is_empty());
+        assert_eq!(quiet.run.attempts.poll, first.run.attempts.poll + 1);
+        assert!(!needs_commit(&first.run, &quiet));
+        let news = [
+            Observation {
+                state: Some(MappedState::Running),
+                scheduler_state: Some("Busy".to_owned()),
+                ..Observation::default()
+            },
+            Observation {
+                state: Some(MappedState::Running),
+                scheduler_state: first.run.scheduler_state.clone(),
+                detail: Some("step 2 of 3".to_owned()),
+                ..Observation::default()
+            },
+            Observation {
+                state: Some(MappedState::Done),
+                scheduler_state: first.run.scheduler_state.clone(),
+                ..Observation::default()
+            },
+        ];
+        for observation in news {
+            let step = apply(
+                &first.run,
+                Input::Called(
+                    OpKind::Poll,
+                    CallOutcome::Observed(Box::new(observation.clone())),
+                ),
+                &policy(),
+                env(40),
+            );
+            assert!(needs_commit(&first.run, &step), "{observation:?}");
+        }
+        // A poll that failed moves the persisted backoff: committed.
+        let failed = apply(
+            &first.run,
+            Input::Called(
+                OpKind::Poll,
+                CallOutcome::Retryable {
+                    message: "HTTP 503".to_owned(),
+                    retry_after_ms: None,
+                    unreadable: false,
+                },
+            ),
+            &policy(),
+            env(40),
+        );
+        assert!(needs_commit(&first.run, &failed));
     }
 }

@@ -329,6 +329,11 @@ impl RunActor {
                 // Accepted: the body is not needed again unless the job is lost.
                 actor.job = None;
             }
+            if !lifecycle::needs_commit(&actor.run, &step) {
+                // A poll that saw nothing new: its bookkeeping stays in memory (same version).
+                actor.run = step.run;
+                return actor.drive(ctx);
+            }
             actor.commit(step, ctx);
         }));
     }
