@@ -26,7 +26,7 @@
 //! clients run in this process and do not count), on PostgreSQL the server's CPU time per
 //! lifecycle (see `support::probe::PgCpu` for what is counted), the gateway's resident memory
 //! when ready and idle and at its peak (`VmRSS`, `VmHWM`), and the peak number of connections
-//! from the gateway to the scheduler (sampled every 10 ms in `/proc/net/tcp`).
+//! from the gateway to the scheduler (sampled every 250 ms in `/proc/net/tcp`).
 //!
 //! Exactly once is checked after every shape: the scheduler keeps a ledger per job name, and each
 //! run's job must have been created once, polled to `Complete` and released once, with a single

@@ -151,7 +151,9 @@ pub fn connections_to(port: u16) -> usize {
         .count()
 }
 
-/// Samples [`connections_to`] every 10 ms on a thread of its own, keeping the peak.
+/// Samples [`connections_to`] every 250 ms on a thread of its own, keeping the peak. Reading
+/// `/proc/net/tcp` walks every socket of the machine (thousands in TIME_WAIT after a run), so
+/// sampling faster would take a good share of a core from the gateway being measured.
 pub struct ConnectionSampler {
     stop: Arc<AtomicBool>,
     peak: Arc<AtomicUsize>,
@@ -167,7 +169,7 @@ impl ConnectionSampler {
         let thread = std::thread::spawn(move || {
             while !stopped.load(Ordering::SeqCst) {
                 seen.fetch_max(connections_to(port), Ordering::SeqCst);
-                std::thread::sleep(Duration::from_millis(10));
+                std::thread::sleep(Duration::from_millis(250));
             }
         });
         ConnectionSampler { stop, peak, thread }
