@@ -4,9 +4,9 @@ use super::StoreError;
 use diesel::connection::SimpleConnection as _;
 use diesel::connection::{AnsiTransactionManager, TransactionManager};
 use diesel::prelude::*;
-use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
+use diesel::query_builder::{AstPass, BoxedSqlQuery, Query, QueryFragment, QueryId, SqlQuery};
 use diesel::r2d2::{CustomizeConnection, ManageConnection, Pool, R2D2Connection};
-use diesel::sql_types::{BigInt, Binary, Bool, Nullable, Text};
+use diesel::sql_types::{BigInt, Binary, Bool, Nullable, Text, Untyped};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -231,8 +231,6 @@ pub(crate) enum Bind {
     Bool(bool),
     /// `Binary`.
     Binary(Vec<u8>),
-    /// `Nullable<Binary>`.
-    OptBinary(Option<Vec<u8>>),
 }
 
 /// A raw query over both backends: `sql` uses `?` placeholders, rewritten to `$1, $2, …` for
@@ -255,10 +253,85 @@ pub(crate) fn raw_query(
             Bind::OptBigInt(v) => q.bind::<Nullable<BigInt>, _>(v),
             Bind::Bool(v) => q.bind::<Bool, _>(v),
             Bind::Binary(v) => q.bind::<Binary, _>(v),
-            Bind::OptBinary(v) => q.bind::<Nullable<Binary>, _>(v),
         },
     )
 }
+
+/// A statement whose SQL text is fixed (only its bind values change), run through diesel's
+/// prepared-statement cache: each connection prepares it once and reuses it, where a
+/// [`raw_query`] is parsed (SQLite) or planned (PostgreSQL) anew every time.
+///
+/// The text uses `?` placeholders and must contain no `?` anywhere else; diesel's query builder
+/// writes each placeholder as the backend's own (`?` on SQLite, `$1, $2, …` on PostgreSQL), so
+/// one text serves both. The cache is keyed by the SQL text and the bind types
+/// (`StatementCacheKey::Sql`: [`QueryId::HAS_STATIC_QUERY_ID`] is false, and unlike `sql_query`
+/// this never calls `unsafe_to_cache_prepared`), and never evicts: only statements whose text
+/// comes from a fixed set may use this, never text built from varying input such as an `IN`
+/// list of any length or optional filters, which stay [`raw_query`]s.
+#[derive(Debug, Clone)]
+#[must_use = "a query runs only when executed or loaded"]
+pub(crate) struct Cached {
+    sql: &'static str,
+    binds: Vec<Bind>,
+}
+
+/// A [`Cached`] statement: `sql` with `binds` applied in order.
+pub(crate) fn cached(sql: &'static str, binds: Vec<Bind>) -> Cached {
+    Cached { sql, binds }
+}
+
+impl Cached {
+    fn placeholder_mismatch(&self) -> diesel::result::Error {
+        diesel::result::Error::QueryBuilderError(
+            format!(
+                "a cached statement has {} placeholders but {} binds",
+                self.sql.matches('?').count(),
+                self.binds.len()
+            )
+            .into(),
+        )
+    }
+}
+
+impl QueryFragment<Db> for Cached {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Db>) -> QueryResult<()> {
+        let mut parts = self.sql.split('?');
+        let mut binds = self.binds.iter();
+        if let Some(first) = parts.next() {
+            out.push_sql(first);
+        }
+        for part in parts {
+            let bind = binds.next().ok_or_else(|| self.placeholder_mismatch())?;
+            match bind {
+                Bind::Text(v) => out.push_bind_param::<Text, _>(v)?,
+                Bind::OptText(v) => out.push_bind_param::<Nullable<Text>, _>(v)?,
+                Bind::BigInt(v) => out.push_bind_param::<BigInt, _>(v)?,
+                Bind::OptBigInt(v) => out.push_bind_param::<Nullable<BigInt>, _>(v)?,
+                Bind::Bool(v) => out.push_bind_param::<Bool, _>(v)?,
+                Bind::Binary(v) => out.push_bind_param::<Binary, _>(v)?,
+            }
+            out.push_sql(part);
+        }
+        if binds.next().is_some() {
+            return Err(self.placeholder_mismatch());
+        }
+        Ok(())
+    }
+}
+
+impl QueryId for Cached {
+    type QueryId = ();
+
+    // Keyed by its SQL text, which differs between statements of this one Rust type.
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl Query for Cached {
+    // Rows are read by column name (`QueryableByName`), as with `sql_query`.
+    type SqlType = Untyped;
+}
+
+impl RunQueryDsl<DbConn> for Cached {}
 
 fn numbered_placeholders(sql: &str) -> String {
     let mut out = String::with_capacity(sql.len() + 16);
