@@ -125,30 +125,39 @@ impl ManageConnection for DbManager {
     }
 }
 
-/// Per-connection SQLite settings, applied when the pool opens a connection.
+/// Per-connection settings, applied when the pool opens a connection: what makes a committed
+/// transaction durable, whatever the server or file was configured with.
 ///
-/// `journal_mode=WAL` with `synchronous=NORMAL`: a committed transaction is in the WAL file before
-/// `COMMIT` returns, so it survives `kill -9` of the process (the durability contract of
-/// SPEC §7). It is not fsynced on every commit, so a power loss or kernel crash may lose the last
-/// transactions; `synchronous=FULL` would cover that at a large cost per commit, and is not what
-/// the contract asks. `busy_timeout` makes a second writer (another process, or a reader
-/// upgrading) wait instead of failing at once; `foreign_keys` enforces `run_events → runs`.
+/// SQLite: `journal_mode=WAL` with `synchronous=FULL`. In WAL mode `FULL` syncs the WAL file on
+/// every commit, so a transaction is on stable storage before `COMMIT` returns: it survives a
+/// `kill -9` of the process and also a power loss or kernel crash (with `NORMAL` it would survive
+/// only the former, the last commits before a power loss being lost). The cost is one fsync per
+/// transaction, which the writer's group commit spreads over every write of a batch.
+/// `busy_timeout` makes a second writer (another process, or a reader upgrading) wait instead of
+/// failing at once; `foreign_keys` enforces `run_events → runs` and `run_jobs → runs`.
+///
+/// PostgreSQL: `synchronous_commit = on`, so `COMMIT` returns only once the transaction's WAL is
+/// flushed (and, where synchronous standbys are configured, acknowledged by them): a server or
+/// database configured with `off` or `local` cannot make an acknowledged run vanish when the server
+/// crashes.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct SqlitePragmas;
+pub(crate) struct SessionSettings;
 
-/// The pragmas [`SqlitePragmas`] runs.
+/// The pragmas [`SessionSettings`] runs on SQLite.
 /// `busy_timeout` comes first so that switching to WAL waits for a concurrent writer too.
 const SQLITE_PRAGMAS: &str = "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; \
-     PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;";
+     PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;";
 
-impl CustomizeConnection<DbConn, diesel::r2d2::Error> for SqlitePragmas {
+/// The session settings [`SessionSettings`] runs on PostgreSQL.
+const POSTGRES_SETTINGS: &str = "SET synchronous_commit = on;";
+
+impl CustomizeConnection<DbConn, diesel::r2d2::Error> for SessionSettings {
     fn on_acquire(&self, conn: &mut DbConn) -> Result<(), diesel::r2d2::Error> {
         match conn {
-            DbConn::Sqlite(sqlite) => sqlite
-                .batch_execute(SQLITE_PRAGMAS)
-                .map_err(diesel::r2d2::Error::QueryError),
-            DbConn::Pg(_) => Ok(()),
+            DbConn::Sqlite(sqlite) => sqlite.batch_execute(SQLITE_PRAGMAS),
+            DbConn::Pg(pg) => pg.batch_execute(POSTGRES_SETTINGS),
         }
+        .map_err(diesel::r2d2::Error::QueryError)
     }
 }
 
@@ -168,7 +177,7 @@ pub(crate) fn build_pool(target: &Target, size: u32) -> Result<DbPool, StoreErro
         // process exits can crash it at exit, after a command did all its work.
         .min_idle(Some(0))
         .connection_timeout(CHECKOUT_TIMEOUT)
-        .connection_customizer(Box::new(SqlitePragmas))
+        .connection_customizer(Box::new(SessionSettings))
         .build(DbManager {
             target: target.clone(),
         })

@@ -1265,6 +1265,85 @@ async fn the_writer_prepares_each_statement_once_and_reuses_it(backend: TestBack
     }
 }
 
+#[derive(diesel::QueryableByName)]
+struct SynchronousRow {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    synchronous: i64,
+}
+
+#[derive(diesel::QueryableByName)]
+struct JournalModeRow {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    journal_mode: String,
+}
+
+#[derive(diesel::QueryableByName)]
+struct SynchronousCommitRow {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    synchronous_commit: String,
+}
+
+async fn pooled_connections_commit_durably_whatever_the_database_default(backend: TestBackend) {
+    use diesel::RunQueryDsl as _;
+    let (db, store) = open(backend).await;
+    match backend {
+        TestBackend::Sqlite => {
+            let (synchronous, journal_mode) = store
+                .with_conn(|conn| {
+                    let sync: SynchronousRow =
+                        diesel::sql_query("PRAGMA synchronous").get_result(conn)?;
+                    let journal: JournalModeRow =
+                        diesel::sql_query("PRAGMA journal_mode").get_result(conn)?;
+                    Ok((sync.synchronous, journal.journal_mode))
+                })
+                .await
+                .unwrap();
+            // 2 is FULL: the WAL is synced at every commit.
+            assert_eq!(synchronous, 2);
+            assert_eq!(journal_mode, "wal");
+        }
+        TestBackend::Postgres => {
+            // A database configured to acknowledge commits before they are flushed.
+            store
+                .with_conn(|conn| {
+                    #[derive(diesel::QueryableByName)]
+                    struct Name {
+                        #[diesel(sql_type = diesel::sql_types::Text)]
+                        name: String,
+                    }
+                    let name: Name =
+                        diesel::sql_query("SELECT current_database() AS name").get_result(conn)?;
+                    diesel::sql_query(format!(
+                        "ALTER DATABASE \"{}\" SET synchronous_commit = off",
+                        name.name
+                    ))
+                    .execute(conn)?;
+                    Ok(())
+                })
+                .await
+                .unwrap();
+            let show = |conn: &mut DbConn| -> Result<String, StoreError> {
+                let row: SynchronousCommitRow =
+                    diesel::sql_query("SHOW synchronous_commit").get_result(conn)?;
+                Ok(row.synchronous_commit)
+            };
+            // A plain session on it gets that default...
+            let url = db.url().to_owned();
+            let plain = tokio::task::spawn_blocking(move || {
+                let mut conn = <DbConn as diesel::Connection>::establish(&url).unwrap();
+                show(&mut conn)
+            })
+            .await
+            .unwrap()
+            .unwrap();
+            assert_eq!(plain, "off");
+            // ...but every connection of a store's pool overrides it.
+            let store = Store::connect(db.url(), 2).await.unwrap();
+            assert_eq!(store.with_conn(show).await.unwrap(), "on");
+        }
+    }
+}
+
 async fn a_job_body_stored_before_run_jobs_existed_stays_readable(backend: TestBackend) {
     use diesel::RunQueryDsl as _;
     if backend == TestBackend::Postgres && testing::admin_url().is_none() {
@@ -1387,6 +1466,7 @@ on_both_backends!(
     leftover_job_bodies_of_finished_runs_are_swept,
     corrupt_rows_are_quarantined_as_failed_and_the_other_runs_still_load,
     the_writer_prepares_each_statement_once_and_reuses_it,
+    pooled_connections_commit_durably_whatever_the_database_default,
     a_job_body_stored_before_run_jobs_existed_stays_readable,
 );
 
