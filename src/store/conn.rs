@@ -4,9 +4,9 @@ use super::StoreError;
 use diesel::connection::SimpleConnection as _;
 use diesel::connection::{AnsiTransactionManager, TransactionManager};
 use diesel::prelude::*;
-use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
+use diesel::query_builder::{AstPass, BoxedSqlQuery, Query, QueryFragment, QueryId, SqlQuery};
 use diesel::r2d2::{CustomizeConnection, ManageConnection, Pool, R2D2Connection};
-use diesel::sql_types::{BigInt, Binary, Bool, Nullable, Text};
+use diesel::sql_types::{BigInt, Binary, Bool, Nullable, Text, Untyped};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -125,30 +125,39 @@ impl ManageConnection for DbManager {
     }
 }
 
-/// Per-connection SQLite settings, applied when the pool opens a connection.
+/// Per-connection settings, applied when the pool opens a connection: what makes a committed
+/// transaction durable, whatever the server or file was configured with.
 ///
-/// `journal_mode=WAL` with `synchronous=NORMAL`: a committed transaction is in the WAL file before
-/// `COMMIT` returns, so it survives `kill -9` of the process (the durability contract of
-/// SPEC §7). It is not fsynced on every commit, so a power loss or kernel crash may lose the last
-/// transactions; `synchronous=FULL` would cover that at a large cost per commit, and is not what
-/// the contract asks. `busy_timeout` makes a second writer (another process, or a reader
-/// upgrading) wait instead of failing at once; `foreign_keys` enforces `run_events → runs`.
+/// SQLite: `journal_mode=WAL` with `synchronous=FULL`. In WAL mode `FULL` syncs the WAL file on
+/// every commit, so a transaction is on stable storage before `COMMIT` returns: it survives a
+/// `kill -9` of the process and also a power loss or kernel crash (with `NORMAL` it would survive
+/// only the former, the last commits before a power loss being lost). The cost is one fsync per
+/// transaction, which the writer's group commit spreads over every write of a batch.
+/// `busy_timeout` makes a second writer (another process, or a reader upgrading) wait instead of
+/// failing at once; `foreign_keys` enforces `run_events → runs` and `run_jobs → runs`.
+///
+/// PostgreSQL: `synchronous_commit = on`, so `COMMIT` returns only once the transaction's WAL is
+/// flushed (and, where synchronous standbys are configured, acknowledged by them): a server or
+/// database configured with `off` or `local` cannot make an acknowledged run vanish when the server
+/// crashes.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct SqlitePragmas;
+pub(crate) struct SessionSettings;
 
-/// The pragmas [`SqlitePragmas`] runs.
+/// The pragmas [`SessionSettings`] runs on SQLite.
 /// `busy_timeout` comes first so that switching to WAL waits for a concurrent writer too.
 const SQLITE_PRAGMAS: &str = "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; \
-     PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;";
+     PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;";
 
-impl CustomizeConnection<DbConn, diesel::r2d2::Error> for SqlitePragmas {
+/// The session settings [`SessionSettings`] runs on PostgreSQL.
+const POSTGRES_SETTINGS: &str = "SET synchronous_commit = on;";
+
+impl CustomizeConnection<DbConn, diesel::r2d2::Error> for SessionSettings {
     fn on_acquire(&self, conn: &mut DbConn) -> Result<(), diesel::r2d2::Error> {
         match conn {
-            DbConn::Sqlite(sqlite) => sqlite
-                .batch_execute(SQLITE_PRAGMAS)
-                .map_err(diesel::r2d2::Error::QueryError),
-            DbConn::Pg(_) => Ok(()),
+            DbConn::Sqlite(sqlite) => sqlite.batch_execute(SQLITE_PRAGMAS),
+            DbConn::Pg(pg) => pg.batch_execute(POSTGRES_SETTINGS),
         }
+        .map_err(diesel::r2d2::Error::QueryError)
     }
 }
 
@@ -168,7 +177,7 @@ pub(crate) fn build_pool(target: &Target, size: u32) -> Result<DbPool, StoreErro
         // process exits can crash it at exit, after a command did all its work.
         .min_idle(Some(0))
         .connection_timeout(CHECKOUT_TIMEOUT)
-        .connection_customizer(Box::new(SqlitePragmas))
+        .connection_customizer(Box::new(SessionSettings))
         .build(DbManager {
             target: target.clone(),
         })
@@ -231,8 +240,6 @@ pub(crate) enum Bind {
     Bool(bool),
     /// `Binary`.
     Binary(Vec<u8>),
-    /// `Nullable<Binary>`.
-    OptBinary(Option<Vec<u8>>),
 }
 
 /// A raw query over both backends: `sql` uses `?` placeholders, rewritten to `$1, $2, …` for
@@ -255,10 +262,85 @@ pub(crate) fn raw_query(
             Bind::OptBigInt(v) => q.bind::<Nullable<BigInt>, _>(v),
             Bind::Bool(v) => q.bind::<Bool, _>(v),
             Bind::Binary(v) => q.bind::<Binary, _>(v),
-            Bind::OptBinary(v) => q.bind::<Nullable<Binary>, _>(v),
         },
     )
 }
+
+/// A statement whose SQL text is fixed (only its bind values change), run through diesel's
+/// prepared-statement cache: each connection prepares it once and reuses it, where a
+/// [`raw_query`] is parsed (SQLite) or planned (PostgreSQL) anew every time.
+///
+/// The text uses `?` placeholders and must contain no `?` anywhere else; diesel's query builder
+/// writes each placeholder as the backend's own (`?` on SQLite, `$1, $2, …` on PostgreSQL), so
+/// one text serves both. The cache is keyed by the SQL text and the bind types
+/// (`StatementCacheKey::Sql`: [`QueryId::HAS_STATIC_QUERY_ID`] is false, and unlike `sql_query`
+/// this never calls `unsafe_to_cache_prepared`), and never evicts: only statements whose text
+/// comes from a fixed set may use this, never text built from varying input such as an `IN`
+/// list of any length or optional filters, which stay [`raw_query`]s.
+#[derive(Debug, Clone)]
+#[must_use = "a query runs only when executed or loaded"]
+pub(crate) struct Cached {
+    sql: &'static str,
+    binds: Vec<Bind>,
+}
+
+/// A [`Cached`] statement: `sql` with `binds` applied in order.
+pub(crate) fn cached(sql: &'static str, binds: Vec<Bind>) -> Cached {
+    Cached { sql, binds }
+}
+
+impl Cached {
+    fn placeholder_mismatch(&self) -> diesel::result::Error {
+        diesel::result::Error::QueryBuilderError(
+            format!(
+                "a cached statement has {} placeholders but {} binds",
+                self.sql.matches('?').count(),
+                self.binds.len()
+            )
+            .into(),
+        )
+    }
+}
+
+impl QueryFragment<Db> for Cached {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Db>) -> QueryResult<()> {
+        let mut parts = self.sql.split('?');
+        let mut binds = self.binds.iter();
+        if let Some(first) = parts.next() {
+            out.push_sql(first);
+        }
+        for part in parts {
+            let bind = binds.next().ok_or_else(|| self.placeholder_mismatch())?;
+            match bind {
+                Bind::Text(v) => out.push_bind_param::<Text, _>(v)?,
+                Bind::OptText(v) => out.push_bind_param::<Nullable<Text>, _>(v)?,
+                Bind::BigInt(v) => out.push_bind_param::<BigInt, _>(v)?,
+                Bind::OptBigInt(v) => out.push_bind_param::<Nullable<BigInt>, _>(v)?,
+                Bind::Bool(v) => out.push_bind_param::<Bool, _>(v)?,
+                Bind::Binary(v) => out.push_bind_param::<Binary, _>(v)?,
+            }
+            out.push_sql(part);
+        }
+        if binds.next().is_some() {
+            return Err(self.placeholder_mismatch());
+        }
+        Ok(())
+    }
+}
+
+impl QueryId for Cached {
+    type QueryId = ();
+
+    // Keyed by its SQL text, which differs between statements of this one Rust type.
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl Query for Cached {
+    // Rows are read by column name (`QueryableByName`), as with `sql_query`.
+    type SqlType = Untyped;
+}
+
+impl RunQueryDsl<DbConn> for Cached {}
 
 fn numbered_placeholders(sql: &str) -> String {
     let mut out = String::with_capacity(sql.len() + 16);

@@ -1,27 +1,35 @@
 //! Queries on the `run_events` table: appending events and reading them back in order.
 
 use super::StoreError;
-use super::conn::DbConn;
-use super::models::{EventRow, NewEventRow};
+use super::conn::{Bind, DbConn, cached};
+use super::models::{EventRow, SeqRow};
 use super::schema::run_events;
 use crate::domain::ids::{JobId, PoolName};
 use crate::domain::run::{EventRecord, NewEvent};
 use diesel::prelude::*;
-use diesel::sql_types::BigInt;
 
 /// Advisory lock key taken by every event-writing transaction on PostgreSQL, so that sequence
 /// numbers become visible in the order they were drawn even with several replicas (a `BIGSERIAL`
 /// value is drawn at insert time, not at commit time).
 const EVENT_LOCK: i64 = 0x6361_7474_0000_0002; // "catt" + 2
 
+/// Takes [`EVENT_LOCK`] for the rest of the transaction.
+const LOCK: &str = "SELECT pg_advisory_xact_lock(?)";
+
 /// Serialises event writers across processes (PostgreSQL); a no-op on SQLite, whose
 /// `BEGIN IMMEDIATE` already holds the database's single write lock.
 pub(crate) fn lock_for_append(conn: &mut DbConn) -> Result<(), StoreError> {
-    if let DbConn::Pg(pg) = conn {
-        diesel::sql_query(format!("SELECT pg_advisory_xact_lock({EVENT_LOCK})")).execute(pg)?;
+    if let DbConn::Pg(_) = conn {
+        cached(LOCK, vec![Bind::BigInt(EVENT_LOCK)]).execute(conn)?;
     }
     Ok(())
 }
+
+/// Appends one event, returning its sequence number in the same statement on both backends
+/// (SQLite has `RETURNING` since 3.35; the bundled one is newer). `seq` stays `AUTOINCREMENT`
+/// on SQLite, so a number is never handed out twice, even after the newest row is deleted.
+const APPEND: &str = "INSERT INTO run_events (job_id, pool, at, kind, from_state, to_state, detail) \
+     VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING seq";
 
 /// Appends one event of a run in `pool`; returns it with its sequence number.
 pub(crate) fn append(
@@ -29,18 +37,18 @@ pub(crate) fn append(
     pool: &PoolName,
     event: NewEvent,
 ) -> Result<EventRecord, StoreError> {
-    let row = NewEventRow::new(pool, &event);
-    let insert = diesel::insert_into(run_events::table).values(&row);
-    let seq = match conn {
-        DbConn::Pg(pg) => insert.returning(run_events::seq).get_result::<i64>(pg)?,
-        DbConn::Sqlite(sqlite) => {
-            insert.execute(sqlite)?;
-            diesel::select(diesel::dsl::sql::<BigInt>("last_insert_rowid()"))
-                .get_result::<i64>(sqlite)?
-        }
-    };
+    let binds = vec![
+        Bind::Text(event.job_id.as_str().to_owned()),
+        Bind::Text(pool.as_str().to_owned()),
+        Bind::BigInt(event.at),
+        Bind::Text(event.kind.clone()),
+        Bind::OptText(event.from.map(|s| s.as_str().to_owned())),
+        Bind::OptText(event.to.map(|s| s.as_str().to_owned())),
+        Bind::OptText(event.detail.clone()),
+    ];
+    let row: SeqRow = cached(APPEND, binds).get_result(conn)?;
     Ok(EventRecord {
-        seq,
+        seq: row.seq,
         pool: pool.clone(),
         event,
     })

@@ -57,3 +57,35 @@ pub(crate) fn revert_all(conn: &mut DbConn) -> Result<usize, StoreError> {
             .map_err(migrate_error),
     }
 }
+
+/// Applies the pending migrations whose directory name sorts before `name` (tests only: builds a
+/// database as an older version of cattery left it); returns how many ran.
+#[cfg(test)]
+pub(crate) fn run_pending_before(conn: &mut DbConn, name: &str) -> Result<usize, StoreError> {
+    fn before<DB, C>(
+        conn: &mut C,
+        source: EmbeddedMigrations,
+        name: &str,
+    ) -> Result<usize, BoxError>
+    where
+        DB: diesel::backend::Backend,
+        C: MigrationHarness<DB>,
+        EmbeddedMigrations: diesel::migration::MigrationSource<DB>,
+    {
+        let pending = conn.pending_migrations(source)?;
+        let mut applied = 0;
+        for migration in pending
+            .iter()
+            .filter(|m| m.name().to_string().as_str() < name)
+        {
+            conn.run_migration(migration.as_ref())?;
+            applied += 1;
+        }
+        Ok(applied)
+    }
+    match conn {
+        DbConn::Sqlite(sqlite) => before(sqlite, SQLITE, name),
+        DbConn::Pg(pg) => before(pg, POSTGRES, name),
+    }
+    .map_err(migrate_error)
+}

@@ -664,11 +664,13 @@ impl Store {
         Ok((stats.queued, stats.in_flight))
     }
 
-    /// Overwrites a run (all columns but its id, creation time and job body) and appends its
-    /// events, atomically; answers once the transaction has committed. When the run no longer
-    /// needs work (final, no release pending), its job body is dropped in the same transaction. Concurrent commits are
-    /// grouped into few transactions by the writer thread. Event sequence numbers increase in
-    /// commit order.
+    /// Overwrites a run and appends its events, atomically; answers once the transaction has
+    /// committed. What is set only when a run is created is not overwritten: its id, pool,
+    /// creation time, `kind`, `deadline_at` and `callback_url` keep their stored values (and its
+    /// job body is not part of a commit). When the run no longer needs work (final, no release
+    /// pending), its job body is dropped in the same transaction. Concurrent commits are grouped
+    /// into few transactions by the writer thread. Event sequence numbers increase in commit
+    /// order.
     ///
     /// `run.version` must be the version the run was read at: the commit is refused when the
     /// stored row has moved on, so a writer working from an old state never overwrites a newer

@@ -122,35 +122,7 @@ impl EventRow {
     }
 }
 
-/// A `run_events` row to insert (`seq` comes from the database).
-#[derive(Debug, Clone, Insertable)]
-#[diesel(table_name = run_events)]
-pub(crate) struct NewEventRow<'a> {
-    pub job_id: &'a str,
-    pub pool: &'a str,
-    pub at: i64,
-    pub kind: &'a str,
-    pub from_state: Option<&'a str>,
-    pub to_state: Option<&'a str>,
-    pub detail: Option<&'a str>,
-}
-
-impl<'a> NewEventRow<'a> {
-    pub(crate) fn new(pool: &'a PoolName, event: &'a NewEvent) -> Self {
-        Self {
-            job_id: event.job_id.as_str(),
-            pool: pool.as_str(),
-            at: event.at,
-            kind: &event.kind,
-            from_state: event.from.map(RunState::as_str),
-            to_state: event.to.map(RunState::as_str),
-            detail: event.detail.as_deref(),
-        }
-    }
-}
-
-/// A `runs` row as read, without the sealed job body (see `runs::RUN_COLUMNS` for the order of
-/// columns when writing).
+/// A `runs` row as read (see `runs::RUN_COLUMNS` for the order of columns when writing).
 #[derive(Debug, Clone, QueryableByName)]
 pub(crate) struct RunRow {
     #[diesel(sql_type = Text)]
@@ -419,11 +391,18 @@ pub(crate) struct StateCount {
     pub n: i64,
 }
 
-/// The sealed job body column alone.
+/// A `run_jobs` body column alone.
 #[derive(Debug, Clone, QueryableByName)]
 pub(crate) struct JobSealedRow {
-    #[diesel(sql_type = Nullable<Binary>)]
-    pub job_sealed: Option<Vec<u8>>,
+    #[diesel(sql_type = Binary)]
+    pub job_sealed: Vec<u8>,
+}
+
+/// The sequence number an event append returns.
+#[derive(Debug, Clone, QueryableByName)]
+pub(crate) struct SeqRow {
+    #[diesel(sql_type = BigInt)]
+    pub seq: i64,
 }
 
 /// A job id column alone.

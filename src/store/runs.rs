@@ -1,6 +1,11 @@
-//! Queries on the `runs` table (raw SQL over both backends; see `schema.rs` for why).
+//! Queries on the `runs` table and on `run_jobs`, the sealed job bodies kept apart from it (raw
+//! SQL over both backends; see `schema.rs` for why).
+//!
+//! A body lives in its own table because it is the bulk of a run (an encrypted blob of a few
+//! kilobytes) and is written once and read rarely, while the run's row is rewritten by every
+//! commit: kept in `runs`, every commit rewrote the blob with it.
 
-use super::conn::{Bind, DbConn, raw_query};
+use super::conn::{Bind, DbConn, cached, raw_query};
 use super::models::{
     JobIdRow, JobSealedRow, RunRow, StateCount, VersionRow, parse_job_id, parse_state,
 };
@@ -12,7 +17,7 @@ use base64::Engine as _;
 use diesel::RunQueryDsl as _;
 use std::sync::LazyLock;
 
-/// Every column of `runs` except `job_sealed`, in the order of [`RunRow`]'s fields and of
+/// Every column of `runs`, in the order of [`RunRow`]'s fields and of
 /// [`run_binds`]. Keep it in step with `migrations/*/…/up.sql`.
 pub(crate) const RUN_COLUMNS: [&str; 35] = [
     "job_id",
@@ -52,14 +57,29 @@ pub(crate) const RUN_COLUMNS: [&str; 35] = [
     "version",
 ];
 
-/// Columns a commit never changes: the key and the creation time (the list order depends on it).
-const IMMUTABLE: [&str; 2] = ["job_id", "created_at"];
+/// Columns a commit never changes, left out of the `UPDATE`'s `SET` list.
+///
+/// The rule: a column belongs here when nothing assigns it after the run was built for
+/// `insert_run` — no lifecycle step, no service call, no repair (the quarantine of a corrupt row
+/// resets `labels`, so `labels` is not here) and no test that commits a changed value
+/// (`tests/api/runs_idempotency.rs` commits a legacy `request_digest`, so that is not here
+/// either). What a commit passes for these columns is ignored: the stored value stays. Leaving
+/// them out matters most for indexed columns (`pool`, `created_at`, the key), whose index
+/// entries SQLite rewrites whenever they appear in a `SET` list, changed or not.
+const IMMUTABLE: [&str; 6] = [
+    "job_id",
+    "pool",
+    "kind",
+    "deadline_at",
+    "callback_url",
+    "created_at",
+];
 
 /// The row version: a commit moves it up by one, and only from the version the caller read.
 const VERSION: &str = "version";
 
 /// The binds of a row, in [`RUN_COLUMNS`] order.
-fn run_binds(row: RunRow) -> Vec<Bind> {
+pub(crate) fn run_binds(row: RunRow) -> Vec<Bind> {
     vec![
         Bind::Text(row.job_id),
         Bind::Text(row.pool),
@@ -102,22 +122,22 @@ fn run_binds(row: RunRow) -> Vec<Bind> {
 static SELECT: LazyLock<String> =
     LazyLock::new(|| format!("SELECT {} FROM runs", RUN_COLUMNS.join(", ")));
 
+static GET: LazyLock<String> = LazyLock::new(|| format!("{} WHERE job_id = ?", *SELECT));
+
 static INSERT: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "INSERT INTO runs ({}, job_sealed) VALUES ({}?)",
+        "INSERT INTO runs ({}) VALUES ({})",
         RUN_COLUMNS.join(", "),
-        "?, ".repeat(RUN_COLUMNS.len())
+        vec!["?"; RUN_COLUMNS.len()].join(", ")
     )
 });
 
 static UPDATE: LazyLock<String> = LazyLock::new(|| {
     let sets: Vec<String> = RUN_COLUMNS
         .iter()
+        .filter(|c| !IMMUTABLE.contains(c))
         .map(|c| {
-            if IMMUTABLE.contains(c) {
-                // Keeps the bind order of RUN_COLUMNS; the column keeps its value.
-                format!("{c} = {c}")
-            } else if *c == VERSION {
+            if *c == VERSION {
                 format!("{c} = {c} + 1")
             } else {
                 format!("{c} = ?")
@@ -129,6 +149,15 @@ static UPDATE: LazyLock<String> = LazyLock::new(|| {
         sets.join(", ")
     )
 });
+
+const STORED_VERSION: &str = "SELECT version FROM runs WHERE job_id = ?";
+
+const INSERT_BODY: &str = "INSERT INTO run_jobs (job_id, job_sealed) VALUES (?, ?)";
+const GET_BODY: &str = "SELECT job_sealed FROM run_jobs WHERE job_id = ?";
+const DELETE_BODY: &str = "DELETE FROM run_jobs WHERE job_id = ?";
+const REPLACE_BODY: &str = "UPDATE run_jobs SET job_sealed = ? WHERE job_id = ? AND job_sealed = ?";
+const BODY_IDS: &str = "SELECT job_id FROM run_jobs ORDER BY job_id";
+const COUNT_BY_STATE: &str = "SELECT state, COUNT(*) AS n FROM runs WHERE pool = ? GROUP BY state";
 
 /// `'queued', 'dispatching', 'pending', 'running'`, for SQL.
 static UNFINISHED_STATES: LazyLock<String> = LazyLock::new(|| {
@@ -155,15 +184,24 @@ fn load(conn: &mut DbConn, sql: &str, binds: Vec<Bind>) -> Result<Vec<RunRecord>
     rows.into_iter().map(RunRow::into_record).collect()
 }
 
-/// Inserts a new run with its sealed job body.
+fn text(value: &str) -> Bind {
+    Bind::Text(value.to_owned())
+}
+
+/// Inserts a new run, and its sealed job body when it has one.
 pub(crate) fn insert(
     conn: &mut DbConn,
     run: &RunRecord,
     job_sealed: Option<Vec<u8>>,
 ) -> Result<(), StoreError> {
-    let mut binds = run_binds(RunRow::from_record(run));
-    binds.push(Bind::OptBinary(job_sealed));
-    raw_query(conn, &INSERT, binds).execute(conn)?;
+    cached(&INSERT, run_binds(RunRow::from_record(run))).execute(conn)?;
+    if let Some(body) = job_sealed {
+        cached(
+            INSERT_BODY,
+            vec![text(run.job_id.as_str()), Bind::Binary(body)],
+        )
+        .execute(conn)?;
+    }
     Ok(())
 }
 
@@ -181,28 +219,22 @@ pub(crate) enum Updated {
     },
 }
 
-/// Overwrites every column of an existing run except its key, creation time and job body, if
-/// the stored row still has `run.version`; the row's version then goes up by one.
+/// Overwrites every column of an existing run that a commit may change (all but
+/// [`IMMUTABLE`]), if the stored row still has `run.version`; the row's version then goes up by
+/// one.
 pub(crate) fn update(conn: &mut DbConn, run: &RunRecord) -> Result<Updated, StoreError> {
     let binds: Vec<Bind> = run_binds(RunRow::from_record(run))
         .into_iter()
         .zip(RUN_COLUMNS)
         .filter(|(_, column)| !IMMUTABLE.contains(column) && *column != VERSION)
         .map(|(bind, _)| bind)
-        .chain([
-            Bind::Text(run.job_id.as_str().to_owned()),
-            Bind::BigInt(run.version),
-        ])
+        .chain([text(run.job_id.as_str()), Bind::BigInt(run.version)])
         .collect();
-    if raw_query(conn, &UPDATE, binds).execute(conn)? > 0 {
+    if cached(&UPDATE, binds).execute(conn)? > 0 {
         return Ok(Updated::Done);
     }
-    let rows: Vec<VersionRow> = raw_query(
-        conn,
-        "SELECT version FROM runs WHERE job_id = ?",
-        vec![Bind::Text(run.job_id.as_str().to_owned())],
-    )
-    .load(conn)?;
+    let rows: Vec<VersionRow> =
+        cached(STORED_VERSION, vec![text(run.job_id.as_str())]).load(conn)?;
     Ok(match rows.first() {
         Some(row) => Updated::Stale {
             stored: row.version,
@@ -213,12 +245,8 @@ pub(crate) fn update(conn: &mut DbConn, run: &RunRecord) -> Result<Updated, Stor
 
 /// One run by id.
 pub(crate) fn get(conn: &mut DbConn, job_id: &JobId) -> Result<Option<RunRecord>, StoreError> {
-    let sql = format!("{} WHERE job_id = ?", *SELECT);
-    Ok(
-        load(conn, &sql, vec![Bind::Text(job_id.as_str().to_owned())])?
-            .into_iter()
-            .next(),
-    )
+    let rows: Vec<RunRow> = cached(&GET, vec![text(job_id.as_str())]).load(conn)?;
+    rows.into_iter().next().map(RunRow::into_record).transpose()
 }
 
 /// Runs by id, in no particular order (unknown ids are left out). Reads in chunks, so that a
@@ -295,6 +323,23 @@ static ALL_STATES: LazyLock<(String, String)> = LazyLock::new(|| {
     )
 });
 
+/// The `WHERE` condition of [`load_unfinished`] (one `?`: the pending release state): runs that
+/// still need work, and rows whose state words are unknown.
+static NEEDS_WORK: LazyLock<String> = LazyLock::new(|| {
+    let (states, releases) = &*ALL_STATES;
+    format!(
+        "(state IN ({}) OR release_state = ? OR state NOT IN ({states}) \
+         OR release_state NOT IN ({releases})) ORDER BY created_at ASC, job_id ASC",
+        *UNFINISHED_STATES
+    )
+});
+
+static UNFINISHED: LazyLock<String> =
+    LazyLock::new(|| format!("{} WHERE {}", *SELECT, *NEEDS_WORK));
+
+static UNFINISHED_OF_POOL: LazyLock<String> =
+    LazyLock::new(|| format!("{} WHERE pool = ? AND {}", *SELECT, *NEEDS_WORK));
+
 /// Runs that still need work (unfinished, or finished with a release pending), oldest first,
 /// and apart from them the rows among those, or among rows whose state words are unknown,
 /// that do not parse back into a run.
@@ -302,18 +347,12 @@ pub(crate) fn load_unfinished(
     conn: &mut DbConn,
     pool: Option<&PoolName>,
 ) -> Result<(Vec<RunRecord>, Vec<RunRow>), StoreError> {
-    let (states, releases) = &*ALL_STATES;
-    let (of_pool, mut binds) = match pool {
-        Some(pool) => ("pool = ? AND ", vec![Bind::Text(pool.as_str().to_owned())]),
-        None => ("", Vec::new()),
+    let pending = text(ReleaseState::Pending.as_str());
+    let query = match pool {
+        Some(pool) => cached(&UNFINISHED_OF_POOL, vec![text(pool.as_str()), pending]),
+        None => cached(&UNFINISHED, vec![pending]),
     };
-    binds.push(Bind::Text(ReleaseState::Pending.as_str().to_owned()));
-    let sql = format!(
-        "{} WHERE {of_pool}(state IN ({}) OR release_state = ? OR state NOT IN ({states}) \
-         OR release_state NOT IN ({releases})) ORDER BY created_at ASC, job_id ASC",
-        *SELECT, *UNFINISHED_STATES
-    );
-    let rows: Vec<RunRow> = raw_query(conn, &sql, binds).load(conn)?;
+    let rows: Vec<RunRow> = query.load(conn)?;
     let mut runs = Vec::with_capacity(rows.len());
     let mut corrupt = Vec::new();
     for row in rows {
@@ -331,12 +370,7 @@ pub(crate) fn count_by_state(
     conn: &mut DbConn,
     pool: &PoolName,
 ) -> Result<Vec<(RunState, i64)>, StoreError> {
-    let rows: Vec<StateCount> = raw_query(
-        conn,
-        "SELECT state, COUNT(*) AS n FROM runs WHERE pool = ? GROUP BY state",
-        vec![Bind::Text(pool.as_str().to_owned())],
-    )
-    .load(conn)?;
+    let rows: Vec<StateCount> = cached(COUNT_BY_STATE, vec![text(pool.as_str())]).load(conn)?;
     rows.into_iter()
         .map(|row| Ok((parse_state(&row.state, &format!("runs of {pool}"))?, row.n)))
         .collect()
@@ -344,39 +378,32 @@ pub(crate) fn count_by_state(
 
 /// The sealed job body of a run (None when the run is unknown or its body was dropped).
 pub(crate) fn job_sealed(conn: &mut DbConn, job_id: &JobId) -> Result<Option<Vec<u8>>, StoreError> {
-    let rows: Vec<JobSealedRow> = raw_query(
-        conn,
-        "SELECT job_sealed FROM runs WHERE job_id = ?",
-        vec![Bind::Text(job_id.as_str().to_owned())],
-    )
-    .load(conn)?;
-    Ok(rows.into_iter().next().and_then(|row| row.job_sealed))
+    let rows: Vec<JobSealedRow> = cached(GET_BODY, vec![text(job_id.as_str())]).load(conn)?;
+    Ok(rows.into_iter().next().map(|row| row.job_sealed))
 }
 
-/// Drops a run's job body.
+/// Drops a run's job body (nothing happens when it has none).
 pub(crate) fn clear_job_sealed(conn: &mut DbConn, job_id: &JobId) -> Result<(), StoreError> {
-    raw_query(
-        conn,
-        "UPDATE runs SET job_sealed = NULL WHERE job_id = ? AND job_sealed IS NOT NULL",
-        vec![Bind::Text(job_id.as_str().to_owned())],
-    )
-    .execute(conn)?;
+    cached(DELETE_BODY, vec![text(job_id.as_str())]).execute(conn)?;
     Ok(())
 }
+
+/// Deletes the bodies of the runs that no longer need one (one `?`: the pending release state).
+static DELETE_FINISHED_BODIES: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "DELETE FROM run_jobs WHERE job_id IN (SELECT job_id FROM runs \
+         WHERE state IN ({}) AND release_state <> ?)",
+        *FINAL_STATES
+    )
+});
 
 /// Drops the job bodies of every run that no longer needs one (final, no release pending):
 /// leftovers of a crash, or of a version that dropped bodies after the final commit. Returns how
 /// many were dropped.
 pub(crate) fn clear_finished_job_bodies(conn: &mut DbConn) -> Result<usize, StoreError> {
-    let sql = format!(
-        "UPDATE runs SET job_sealed = NULL WHERE job_sealed IS NOT NULL \
-         AND state IN ({}) AND release_state <> ?",
-        *FINAL_STATES
-    );
-    Ok(raw_query(
-        conn,
-        &sql,
-        vec![Bind::Text(ReleaseState::Pending.as_str().to_owned())],
+    Ok(cached(
+        &DELETE_FINISHED_BODIES,
+        vec![text(ReleaseState::Pending.as_str())],
     )
     .execute(conn)?)
 }
@@ -388,14 +415,9 @@ pub(crate) fn replace_job_sealed(
     old: Vec<u8>,
     new: Vec<u8>,
 ) -> Result<bool, StoreError> {
-    let changed = raw_query(
-        conn,
-        "UPDATE runs SET job_sealed = ? WHERE job_id = ? AND job_sealed = ?",
-        vec![
-            Bind::Binary(new),
-            Bind::Text(job_id.as_str().to_owned()),
-            Bind::Binary(old),
-        ],
+    let changed = cached(
+        REPLACE_BODY,
+        vec![Bind::Binary(new), text(job_id.as_str()), Bind::Binary(old)],
     )
     .execute(conn)?;
     Ok(changed > 0)
@@ -403,12 +425,7 @@ pub(crate) fn replace_job_sealed(
 
 /// Ids of the runs that still hold a job body.
 pub(crate) fn sealed_job_ids(conn: &mut DbConn) -> Result<Vec<JobId>, StoreError> {
-    let rows: Vec<JobIdRow> = raw_query(
-        conn,
-        "SELECT job_id FROM runs WHERE job_sealed IS NOT NULL ORDER BY job_id",
-        Vec::new(),
-    )
-    .load(conn)?;
+    let rows: Vec<JobIdRow> = cached(BODY_IDS, Vec::new()).load(conn)?;
     rows.into_iter()
         .map(|row| parse_job_id(&row.job_id, "runs with a job body"))
         .collect()
@@ -464,6 +481,22 @@ mod tests {
         let placeholders = UPDATE.matches('?').count();
         // Every mutable column but the version, then the key and the version read.
         assert_eq!(placeholders, RUN_COLUMNS.len() - IMMUTABLE.len() - 1 + 2);
-        assert_eq!(INSERT.matches('?').count(), RUN_COLUMNS.len() + 1);
+        assert_eq!(INSERT.matches('?').count(), RUN_COLUMNS.len());
+        // An immutable column is not even named in the SET list (SQLite would rewrite its
+        // index entries), and every immutable column is a real column.
+        let sets = UPDATE
+            .split_once(" SET ")
+            .and_then(|(_, rest)| rest.split_once(" WHERE "))
+            .map(|(sets, _)| sets)
+            .unwrap();
+        for column in IMMUTABLE {
+            assert!(RUN_COLUMNS.contains(&column), "{column}");
+            assert!(
+                !sets
+                    .split(", ")
+                    .any(|set| set.starts_with(&format!("{column} "))),
+                "{column} is in the SET list: {sets}"
+            );
+        }
     }
 }

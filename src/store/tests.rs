@@ -231,6 +231,9 @@ async fn a_commit_overwrites_the_run_and_appends_its_events(backend: TestBackend
 
     let mut updated = full_run("job-1", "p");
     updated.created_at = 999_999; // immutable: the stored creation time stays
+    // Mutable all the same: a quarantine resets labels, and a digest may be rewritten.
+    assert_ne!(updated.labels, run.labels);
+    assert_ne!(updated.request_digest, run.request_digest);
     let events = vec![
         transition(
             &updated,
@@ -250,8 +253,12 @@ async fn a_commit_overwrites_the_run_and_appends_its_events(backend: TestBackend
     assert!(created.seq < stored[0].seq && stored[0].seq < stored[1].seq);
     assert_eq!(stored[1].event, events[1]);
 
+    // What is set only at creation keeps its stored value; everything else is overwritten.
     let mut expected = updated.committed();
     expected.created_at = 100;
+    expected.kind = None;
+    expected.deadline_at = None;
+    expected.callback_url = None;
     assert_eq!(store.get_run(&run.job_id).await.unwrap(), Some(expected));
     // The job body is not part of a commit.
     assert_eq!(
@@ -1167,6 +1174,262 @@ async fn corrupt_rows_are_quarantined_as_failed_and_the_other_runs_still_load(
     assert_eq!(page.runs.len(), 4);
 }
 
+/// Records the SQL of every statement a connection prepares into its statement cache.
+#[derive(Clone, Default)]
+struct Prepared(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl diesel::connection::Instrumentation for Prepared {
+    fn on_connection_event(&mut self, event: diesel::connection::InstrumentationEvent<'_>) {
+        if let diesel::connection::InstrumentationEvent::CacheQuery { sql, .. } = event {
+            self.0.lock().unwrap().push(sql.to_owned());
+        }
+    }
+}
+
+impl Prepared {
+    fn statements(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+async fn the_writer_prepares_each_statement_once_and_reuses_it(backend: TestBackend) {
+    let (db, _) = open(backend).await;
+    // One connection: the writer and the readers share it, and so its statement cache.
+    let store = Store::connect(db.url(), 1).await.unwrap();
+    let prepared = Prepared::default();
+    let recorder = prepared.clone();
+    store
+        .with_conn(move |conn| {
+            diesel::Connection::set_instrumentation(conn, recorder);
+            Ok(())
+        })
+        .await
+        .unwrap();
+
+    // Whole lifecycles: insert with a body, a transition, a final commit that drops the body,
+    // and the reads a gateway does along the way.
+    let lifecycle = |id: String| {
+        let store = store.clone();
+        async move {
+            let run = bare_run(&id, "p", 1);
+            insert(&store, &run).await;
+            assert!(store.get_job_sealed(&run.job_id).await.unwrap().is_some());
+            let mut running = run.clone();
+            running.state = RunState::Running;
+            store
+                .commit(
+                    running.clone(),
+                    vec![transition(&run, RunState::Queued, RunState::Running, "go")],
+                )
+                .await
+                .unwrap();
+            let mut done = running.committed();
+            done.state = RunState::Done;
+            done.release = ReleaseState::NotNeeded;
+            store
+                .commit(
+                    done.clone(),
+                    vec![transition(&run, RunState::Running, RunState::Done, "ok")],
+                )
+                .await
+                .unwrap();
+            assert_eq!(
+                store.get_run(&run.job_id).await.unwrap(),
+                Some(done.committed())
+            );
+            assert_eq!(store.get_job_sealed(&run.job_id).await.unwrap(), None);
+            store.load_unfinished().await.unwrap();
+        }
+    };
+    for i in 0..5 {
+        lifecycle(format!("warm-{i}")).await;
+    }
+    let after_warm_up = prepared.statements();
+    for i in 0..40 {
+        lifecycle(format!("run-{i}")).await;
+    }
+    let after_many = prepared.statements();
+
+    // Forty more lifecycles prepared nothing new: every statement came from the cache.
+    assert_eq!(after_many, after_warm_up);
+    let distinct: BTreeSet<&String> = after_many.iter().collect();
+    assert_eq!(distinct.len(), after_many.len(), "{after_many:#?}");
+    for start in [
+        "INSERT INTO runs ",
+        "INSERT INTO run_jobs ",
+        "INSERT INTO run_events ",
+        "UPDATE runs SET ",
+        "DELETE FROM run_jobs ",
+        "SELECT job_sealed FROM run_jobs ",
+    ] {
+        assert!(
+            after_many.iter().any(|sql| sql.starts_with(start)),
+            "no cached statement starts with {start:?}: {after_many:#?}"
+        );
+    }
+}
+
+#[derive(diesel::QueryableByName)]
+struct SynchronousRow {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    synchronous: i64,
+}
+
+#[derive(diesel::QueryableByName)]
+struct JournalModeRow {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    journal_mode: String,
+}
+
+#[derive(diesel::QueryableByName)]
+struct SynchronousCommitRow {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    synchronous_commit: String,
+}
+
+async fn pooled_connections_commit_durably_whatever_the_database_default(backend: TestBackend) {
+    use diesel::RunQueryDsl as _;
+    let (db, store) = open(backend).await;
+    match backend {
+        TestBackend::Sqlite => {
+            let (synchronous, journal_mode) = store
+                .with_conn(|conn| {
+                    let sync: SynchronousRow =
+                        diesel::sql_query("PRAGMA synchronous").get_result(conn)?;
+                    let journal: JournalModeRow =
+                        diesel::sql_query("PRAGMA journal_mode").get_result(conn)?;
+                    Ok((sync.synchronous, journal.journal_mode))
+                })
+                .await
+                .unwrap();
+            // 2 is FULL: the WAL is synced at every commit.
+            assert_eq!(synchronous, 2);
+            assert_eq!(journal_mode, "wal");
+        }
+        TestBackend::Postgres => {
+            // A database configured to acknowledge commits before they are flushed.
+            store
+                .with_conn(|conn| {
+                    #[derive(diesel::QueryableByName)]
+                    struct Name {
+                        #[diesel(sql_type = diesel::sql_types::Text)]
+                        name: String,
+                    }
+                    let name: Name =
+                        diesel::sql_query("SELECT current_database() AS name").get_result(conn)?;
+                    diesel::sql_query(format!(
+                        "ALTER DATABASE \"{}\" SET synchronous_commit = off",
+                        name.name
+                    ))
+                    .execute(conn)?;
+                    Ok(())
+                })
+                .await
+                .unwrap();
+            let show = |conn: &mut DbConn| -> Result<String, StoreError> {
+                let row: SynchronousCommitRow =
+                    diesel::sql_query("SHOW synchronous_commit").get_result(conn)?;
+                Ok(row.synchronous_commit)
+            };
+            // A plain session on it gets that default...
+            let url = db.url().to_owned();
+            let plain = tokio::task::spawn_blocking(move || {
+                let mut conn = <DbConn as diesel::Connection>::establish(&url).unwrap();
+                show(&mut conn)
+            })
+            .await
+            .unwrap()
+            .unwrap();
+            assert_eq!(plain, "off");
+            // ...but every connection of a store's pool overrides it.
+            let store = Store::connect(db.url(), 2).await.unwrap();
+            assert_eq!(store.with_conn(show).await.unwrap(), "on");
+        }
+    }
+}
+
+async fn a_job_body_stored_before_run_jobs_existed_stays_readable(backend: TestBackend) {
+    use diesel::RunQueryDsl as _;
+    if backend == TestBackend::Postgres && testing::admin_url().is_none() {
+        panic!("this test needs PostgreSQL: set TEST_DATABASE_URL");
+    }
+    let db = TestDatabase::create(backend).await.unwrap();
+    let with_body = full_run("old-with-body", "p");
+    let without_body = bare_run("old-without-body", "p", 2);
+    let mut finished = bare_run("old-finished", "p", 3);
+    finished.state = RunState::Done;
+    finished.release = ReleaseState::Done;
+    let body = vec![0_u8, 1, 2, 255, 7];
+
+    // The database as the version before `run_jobs` left it: bodies in `runs.job_sealed`.
+    let url = db.url().to_owned();
+    let rows = [
+        (with_body.clone(), Some(body.clone())),
+        (without_body.clone(), None),
+        (finished.clone(), Some(b"left behind".to_vec())),
+    ];
+    tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
+        let target = Target::parse(&url)?;
+        let pool = conn::build_pool(&target, 1)?;
+        let mut conn = checkout(&pool, target.backend())?;
+        assert!(migrate::run_pending_before(&mut conn, "2026-12-04-000000_run_jobs")? >= 4);
+        for (run, sealed) in rows {
+            let mut binds = runs::run_binds(models::RunRow::from_record(&run));
+            let body = match sealed {
+                Some(sealed) => {
+                    binds.push(conn::Bind::Binary(sealed));
+                    "?"
+                }
+                None => "NULL",
+            };
+            let sql = format!(
+                "INSERT INTO runs ({}, job_sealed) VALUES ({}{body})",
+                runs::RUN_COLUMNS.join(", "),
+                "?, ".repeat(runs::RUN_COLUMNS.len())
+            );
+            conn::raw_query(&conn, &sql, binds).execute(&mut *conn)?;
+        }
+        Ok(())
+    })
+    .await
+    .unwrap()
+    .unwrap();
+
+    // Connecting applies the migration that moves the bodies.
+    let store = Store::connect(db.url(), 2).await.unwrap();
+    for run in [&with_body, &without_body, &finished] {
+        assert_eq!(
+            store.get_run(&run.job_id).await.unwrap().as_ref(),
+            Some(run)
+        );
+    }
+    assert_eq!(
+        store.get_job_sealed(&with_body.job_id).await.unwrap(),
+        Some(body.clone())
+    );
+    assert_eq!(
+        store.get_job_sealed(&without_body.job_id).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store.sealed_job_ids().await.unwrap(),
+        vec![finished.job_id.clone(), with_body.job_id.clone()]
+    );
+    // A migrated body behaves like any other: swept when finished, resealed, dropped at the end.
+    assert_eq!(store.clear_finished_job_bodies().await.unwrap(), 1);
+    assert!(
+        store
+            .replace_job_sealed(&with_body.job_id, body, b"resealed".to_vec())
+            .await
+            .unwrap()
+    );
+    let mut done = with_body.clone();
+    done.state = RunState::Done;
+    done.release = ReleaseState::Done;
+    store.commit(done, Vec::new()).await.unwrap();
+    assert!(store.sealed_job_ids().await.unwrap().is_empty());
+}
+
 /// Declares one test per behaviour above, on the backend the environment names: SQLite, or
 /// PostgreSQL when `TEST_DATABASE_URL` is set (the test script runs the suite once for each).
 macro_rules! on_both_backends {
@@ -1206,6 +1469,9 @@ on_both_backends!(
     a_final_commit_drops_the_job_body_unless_a_release_still_needs_it,
     leftover_job_bodies_of_finished_runs_are_swept,
     corrupt_rows_are_quarantined_as_failed_and_the_other_runs_still_load,
+    the_writer_prepares_each_statement_once_and_reuses_it,
+    pooled_connections_commit_durably_whatever_the_database_default,
+    a_job_body_stored_before_run_jobs_existed_stays_readable,
 );
 
 // ---- backend-independent checks ----
