@@ -3,10 +3,11 @@
 use super::StoreError;
 use diesel::connection::SimpleConnection as _;
 use diesel::connection::{AnsiTransactionManager, TransactionManager};
+use diesel::pg::Pg;
 use diesel::prelude::*;
 use diesel::query_builder::{AstPass, BoxedSqlQuery, Query, QueryFragment, QueryId, SqlQuery};
 use diesel::r2d2::{CustomizeConnection, ManageConnection, Pool, R2D2Connection};
-use diesel::sql_types::{BigInt, Binary, Bool, Nullable, Text, Untyped};
+use diesel::sql_types::{Array, BigInt, Binary, Bool, Nullable, Text, Untyped};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -277,19 +278,72 @@ pub(crate) fn raw_query(
 /// this never calls `unsafe_to_cache_prepared`), and never evicts: only statements whose text
 /// comes from a fixed set may use this, never text built from varying input such as an `IN`
 /// list of any length or optional filters, which stay [`raw_query`]s.
+///
+/// `B` is the kind of bind value: [`Bind`] for statements that run on either backend (through
+/// [`DbConn`]), [`PgBind`] for PostgreSQL-only statements that bind arrays.
 #[derive(Debug, Clone)]
 #[must_use = "a query runs only when executed or loaded"]
-pub(crate) struct Cached {
+pub(crate) struct Cached<B = Bind> {
     sql: &'static str,
-    binds: Vec<Bind>,
+    binds: Vec<B>,
 }
 
 /// A [`Cached`] statement: `sql` with `binds` applied in order.
-pub(crate) fn cached(sql: &'static str, binds: Vec<Bind>) -> Cached {
+pub(crate) fn cached<B>(sql: &'static str, binds: Vec<B>) -> Cached<B> {
     Cached { sql, binds }
 }
 
-impl Cached {
+/// A value that a [`Cached`] statement binds on backend `DB`.
+pub(crate) trait BindValue<DB: diesel::backend::Backend> {
+    /// Binds this value at the placeholder just written.
+    fn push<'b>(&'b self, out: &mut AstPass<'_, 'b, DB>) -> QueryResult<()>;
+}
+
+impl BindValue<Db> for Bind {
+    fn push<'b>(&'b self, out: &mut AstPass<'_, 'b, Db>) -> QueryResult<()> {
+        match self {
+            Bind::Text(v) => out.push_bind_param::<Text, _>(v),
+            Bind::OptText(v) => out.push_bind_param::<Nullable<Text>, _>(v),
+            Bind::BigInt(v) => out.push_bind_param::<BigInt, _>(v),
+            Bind::OptBigInt(v) => out.push_bind_param::<Nullable<BigInt>, _>(v),
+            Bind::Bool(v) => out.push_bind_param::<Bool, _>(v),
+            Bind::Binary(v) => out.push_bind_param::<Binary, _>(v),
+        }
+    }
+}
+
+/// A value bound to a PostgreSQL-only [`Cached`] statement: one column of a set-based write, as
+/// an array (`unnest`ed by the statement), or a scalar.
+#[derive(Debug, Clone)]
+pub(crate) enum PgBind {
+    /// `BigInt`.
+    BigInt(i64),
+    /// `Array<Text>`.
+    Texts(Vec<String>),
+    /// `Array<Nullable<Text>>`.
+    OptTexts(Vec<Option<String>>),
+    /// `Array<BigInt>`.
+    BigInts(Vec<i64>),
+    /// `Array<Nullable<BigInt>>`.
+    OptBigInts(Vec<Option<i64>>),
+    /// `Array<Bool>`.
+    Bools(Vec<bool>),
+}
+
+impl BindValue<Pg> for PgBind {
+    fn push<'b>(&'b self, out: &mut AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        match self {
+            PgBind::BigInt(v) => out.push_bind_param::<BigInt, _>(v),
+            PgBind::Texts(v) => out.push_bind_param::<Array<Text>, _>(v),
+            PgBind::OptTexts(v) => out.push_bind_param::<Array<Nullable<Text>>, _>(v),
+            PgBind::BigInts(v) => out.push_bind_param::<Array<BigInt>, _>(v),
+            PgBind::OptBigInts(v) => out.push_bind_param::<Array<Nullable<BigInt>>, _>(v),
+            PgBind::Bools(v) => out.push_bind_param::<Array<Bool>, _>(v),
+        }
+    }
+}
+
+impl<B> Cached<B> {
     fn placeholder_mismatch(&self) -> diesel::result::Error {
         diesel::result::Error::QueryBuilderError(
             format!(
@@ -302,8 +356,12 @@ impl Cached {
     }
 }
 
-impl QueryFragment<Db> for Cached {
-    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Db>) -> QueryResult<()> {
+impl<DB, B> QueryFragment<DB> for Cached<B>
+where
+    DB: diesel::backend::Backend,
+    B: BindValue<DB>,
+{
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
         let mut parts = self.sql.split('?');
         let mut binds = self.binds.iter();
         if let Some(first) = parts.next() {
@@ -311,14 +369,7 @@ impl QueryFragment<Db> for Cached {
         }
         for part in parts {
             let bind = binds.next().ok_or_else(|| self.placeholder_mismatch())?;
-            match bind {
-                Bind::Text(v) => out.push_bind_param::<Text, _>(v)?,
-                Bind::OptText(v) => out.push_bind_param::<Nullable<Text>, _>(v)?,
-                Bind::BigInt(v) => out.push_bind_param::<BigInt, _>(v)?,
-                Bind::OptBigInt(v) => out.push_bind_param::<Nullable<BigInt>, _>(v)?,
-                Bind::Bool(v) => out.push_bind_param::<Bool, _>(v)?,
-                Bind::Binary(v) => out.push_bind_param::<Binary, _>(v)?,
-            }
+            bind.push(&mut out)?;
             out.push_sql(part);
         }
         if binds.next().is_some() {
@@ -328,19 +379,21 @@ impl QueryFragment<Db> for Cached {
     }
 }
 
-impl QueryId for Cached {
+impl<B> QueryId for Cached<B> {
     type QueryId = ();
 
     // Keyed by its SQL text, which differs between statements of this one Rust type.
     const HAS_STATIC_QUERY_ID: bool = false;
 }
 
-impl Query for Cached {
+impl<B> Query for Cached<B> {
     // Rows are read by column name (`QueryableByName`), as with `sql_query`.
     type SqlType = Untyped;
 }
 
-impl RunQueryDsl<DbConn> for Cached {}
+impl RunQueryDsl<DbConn> for Cached<Bind> {}
+
+impl RunQueryDsl<PgConnection> for Cached<PgBind> {}
 
 fn numbered_placeholders(sql: &str) -> String {
     let mut out = String::with_capacity(sql.len() + 16);

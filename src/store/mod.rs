@@ -6,7 +6,8 @@
 //!
 //! Layout: `conn` (connection enum, pool, write transactions), `schema` (hand-written
 //! `table!`s), `models` (rows ↔ domain types), `migrate` (embedded migrations), `pools`, `runs`,
-//! `events` (queries), `writer` (group commit), `lock` (one gateway per database), `testing`
+//! `events` (queries), `writer` (group commit), `setwise` (a batch in one statement per table on
+//! PostgreSQL), `lock` (one gateway per database), `testing`
 //! (throw-away databases for tests).
 
 mod conn;
@@ -18,6 +19,7 @@ mod models;
 mod pools;
 mod runs;
 mod schema;
+mod setwise;
 pub mod testing;
 mod writer;
 

@@ -66,7 +66,7 @@ pub(crate) const RUN_COLUMNS: [&str; 35] = [
 /// either). What a commit passes for these columns is ignored: the stored value stays. Leaving
 /// them out matters most for indexed columns (`pool`, `created_at`, the key), whose index
 /// entries SQLite rewrites whenever they appear in a `SET` list, changed or not.
-const IMMUTABLE: [&str; 6] = [
+pub(crate) const IMMUTABLE: [&str; 6] = [
     "job_id",
     "pool",
     "kind",
@@ -76,7 +76,7 @@ const IMMUTABLE: [&str; 6] = [
 ];
 
 /// The row version: a commit moves it up by one, and only from the version the caller read.
-const VERSION: &str = "version";
+pub(crate) const VERSION: &str = "version";
 
 /// The binds of a row, in [`RUN_COLUMNS`] order.
 pub(crate) fn run_binds(row: RunRow) -> Vec<Bind> {

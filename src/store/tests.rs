@@ -1269,6 +1269,205 @@ async fn the_writer_prepares_each_statement_once_and_reuses_it(backend: TestBack
     }
 }
 
+async fn a_group_commit_writes_what_one_by_one_commits_would(backend: TestBackend) {
+    const RUNS: usize = 120;
+    let (db, _) = open(backend).await;
+    let store = Store::connect(db.url(), 1).await.unwrap();
+    let prepared = Prepared::default();
+    let recorder = prepared.clone();
+    store
+        .with_conn(move |conn| {
+            diesel::Connection::set_instrumentation(conn, recorder);
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let runs: Vec<RunRecord> = (0..RUNS)
+        .map(|i| bare_run(&format!("group-{i:03}"), "p", i as i64))
+        .collect();
+    let mut created = BTreeMap::new();
+    for run in &runs {
+        created.insert(run.job_id.clone(), insert(&store, run).await);
+    }
+
+    // Every mutable column changes; half the runs finish (their bodies go), half go on running.
+    // A stale commit and new runs are mixed into the same groups.
+    let full = full_run("template", "p");
+    let expected: Vec<(RunRecord, Vec<NewEvent>)> = runs
+        .iter()
+        .enumerate()
+        .map(|(i, run)| {
+            let mut next = run.clone();
+            next.labels = full.labels.clone();
+            next.request_digest = format!("new-digest-{i}");
+            next.scheduler_state = full.scheduler_state.clone();
+            next.external_id = Some(format!("ext-{i}"));
+            next.dispatch_id = format!("{}-1", run.job_id);
+            next.captures = full.captures.clone();
+            next.progress = full.progress;
+            next.error = full.error.clone();
+            next.detail = Some(format!("line {i}\nwith a \"quote\""));
+            next.heartbeat_at = full.heartbeat_at.clone();
+            next.fields = full.fields.clone();
+            next.cancel_requested = i % 3 == 0;
+            next.attempts = full.attempts;
+            next.poll_errors = i as i64;
+            next.poll_interval_ms = 2500;
+            next.unmapped_seen = true;
+            next.manifest_revision = 7;
+            next.dispatched_at = Some(1_000 + i as i64);
+            next.updated_at = 2_000 + i as i64;
+            if i % 2 == 0 {
+                next.state = RunState::Done;
+                next.release = ReleaseState::Done;
+                next.result = full.result.clone();
+                next.failure_cause = None;
+                next.next_at = None;
+                next.finished_at = Some(3_000 + i as i64);
+            } else {
+                next.state = RunState::Running;
+                next.failure_cause = Some("none yet".to_owned());
+                next.next_at = Some(4_000 + i as i64);
+            }
+            let events = vec![
+                transition(&next, RunState::Queued, RunState::Dispatching, "slot"),
+                transition(&next, RunState::Dispatching, next.state, "moved"),
+            ];
+            (next, events)
+        })
+        .collect();
+    // First wave: every run commits once, new runs are inserted in between.
+    let before = store.write_transactions();
+    let mut commits = Vec::new();
+    for (i, (next, events)) in expected.iter().cloned().enumerate() {
+        let committer = store.clone();
+        commits.push(tokio::spawn(
+            async move { committer.commit(next, events).await },
+        ));
+        if i % 10 == 7 {
+            let inserter = store.clone();
+            let fresh = bare_run(&format!("fresh-{i:03}"), "q", 10);
+            commits.push(tokio::spawn(async move {
+                match inserter
+                    .insert_run(
+                        fresh.clone(),
+                        Some(b"fresh".to_vec()),
+                        created_event(&fresh),
+                    )
+                    .await?
+                {
+                    InsertOutcome::Inserted(event) => Ok(vec![event]),
+                    InsertOutcome::Existing(_) => panic!("{} existed", fresh.job_id),
+                }
+            }));
+        }
+    }
+    let mut answers = Vec::new();
+    for task in commits {
+        answers.push(task.await.unwrap().unwrap());
+    }
+    let transactions = store.write_transactions() - before;
+    assert!(
+        transactions < answers.len() as u64,
+        "{} writes took {transactions} transactions",
+        answers.len()
+    );
+    let mut answers = answers.into_iter();
+    for (next, events) in &expected {
+        let answer = answers.next().unwrap();
+        assert_eq!(
+            answer.iter().map(|e| &e.event).collect::<Vec<_>>(),
+            events.iter().collect::<Vec<_>>()
+        );
+        assert!(answer[0].seq < answer[1].seq);
+        assert_eq!(
+            store.get_run(&next.job_id).await.unwrap(),
+            Some(next.clone().committed())
+        );
+        let body = store.get_job_sealed(&next.job_id).await.unwrap();
+        assert_eq!(
+            body.is_some(),
+            next.state == RunState::Running,
+            "{}",
+            next.job_id
+        );
+        let history = store.run_events(&next.job_id).await.unwrap();
+        assert_eq!(history[0], created[&next.job_id]);
+        assert_eq!(&history[1..], &answer[..]);
+        if next.job_id.as_str().ends_with('7') {
+            let fresh = answers.next().unwrap();
+            let job_id = &fresh[0].event.job_id;
+            assert_eq!(store.run_events(job_id).await.unwrap(), fresh);
+            assert_eq!(
+                store.get_job_sealed(job_id).await.unwrap(),
+                Some(b"fresh".to_vec())
+            );
+        }
+    }
+    assert!(answers.next().is_none());
+    if backend == TestBackend::Postgres {
+        // The groups went through the set-based statements, each prepared once.
+        let statements = prepared.statements();
+        for start in [
+            "UPDATE runs AS r ",
+            "INSERT INTO run_events (seq, ",
+            "DELETE FROM run_jobs WHERE job_id = ANY",
+        ] {
+            let count = statements
+                .iter()
+                .filter(|sql| sql.starts_with(start))
+                .count();
+            assert_eq!(count, 1, "{start:?}: {statements:#?}");
+        }
+    }
+
+    // Second wave: the running runs finish while stale commits of the finished ones are grouped
+    // with them. Each stale commit alone is refused; every other commit lands.
+    let mut commits = Vec::new();
+    for (next, _) in &expected {
+        let committer = store.clone();
+        let mut next = next.clone().committed();
+        let stale = next.state == RunState::Done;
+        if stale {
+            next.version = 0;
+            next.detail = Some("stale".to_owned());
+        } else {
+            next.state = RunState::Failed;
+            next.release = ReleaseState::NotNeeded;
+        }
+        let event = transition(&next, RunState::Running, RunState::Failed, "second");
+        commits.push((
+            next.clone(),
+            stale,
+            tokio::spawn(async move { committer.commit(next, vec![event]).await }),
+        ));
+    }
+    for (next, stale, task) in commits {
+        let answer = task.await.unwrap();
+        let stored = store.get_run(&next.job_id).await.unwrap().unwrap();
+        if stale {
+            assert!(
+                matches!(
+                    answer,
+                    Err(StoreError::Stale {
+                        read: 0,
+                        stored: 1,
+                        ..
+                    })
+                ),
+                "{answer:?}"
+            );
+            assert_ne!(stored.detail.as_deref(), Some("stale"));
+            assert_eq!(store.run_events(&next.job_id).await.unwrap().len(), 3);
+        } else {
+            assert_eq!(answer.unwrap().len(), 1);
+            assert_eq!(stored, next.committed());
+            assert_eq!(store.get_job_sealed(&stored.job_id).await.unwrap(), None);
+            assert_eq!(store.run_events(&stored.job_id).await.unwrap().len(), 4);
+        }
+    }
+}
+
 #[derive(diesel::QueryableByName)]
 struct SynchronousRow {
     #[diesel(sql_type = diesel::sql_types::BigInt)]
@@ -1470,6 +1669,7 @@ on_both_backends!(
     leftover_job_bodies_of_finished_runs_are_swept,
     corrupt_rows_are_quarantined_as_failed_and_the_other_runs_still_load,
     the_writer_prepares_each_statement_once_and_reuses_it,
+    a_group_commit_writes_what_one_by_one_commits_would,
     pooled_connections_commit_durably_whatever_the_database_default,
     a_job_body_stored_before_run_jobs_existed_stays_readable,
 );

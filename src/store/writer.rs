@@ -5,11 +5,13 @@
 //! processes on PostgreSQL, an advisory lock in each transaction does the same). The thread takes
 //! the first waiting request, then whatever else is already queued (up to [`MAX_BATCH`]), writes
 //! them all in one transaction, and answers each caller only after that transaction committed
-//! (write-ahead: nobody reports a transition that is not durable yet). When the batch transaction
-//! fails, each request is retried alone, so one bad request cannot fail the others.
+//! (write-ahead: nobody reports a transition that is not durable yet). On PostgreSQL a batch with
+//! several commits is written set-based, one statement per table (`store/setwise.rs`); elsewhere,
+//! request by request. When the batch transaction fails, each request is retried alone, so one bad
+//! request cannot fail the others.
 
 use super::conn::{Backend, DbConn, DbPool, PooledConn, write_tx};
-use super::{InsertOutcome, StoreError, events, runs};
+use super::{InsertOutcome, StoreError, events, runs, setwise};
 use crate::domain::run::{EventRecord, NewEvent, RunRecord};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,7 +45,7 @@ pub(crate) enum WriteRequest {
     clippy::large_enum_variant,
     reason = "at most one batch of outcomes exists at a time"
 )]
-enum Outcome {
+pub(super) enum Outcome {
     Insert(InsertOutcome),
     Commit(Vec<EventRecord>),
 }
@@ -133,6 +135,9 @@ impl Writer {
         let mut conn = self.checkout()?;
         write_tx(&mut conn, |c| {
             events::lock_for_append(c)?;
+            if let Some(outcomes) = setwise::write(c, batch)? {
+                return Ok(outcomes);
+            }
             batch.iter().map(|request| apply(c, request)).collect()
         })
     }
@@ -227,7 +232,7 @@ fn apply(conn: &mut DbConn, request: &WriteRequest) -> Result<Outcome, StoreErro
     }
 }
 
-fn check_event_owner(run: &RunRecord, event: &NewEvent) -> Result<(), StoreError> {
+pub(super) fn check_event_owner(run: &RunRecord, event: &NewEvent) -> Result<(), StoreError> {
     if event.job_id == run.job_id {
         Ok(())
     } else {
