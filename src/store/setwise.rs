@@ -94,8 +94,7 @@ pub(super) fn write(
     }
     for request in batch {
         match request {
-            WriteRequest::Insert { run, event, .. } => check_event_owner(run, event)?,
-            WriteRequest::Commit { run, events, .. } => {
+            WriteRequest::Insert { run, events, .. } | WriteRequest::Commit { run, events, .. } => {
                 for event in events {
                     check_event_owner(run, event)?;
                 }
@@ -124,13 +123,13 @@ pub(super) fn write(
             WriteRequest::Insert {
                 run,
                 job_sealed,
-                event,
+                events,
                 ..
             } => match runs::get(conn, &run.job_id)? {
                 Some(stored) => existing.push(Some(stored)),
                 None => {
                     runs::insert(conn, run, job_sealed.clone())?;
-                    appended.push((&run.pool, event));
+                    appended.extend(events.iter().map(|event| (&run.pool, event)));
                     existing.push(None);
                 }
             },
@@ -156,10 +155,13 @@ pub(super) fn write(
             (WriteRequest::Insert { .. }, Some(stored)) => {
                 Outcome::Insert(InsertOutcome::Existing(stored))
             }
-            (WriteRequest::Insert { .. }, None) => {
-                let record = records.next().ok_or_else(lost_event)?;
-                Outcome::Insert(InsertOutcome::Inserted(record))
-            }
+            (WriteRequest::Insert { events, .. }, None) => Outcome::Insert(
+                InsertOutcome::Inserted(
+                    (0..events.len())
+                        .map(|_| records.next().ok_or_else(lost_event))
+                        .collect::<Result<_, _>>()?,
+                ),
+            ),
             (WriteRequest::Commit { events, .. }, _) => Outcome::Commit(
                 (0..events.len())
                     .map(|_| records.next().ok_or_else(lost_event))

@@ -1352,11 +1352,11 @@ async fn a_group_commit_writes_what_one_by_one_commits_would(backend: TestBacken
                     .insert_run(
                         fresh.clone(),
                         Some(b"fresh".to_vec()),
-                        created_event(&fresh),
+                        vec![created_event(&fresh)],
                     )
                     .await?
                 {
-                    InsertOutcome::Inserted(event) => Ok(vec![event]),
+                    InsertOutcome::Inserted(events) => Ok(events),
                     InsertOutcome::Existing(_) => panic!("{} existed", fresh.job_id),
                 }
             }));
