@@ -155,13 +155,13 @@ pub(super) fn write(
             (WriteRequest::Insert { .. }, Some(stored)) => {
                 Outcome::Insert(InsertOutcome::Existing(stored))
             }
-            (WriteRequest::Insert { events, .. }, None) => Outcome::Insert(
-                InsertOutcome::Inserted(
+            (WriteRequest::Insert { events, .. }, None) => {
+                Outcome::Insert(InsertOutcome::Inserted(
                     (0..events.len())
                         .map(|_| records.next().ok_or_else(lost_event))
                         .collect::<Result<_, _>>()?,
-                ),
-            ),
+                ))
+            }
             (WriteRequest::Commit { events, .. }, _) => Outcome::Commit(
                 (0..events.len())
                     .map(|_| records.next().ok_or_else(lost_event))
