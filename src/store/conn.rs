@@ -273,25 +273,41 @@ pub(crate) fn raw_query(
 ///
 /// The text uses `?` placeholders and must contain no `?` anywhere else; diesel's query builder
 /// writes each placeholder as the backend's own (`?` on SQLite, `$1, $2, …` on PostgreSQL), so
-/// one text serves both. The cache is keyed by the SQL text and the bind types
-/// (`StatementCacheKey::Sql`: [`QueryId::HAS_STATIC_QUERY_ID`] is false, and unlike `sql_query`
-/// this never calls `unsafe_to_cache_prepared`), and never evicts: only statements whose text
-/// comes from a fixed set may use this, never text built from varying input such as an `IN`
-/// list of any length or optional filters, which stay [`raw_query`]s.
+/// one text serves both. The cache is keyed by `K`, a type of its own for each place in the
+/// code that runs a statement (the [`cached!`] macro declares one there): a lookup costs a
+/// `TypeId` comparison, where a key of SQL text would have the statement's text written out and
+/// hashed again on every execution. So one place must always run the same text, and never text
+/// built from varying input such as an `IN` list of any length or optional filters, which stay
+/// [`raw_query`]s.
 ///
 /// `B` is the kind of bind value: [`Bind`] for statements that run on either backend (through
 /// [`DbConn`]), [`PgBind`] for PostgreSQL-only statements that bind arrays.
-#[derive(Debug, Clone)]
 #[must_use = "a query runs only when executed or loaded"]
-pub(crate) struct Cached<B = Bind> {
+pub(crate) struct Cached<K, B = Bind> {
     sql: &'static str,
     binds: Vec<B>,
+    key: std::marker::PhantomData<fn() -> K>,
 }
 
-/// A [`Cached`] statement: `sql` with `binds` applied in order.
-pub(crate) fn cached<B>(sql: &'static str, binds: Vec<B>) -> Cached<B> {
-    Cached { sql, binds }
+/// A [`Cached`] statement: `sql` with `binds` applied in order, cached under the key type `K`
+/// (use [`cached!`], which gives each call site its own).
+pub(crate) fn cached_as<K, B>(sql: &'static str, binds: Vec<B>) -> Cached<K, B> {
+    Cached {
+        sql,
+        binds,
+        key: std::marker::PhantomData,
+    }
 }
+
+/// `cached!(SQL, binds)`: a [`Cached`] statement keyed by a type declared at this call site.
+macro_rules! cached {
+    ($sql:expr, $binds:expr $(,)?) => {{
+        /// The statement cache key of this call site.
+        struct Key;
+        $crate::store::conn::cached_as::<Key, _>($sql, $binds)
+    }};
+}
+pub(crate) use cached;
 
 /// A value that a [`Cached`] statement binds on backend `DB`.
 pub(crate) trait BindValue<DB: diesel::backend::Backend> {
@@ -343,7 +359,7 @@ impl BindValue<Pg> for PgBind {
     }
 }
 
-impl<B> Cached<B> {
+impl<K, B> Cached<K, B> {
     fn placeholder_mismatch(&self) -> diesel::result::Error {
         diesel::result::Error::QueryBuilderError(
             format!(
@@ -356,7 +372,7 @@ impl<B> Cached<B> {
     }
 }
 
-impl<DB, B> QueryFragment<DB> for Cached<B>
+impl<DB, K, B> QueryFragment<DB> for Cached<K, B>
 where
     DB: diesel::backend::Backend,
     B: BindValue<DB>,
@@ -379,21 +395,20 @@ where
     }
 }
 
-impl<B> QueryId for Cached<B> {
-    type QueryId = ();
+impl<K: 'static, B> QueryId for Cached<K, B> {
+    type QueryId = K;
 
-    // Keyed by its SQL text, which differs between statements of this one Rust type.
-    const HAS_STATIC_QUERY_ID: bool = false;
+    const HAS_STATIC_QUERY_ID: bool = true;
 }
 
-impl<B> Query for Cached<B> {
+impl<K, B> Query for Cached<K, B> {
     // Rows are read by column name (`QueryableByName`), as with `sql_query`.
     type SqlType = Untyped;
 }
 
-impl RunQueryDsl<DbConn> for Cached<Bind> {}
+impl<K> RunQueryDsl<DbConn> for Cached<K, Bind> {}
 
-impl RunQueryDsl<PgConnection> for Cached<PgBind> {}
+impl<K> RunQueryDsl<PgConnection> for Cached<K, PgBind> {}
 
 fn numbered_placeholders(sql: &str) -> String {
     let mut out = String::with_capacity(sql.len() + 16);

@@ -20,7 +20,7 @@ const LOCK: &str = "SELECT pg_advisory_xact_lock(?)";
 /// `BEGIN IMMEDIATE` already holds the database's single write lock.
 pub(crate) fn lock_for_append(conn: &mut DbConn) -> Result<(), StoreError> {
     if let DbConn::Pg(_) = conn {
-        cached(LOCK, vec![Bind::BigInt(EVENT_LOCK)]).execute(conn)?;
+        cached!(LOCK, vec![Bind::BigInt(EVENT_LOCK)]).execute(conn)?;
     }
     Ok(())
 }
@@ -46,7 +46,7 @@ pub(crate) fn append(
         Bind::OptText(event.to.map(|s| s.as_str().to_owned())),
         Bind::OptText(event.detail.clone()),
     ];
-    let row: SeqRow = cached(APPEND, binds).get_result(conn)?;
+    let row: SeqRow = cached!(APPEND, binds).get_result(conn)?;
     Ok(EventRecord {
         seq: row.seq,
         pool: pool.clone(),

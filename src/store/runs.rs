@@ -194,9 +194,9 @@ pub(crate) fn insert(
     run: &RunRecord,
     job_sealed: Option<Vec<u8>>,
 ) -> Result<(), StoreError> {
-    cached(&INSERT, run_binds(RunRow::from_record(run))).execute(conn)?;
+    cached!(&INSERT, run_binds(RunRow::from_record(run))).execute(conn)?;
     if let Some(body) = job_sealed {
-        cached(
+        cached!(
             INSERT_BODY,
             vec![text(run.job_id.as_str()), Bind::Binary(body)],
         )
@@ -230,11 +230,11 @@ pub(crate) fn update(conn: &mut DbConn, run: &RunRecord) -> Result<Updated, Stor
         .map(|(bind, _)| bind)
         .chain([text(run.job_id.as_str()), Bind::BigInt(run.version)])
         .collect();
-    if cached(&UPDATE, binds).execute(conn)? > 0 {
+    if cached!(&UPDATE, binds).execute(conn)? > 0 {
         return Ok(Updated::Done);
     }
     let rows: Vec<VersionRow> =
-        cached(STORED_VERSION, vec![text(run.job_id.as_str())]).load(conn)?;
+        cached!(STORED_VERSION, vec![text(run.job_id.as_str())]).load(conn)?;
     Ok(match rows.first() {
         Some(row) => Updated::Stale {
             stored: row.version,
@@ -245,7 +245,7 @@ pub(crate) fn update(conn: &mut DbConn, run: &RunRecord) -> Result<Updated, Stor
 
 /// One run by id.
 pub(crate) fn get(conn: &mut DbConn, job_id: &JobId) -> Result<Option<RunRecord>, StoreError> {
-    let rows: Vec<RunRow> = cached(&GET, vec![text(job_id.as_str())]).load(conn)?;
+    let rows: Vec<RunRow> = cached!(&GET, vec![text(job_id.as_str())]).load(conn)?;
     rows.into_iter().next().map(RunRow::into_record).transpose()
 }
 
@@ -348,11 +348,12 @@ pub(crate) fn load_unfinished(
     pool: Option<&PoolName>,
 ) -> Result<(Vec<RunRecord>, Vec<RunRow>), StoreError> {
     let pending = text(ReleaseState::Pending.as_str());
-    let query = match pool {
-        Some(pool) => cached(&UNFINISHED_OF_POOL, vec![text(pool.as_str()), pending]),
-        None => cached(&UNFINISHED, vec![pending]),
+    let rows: Vec<RunRow> = match pool {
+        Some(pool) => {
+            cached!(&UNFINISHED_OF_POOL, vec![text(pool.as_str()), pending]).load(conn)?
+        }
+        None => cached!(&UNFINISHED, vec![pending]).load(conn)?,
     };
-    let rows: Vec<RunRow> = query.load(conn)?;
     let mut runs = Vec::with_capacity(rows.len());
     let mut corrupt = Vec::new();
     for row in rows {
@@ -370,7 +371,7 @@ pub(crate) fn count_by_state(
     conn: &mut DbConn,
     pool: &PoolName,
 ) -> Result<Vec<(RunState, i64)>, StoreError> {
-    let rows: Vec<StateCount> = cached(COUNT_BY_STATE, vec![text(pool.as_str())]).load(conn)?;
+    let rows: Vec<StateCount> = cached!(COUNT_BY_STATE, vec![text(pool.as_str())]).load(conn)?;
     rows.into_iter()
         .map(|row| Ok((parse_state(&row.state, &format!("runs of {pool}"))?, row.n)))
         .collect()
@@ -378,13 +379,13 @@ pub(crate) fn count_by_state(
 
 /// The sealed job body of a run (None when the run is unknown or its body was dropped).
 pub(crate) fn job_sealed(conn: &mut DbConn, job_id: &JobId) -> Result<Option<Vec<u8>>, StoreError> {
-    let rows: Vec<JobSealedRow> = cached(GET_BODY, vec![text(job_id.as_str())]).load(conn)?;
+    let rows: Vec<JobSealedRow> = cached!(GET_BODY, vec![text(job_id.as_str())]).load(conn)?;
     Ok(rows.into_iter().next().map(|row| row.job_sealed))
 }
 
 /// Drops a run's job body (nothing happens when it has none).
 pub(crate) fn clear_job_sealed(conn: &mut DbConn, job_id: &JobId) -> Result<(), StoreError> {
-    cached(DELETE_BODY, vec![text(job_id.as_str())]).execute(conn)?;
+    cached!(DELETE_BODY, vec![text(job_id.as_str())]).execute(conn)?;
     Ok(())
 }
 
@@ -401,7 +402,7 @@ static DELETE_FINISHED_BODIES: LazyLock<String> = LazyLock::new(|| {
 /// leftovers of a crash, or of a version that dropped bodies after the final commit. Returns how
 /// many were dropped.
 pub(crate) fn clear_finished_job_bodies(conn: &mut DbConn) -> Result<usize, StoreError> {
-    Ok(cached(
+    Ok(cached!(
         &DELETE_FINISHED_BODIES,
         vec![text(ReleaseState::Pending.as_str())],
     )
@@ -415,7 +416,7 @@ pub(crate) fn replace_job_sealed(
     old: Vec<u8>,
     new: Vec<u8>,
 ) -> Result<bool, StoreError> {
-    let changed = cached(
+    let changed = cached!(
         REPLACE_BODY,
         vec![Bind::Binary(new), text(job_id.as_str()), Bind::Binary(old)],
     )
@@ -425,7 +426,7 @@ pub(crate) fn replace_job_sealed(
 
 /// Ids of the runs that still hold a job body.
 pub(crate) fn sealed_job_ids(conn: &mut DbConn) -> Result<Vec<JobId>, StoreError> {
-    let rows: Vec<JobIdRow> = cached(BODY_IDS, Vec::new()).load(conn)?;
+    let rows: Vec<JobIdRow> = cached!(BODY_IDS, Vec::new()).load(conn)?;
     rows.into_iter()
         .map(|row| parse_job_id(&row.job_id, "runs with a job body"))
         .collect()

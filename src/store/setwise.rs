@@ -11,8 +11,8 @@
 //!
 //! Event sequence numbers are drawn from the table's sequence first, in one statement, while the
 //! transaction holds the event lock (`events::lock_for_append`), then given to the events in
-//! request order: the numbers an event gets is known without relying on any row order in
-//! `RETURNING`, and they still increase in commit order.
+//! request order: the number each event gets is known without relying on any row order in
+//! `RETURNING`, and the numbers still increase in commit order.
 //!
 //! When any commit of the batch is stale or its run is missing, the whole transaction fails and
 //! the writer writes each request alone, as it does for any failed batch: the answers are those
@@ -102,7 +102,7 @@ pub(super) fn write(
         }
     }
 
-    let updated: Vec<JobIdRow> = cached(&UPDATE_MANY, update_binds(&commits)?).load(pg(conn)?)?;
+    let updated: Vec<JobIdRow> = cached!(&UPDATE_MANY, update_binds(&commits)?).load(pg(conn)?)?;
     if updated.len() != commits.len() {
         return Err(StoreError::Conflict {
             what: format!(
@@ -145,7 +145,7 @@ pub(super) fn write(
         }
     }
     if !finished.is_empty() {
-        cached(DELETE_BODIES, vec![PgBind::Texts(finished)]).execute(pg(conn)?)?;
+        cached!(DELETE_BODIES, vec![PgBind::Texts(finished)]).execute(pg(conn)?)?;
     }
     let mut records = append_events(pg(conn)?, &appended)?.into_iter();
 
@@ -279,7 +279,7 @@ fn append_events(
     let count = i64::try_from(events.len()).map_err(|_| StoreError::Invalid {
         what: "too many events in one group commit".to_owned(),
     })?;
-    let mut seqs: Vec<i64> = cached(NEXT_SEQS, vec![PgBind::BigInt(count)])
+    let mut seqs: Vec<i64> = cached!(NEXT_SEQS, vec![PgBind::BigInt(count)])
         .load::<SeqRow>(pg)?
         .into_iter()
         .map(|row| row.seq)
@@ -305,7 +305,7 @@ fn append_events(
         PgBind::OptTexts(opt(|e| e.to.map(|s| s.as_str().to_owned()))),
         PgBind::OptTexts(opt(|e| e.detail.clone())),
     ];
-    let inserted = cached(INSERT_EVENTS, binds).execute(pg)?;
+    let inserted = cached!(INSERT_EVENTS, binds).execute(pg)?;
     if inserted != events.len() {
         return Err(lost_event());
     }

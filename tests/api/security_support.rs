@@ -182,7 +182,7 @@ struct SealedRow {
 }
 
 const POOL_ROWS: &str = "SELECT name AS id, secrets_sealed AS sealed FROM pools ORDER BY name";
-const JOB_ROWS: &str = "SELECT job_id AS id, job_sealed AS sealed FROM runs WHERE job_sealed IS NOT NULL ORDER BY job_id";
+const JOB_ROWS: &str = "SELECT job_id AS id, job_sealed AS sealed FROM run_jobs ORDER BY job_id";
 
 /// `(row id, envelope)` pairs.
 pub type SealedRows = Vec<(String, Vec<u8>)>;
@@ -211,14 +211,14 @@ pub fn update_job_sealed(db: &TestDatabase, job_id: &str, sealed: &[u8]) {
     use diesel::sql_types::{Binary, Text};
     let changed = if db.is_postgres() {
         let mut conn = db.pg();
-        diesel::sql_query("UPDATE runs SET job_sealed = $1 WHERE job_id = $2")
+        diesel::sql_query("UPDATE run_jobs SET job_sealed = $1 WHERE job_id = $2")
             .bind::<Binary, _>(sealed)
             .bind::<Text, _>(job_id)
             .execute(&mut conn)
             .unwrap()
     } else {
         let mut conn = db.sqlite();
-        diesel::sql_query("UPDATE runs SET job_sealed = ? WHERE job_id = ?")
+        diesel::sql_query("UPDATE run_jobs SET job_sealed = ? WHERE job_id = ?")
             .bind::<Binary, _>(sealed)
             .bind::<Text, _>(job_id)
             .execute(&mut conn)
