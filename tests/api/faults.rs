@@ -74,12 +74,17 @@ fn ids(prefix: &str, n: usize) -> Vec<String> {
 
 #[actix_web::test]
 async fn random_503s_resets_hangs_and_garbage_still_finish_every_run_with_bounded_calls() {
-    let (app, scheduler) = setup(4, json!({"retry": {"maxAttempts": 12}})).await;
+    // Eight polls answer Running: long enough for every run to be seen polling before the
+    // faults below are pushed (a run that already finished is fine too).
+    let (app, scheduler) = setup(8, json!({"retry": {"maxAttempts": 12}})).await;
     scheduler.set_unavailable_rate(0.3);
     let runs = ids("chaos", 8);
     dispatch_all(&app, &runs).await;
     for id in &runs {
-        app.wait_for(id, WAIT, |r| r["state"] == "running").await;
+        app.wait_for(id, WAIT, |r| {
+            r["state"] == "running" || r["state"] == "done"
+        })
+        .await;
     }
     // While they poll: a reset, a hang past the timeout, a truncated body, garbage, a slow answer.
     scheduler.push_faults([
@@ -101,7 +106,7 @@ async fn random_503s_resets_hangs_and_garbage_still_finish_every_run_with_bounde
     for id in &runs {
         assert_eq!(scheduler.created(id), 1, "{id} was created once");
     }
-    // Each run needs 1 dispatch + 5 polls + 1 release; faults add retries, not floods.
+    // Each run needs 1 dispatch + 9 polls + 1 release; faults add retries, not floods.
     let calls = scheduler.arrivals().len();
     assert!(
         calls <= runs.len() * 25,
