@@ -172,8 +172,8 @@ enum Unqueue {
     Deadline,
 }
 
-/// How long a cancel waits before it is handled again when its run is between the queue and
-/// its actor (the run's record is being loaded for its slot).
+/// How long a cancel (or a repeated submission) waits before it is handled again when its run
+/// is between the queue and its actor (the run's record is being loaded or stored).
 const CANCEL_RETRY: Duration = Duration::from_millis(20);
 /// How often queued runs are checked against their deadlines.
 const QUEUE_DEADLINES: Duration = Duration::from_secs(1);
@@ -464,6 +464,29 @@ impl Handler<Admit> for PoolActor {
     type Result = ();
 
     fn handle(&mut self, msg: Admit, ctx: &mut Self::Context) {
+        if self.is_waiting(&msg.run.job_id) || self.runs.contains_key(&msg.run.job_id) {
+            // A repeat of a run this pool holds or is storing right now (a client's retry): it
+            // takes no slot or place of its own, and is answered with the stored run once the
+            // first one's write has landed.
+            let store = self.deps.store.clone();
+            let job_id = msg.run.job_id.clone();
+            let fut = async move { store.get_run(&job_id).await };
+            ctx.spawn(
+                fut.into_actor(self)
+                    .map(move |stored, _actor, ctx| match stored {
+                        Ok(Some(existing)) => {
+                            let _ = msg.reply.send(Ok(Admitted::Existing(existing)));
+                        }
+                        Ok(None) => {
+                            ctx.notify_later(msg, CANCEL_RETRY);
+                        }
+                        Err(e) => {
+                            let _ = msg.reply.send(Err(AdmitError::Store(e)));
+                        }
+                    }),
+            );
+            return;
+        }
         let Admit {
             mut run,
             deadline_seconds,
@@ -540,11 +563,9 @@ impl Handler<Admit> for PoolActor {
                 }
                 Err(e) => Err(AdmitError::Store(e)),
             };
-            if answer.is_err() || matches!(answer, Ok(Admitted::Existing(_))) {
-                // Nothing new was stored: a slot taken for it is free again.
-                if starts && !actor.runs.contains_key(&job_id) {
-                    actor.slots.remove(&job_id);
-                }
+            if starts && (answer.is_err() || matches!(answer, Ok(Admitted::Existing(_)))) {
+                // Nothing new was stored: the slot taken for it is free again.
+                actor.slots.remove(&job_id);
             }
             let _ = reply.send(answer);
             actor.pump(ctx);

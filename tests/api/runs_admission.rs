@@ -197,3 +197,42 @@ async fn a_waiting_run_is_cancelled_at_once_and_never_reaches_the_scheduler() {
     );
     assert_eq!(app.cancel("queued-1").await.status().as_u16(), 409);
 }
+
+#[actix_web::test]
+async fn identical_submissions_at_once_create_one_run_that_holds_one_slot() {
+    let (app, scheduler) = pool_with_limits(json!({"maxInFlight": 1, "maxQueued": 0})).await;
+    let submissions: Vec<_> = (0..8)
+        .map(|_| {
+            let (client, url, token) = (
+                app.client.clone(),
+                app.url("/v1/pools/sched/runs"),
+                crate::helpers::DISPATCHER_TOKEN,
+            );
+            tokio::spawn(async move {
+                let response = client
+                    .post(url)
+                    .bearer_auth(token)
+                    .json(&json!({"jobId": "twin", "job": {"n": 1}}))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = response.status().as_u16();
+                (status, response.json::<Value>().await.unwrap())
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for submission in submissions {
+        let (status, run) = submission.await.unwrap();
+        assert_eq!(run["jobId"], "twin", "{run}");
+        statuses.push(status);
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 200, 200, 202]);
+    app.wait_for("twin", WAIT, |r| r["state"] == "running")
+        .await;
+    assert_eq!(scheduler.created("twin"), 1);
+    // The one slot is the twin's: another run is refused, not started beside it.
+    let response = app.dispatch("sched", json!({"jobId": "after-twin"})).await;
+    assert_eq!(response.status().as_u16(), 429);
+}
