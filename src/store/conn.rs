@@ -285,26 +285,36 @@ pub(crate) fn raw_query(
 #[must_use = "a query runs only when executed or loaded"]
 pub(crate) struct Cached<K, B = Bind> {
     sql: &'static str,
+    /// `sql` split at its placeholders, once per call site.
+    parts: &'static [&'static str],
     binds: Vec<B>,
     key: std::marker::PhantomData<fn() -> K>,
 }
 
-/// A [`Cached`] statement: `sql` with `binds` applied in order, cached under the key type `K`
-/// (use [`cached!`], which gives each call site its own).
-pub(crate) fn cached_as<K, B>(sql: &'static str, binds: Vec<B>) -> Cached<K, B> {
+/// A [`Cached`] statement: `sql` with `binds` applied in order, cached under the key type `K`;
+/// `parts` holds the split text, kept for the life of the process (use [`cached!`], which gives
+/// each call site its own key and split).
+pub(crate) fn cached_as<K, B>(
+    sql: &'static str,
+    parts: &'static std::sync::OnceLock<Vec<&'static str>>,
+    binds: Vec<B>,
+) -> Cached<K, B> {
     Cached {
         sql,
+        parts: parts.get_or_init(|| sql.split('?').collect()),
         binds,
         key: std::marker::PhantomData,
     }
 }
 
-/// `cached!(SQL, binds)`: a [`Cached`] statement keyed by a type declared at this call site.
+/// `cached!(SQL, binds)`: a [`Cached`] statement keyed by a type declared at this call site,
+/// its text split at the placeholders once.
 macro_rules! cached {
     ($sql:expr, $binds:expr $(,)?) => {{
         /// The statement cache key of this call site.
         struct Key;
-        $crate::store::conn::cached_as::<Key, _>($sql, $binds)
+        static PARTS: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+        $crate::store::conn::cached_as::<Key, _>($sql, &PARTS, $binds)
     }};
 }
 pub(crate) use cached;
@@ -378,7 +388,7 @@ where
     B: BindValue<DB>,
 {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
-        let mut parts = self.sql.split('?');
+        let mut parts = self.parts.iter().copied();
         let mut binds = self.binds.iter();
         if let Some(first) = parts.next() {
             out.push_sql(first);
