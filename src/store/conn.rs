@@ -354,6 +354,8 @@ pub(crate) enum PgBind {
     OptBigInts(Vec<Option<i64>>),
     /// `Array<Bool>`.
     Bools(Vec<bool>),
+    /// `Array<Binary>`.
+    Bytes(Vec<Vec<u8>>),
 }
 
 impl BindValue<Pg> for PgBind {
@@ -365,6 +367,7 @@ impl BindValue<Pg> for PgBind {
             PgBind::BigInts(v) => out.push_bind_param::<Array<BigInt>, _>(v),
             PgBind::OptBigInts(v) => out.push_bind_param::<Array<Nullable<BigInt>>, _>(v),
             PgBind::Bools(v) => out.push_bind_param::<Array<Bool>, _>(v),
+            PgBind::Bytes(v) => out.push_bind_param::<Array<Binary>, _>(v),
         }
     }
 }

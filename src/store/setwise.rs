@@ -4,7 +4,9 @@
 //! On PostgreSQL every statement is a round trip to the server and a pass through its executor;
 //! a batch of a few hundred commits written one by one spends most of its time there. Here the
 //! runs of every commit in the batch are updated by one `UPDATE … FROM unnest(…)` whose
-//! `RETURNING` names the rows it changed (matched by key, never by position), the bodies of runs
+//! `RETURNING` names the rows it changed (matched by key, never by position), new runs are
+//! inserted by one `INSERT … SELECT FROM unnest(…) ON CONFLICT DO NOTHING` (with their bodies in
+//! one more statement; a run that existed already is read back and answered), the bodies of runs
 //! that no longer need them go in one `DELETE`, and every event of the batch goes in one
 //! `INSERT … SELECT FROM unnest(…)`. The statements bind one array per column, so their text
 //! never changes with the batch size and each is prepared once per connection.
@@ -53,6 +55,20 @@ static UPDATE_MANY: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// Inserts new runs unless a run with the same id exists (stored before, or earlier in the same
+/// statement); returns the ids it inserted. Binds: one array per column of [`RUN_COLUMNS`].
+static INSERT_MANY: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO runs ({}) SELECT * FROM unnest({}) ON CONFLICT (job_id) DO NOTHING \
+         RETURNING job_id",
+        RUN_COLUMNS.join(", "),
+        vec!["?"; RUN_COLUMNS.len()].join(", ")
+    )
+});
+
+/// Stores the sealed job bodies of new runs. Binds: the ids, the bodies.
+const INSERT_BODIES: &str = "INSERT INTO run_jobs (job_id, job_sealed) SELECT * FROM unnest(?, ?)";
+
 /// Drops the job bodies of the given runs.
 const DELETE_BODIES: &str = "DELETE FROM run_jobs WHERE job_id = ANY(?)";
 
@@ -88,8 +104,15 @@ pub(super) fn write(
             WriteRequest::Insert { .. } => None,
         })
         .collect();
+    let inserts: Vec<&RunRecord> = batch
+        .iter()
+        .filter_map(|request| match request {
+            WriteRequest::Insert { run, .. } => Some(run),
+            WriteRequest::Commit { .. } => None,
+        })
+        .collect();
     let distinct: HashSet<&str> = commits.iter().map(|run| run.job_id.as_str()).collect();
-    if commits.len() < 2 || distinct.len() != commits.len() {
+    if commits.len() + inserts.len() < 2 || distinct.len() != commits.len() {
         return Ok(None);
     }
     for request in batch {
@@ -102,7 +125,11 @@ pub(super) fn write(
         }
     }
 
-    let updated: Vec<JobIdRow> = cached!(&UPDATE_MANY, update_binds(&commits)?).load(pg(conn)?)?;
+    let updated: Vec<JobIdRow> = if commits.is_empty() {
+        Vec::new()
+    } else {
+        cached!(&UPDATE_MANY, update_binds(&commits)?).load(pg(conn)?)?
+    };
     if updated.len() != commits.len() {
         return Err(StoreError::Conflict {
             what: format!(
@@ -118,6 +145,18 @@ pub(super) fn write(
     let mut appended: Vec<(&PoolName, &NewEvent)> = Vec::new();
     let mut existing: Vec<Option<RunRecord>> = Vec::with_capacity(batch.len());
     let mut finished: Vec<String> = Vec::new();
+    // New runs in one statement; a run that exists already (stored before, or twice in this
+    // batch) is left as it is and answered with the stored row below.
+    let mut inserted: HashSet<String> = if inserts.is_empty() {
+        HashSet::new()
+    } else {
+        cached!(&INSERT_MANY, insert_binds(&inserts)?)
+            .load::<JobIdRow>(pg(conn)?)?
+            .into_iter()
+            .map(|row| row.job_id)
+            .collect()
+    };
+    let mut bodies: (Vec<String>, Vec<Vec<u8>>) = (Vec::new(), Vec::new());
     for request in batch {
         match request {
             WriteRequest::Insert {
@@ -125,14 +164,23 @@ pub(super) fn write(
                 job_sealed,
                 events,
                 ..
-            } => match runs::get(conn, &run.job_id)? {
-                Some(stored) => existing.push(Some(stored)),
-                None => {
-                    runs::insert(conn, run, job_sealed.clone())?;
+            } => {
+                // The first request of each inserted id is the one that created it.
+                if inserted.remove(run.job_id.as_str()) {
+                    if let Some(body) = job_sealed {
+                        bodies.0.push(run.job_id.as_str().to_owned());
+                        bodies.1.push(body.clone());
+                    }
                     appended.extend(events.iter().map(|event| (&run.pool, event)));
                     existing.push(None);
+                } else {
+                    let stored =
+                        runs::get(conn, &run.job_id)?.ok_or_else(|| StoreError::Invalid {
+                            what: format!("run {} was neither inserted nor found", run.job_id),
+                        })?;
+                    existing.push(Some(stored));
                 }
-            },
+            }
             WriteRequest::Commit { run, events, .. } => {
                 appended.extend(events.iter().map(|event| (&run.pool, event)));
                 if !run.needs_work() {
@@ -143,6 +191,13 @@ pub(super) fn write(
                 existing.push(None);
             }
         }
+    }
+    if !bodies.0.is_empty() {
+        cached!(
+            INSERT_BODIES,
+            vec![PgBind::Texts(bodies.0), PgBind::Bytes(bodies.1)],
+        )
+        .execute(pg(conn)?)?;
     }
     if !finished.is_empty() {
         cached!(DELETE_BODIES, vec![PgBind::Texts(finished)]).execute(pg(conn)?)?;
@@ -221,6 +276,22 @@ fn update_binds(commits: &[&RunRecord]) -> Result<Vec<PgBind>, StoreError> {
         binds.push(array(column)?);
     }
     Ok(binds)
+}
+
+/// The binds of [`INSERT_MANY`]: the new runs' rows turned into one array per column.
+fn insert_binds(inserts: &[&RunRecord]) -> Result<Vec<PgBind>, StoreError> {
+    let rows = inserts
+        .iter()
+        .map(|run| runs::run_binds(RunRow::from_record(run)));
+    let mut columns: Vec<Vec<Bind>> = (0..RUN_COLUMNS.len())
+        .map(|_| Vec::with_capacity(inserts.len()))
+        .collect();
+    for row in rows {
+        for (column, bind) in columns.iter_mut().zip(row) {
+            column.push(bind);
+        }
+    }
+    columns.into_iter().map(array).collect()
 }
 
 /// One column of binds (all of one kind, as [`runs::run_binds`] makes them) as an array bind.

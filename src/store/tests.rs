@@ -298,26 +298,35 @@ async fn inserting_the_same_job_twice_returns_the_existing_run_and_writes_nothin
     );
     assert_eq!(store.run_events(&run.job_id).await.unwrap().len(), 1);
 
-    // Racing duplicates: exactly one is inserted.
+    // Racing duplicates (most of them written in one group commit): exactly one is inserted,
+    // with its own body and its one event; the others get the stored run back.
     let racers: Vec<_> = (0..20)
-        .map(|_| {
+        .map(|i| {
             let store = store.clone();
             let run = bare_run("raced", "p", 5);
             tokio::spawn(async move {
-                store
-                    .insert_run(run.clone(), None, vec![created_event(&run)])
+                let body = format!("body-{i}").into_bytes();
+                let outcome = store
+                    .insert_run(run.clone(), Some(body.clone()), vec![created_event(&run)])
                     .await
-                    .unwrap()
+                    .unwrap();
+                (outcome, body)
             })
         })
         .collect();
-    let mut inserted = 0;
+    let mut inserted = Vec::new();
     for racer in racers {
-        if matches!(racer.await.unwrap(), InsertOutcome::Inserted(_)) {
-            inserted += 1;
+        match racer.await.unwrap() {
+            (InsertOutcome::Inserted(events), body) => inserted.push((events, body)),
+            (InsertOutcome::Existing(stored), _) => assert_eq!(stored.job_id.as_str(), "raced"),
         }
     }
-    assert_eq!(inserted, 1);
+    assert_eq!(inserted.len(), 1);
+    let (events, body) = inserted.remove(0);
+    assert_eq!(events.len(), 1);
+    let raced = JobId::parse("raced").unwrap();
+    assert_eq!(store.get_job_sealed(&raced).await.unwrap(), Some(body));
+    assert_eq!(store.run_events(&raced).await.unwrap().len(), 1);
     assert_eq!(store.run_events(&job_id("raced")).await.unwrap().len(), 1);
 }
 
