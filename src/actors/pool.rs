@@ -113,8 +113,6 @@ pub struct LiveStats {
     pub max_in_flight: usize,
     /// The manifest's `maxQueued`.
     pub max_queued: usize,
-    /// The manifest's default deadline.
-    pub deadline_seconds: Option<u64>,
     /// The manifest revision in use.
     pub revision: i64,
 }
@@ -227,7 +225,6 @@ impl PoolActor {
             in_flight: self.slots.len(),
             max_in_flight: self.max_in_flight(),
             max_queued: usize::try_from(runtime.manifest.limits.max_queued).unwrap_or(usize::MAX),
-            deadline_seconds: runtime.manifest.polling.deadline_seconds,
             revision: runtime.revision,
         }
     }

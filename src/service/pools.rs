@@ -1,7 +1,7 @@
 //! Pool use cases: register or replace a manifest, rotate secrets, read, delete, and load at start.
 
 use super::{Gateway, ServiceError, canonical_json, problem};
-use crate::actors::supervisor::{CancelRunOf, PoolStats, RegisterPool, RemovePool, UpsertPool};
+use crate::actors::supervisor::{CancelRunOf, RegisterPool, RemovePool, UpsertPool};
 use crate::crypto::{binding, sha256_hex};
 use crate::domain::ids::{JobId, PoolName, SecretKey};
 use crate::domain::pool::PoolRecord;
@@ -292,15 +292,6 @@ impl Gateway {
             }
         }
         Ok(ids)
-    }
-
-    /// The live counts of a pool (queue length, slots held); `None` when it has no actor.
-    pub async fn live_stats(&self, name: &PoolName) -> Option<crate::actors::pool::LiveStats> {
-        self.supervisor
-            .send(PoolStats(name.clone()))
-            .await
-            .ok()
-            .flatten()
     }
 
     /// Loads every stored pool into the actors. Pools that no longer compile (for example

@@ -97,20 +97,14 @@ pub(super) fn write(
     if !matches!(conn, DbConn::Pg(_)) {
         return Ok(None);
     }
-    let commits: Vec<&RunRecord> = batch
-        .iter()
-        .filter_map(|request| match request {
-            WriteRequest::Commit { run, .. } => Some(run),
-            WriteRequest::Insert { .. } => None,
-        })
-        .collect();
-    let inserts: Vec<&RunRecord> = batch
-        .iter()
-        .filter_map(|request| match request {
-            WriteRequest::Insert { run, .. } => Some(run),
-            WriteRequest::Commit { .. } => None,
-        })
-        .collect();
+    let mut commits: Vec<&RunRecord> = Vec::new();
+    let mut inserts: Vec<&RunRecord> = Vec::new();
+    for request in batch {
+        match request {
+            WriteRequest::Commit { run, .. } => commits.push(run),
+            WriteRequest::Insert { run, .. } => inserts.push(run),
+        }
+    }
     let distinct: HashSet<&str> = commits.iter().map(|run| run.job_id.as_str()).collect();
     if commits.len() + inserts.len() < 2 || distinct.len() != commits.len() {
         return Ok(None);
