@@ -8,6 +8,7 @@ use crate::domain::run::{Millis, NewEvent, RunRecord, now_millis};
 use crate::domain::state::RunState;
 use crate::lifecycle::{self, Env, Input};
 use crate::scheduler::PoolRuntime;
+use crate::store::RunWithBody;
 use actix::prelude::*;
 use serde_json::Value;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -178,6 +179,16 @@ const QUEUE_DEADLINES: Duration = Duration::from_secs(1);
 /// How long the pool waits before granting again after the store failed to load a granted run.
 const GRANT_RETRY: Duration = Duration::from_millis(500);
 
+/// How the pool came to start a run's actor.
+enum Begin {
+    /// A new run stored straight in `dispatching`, with its clear job body.
+    New(Value),
+    /// A queued run granted a slot, with its sealed job body as the store had it.
+    Granted(Option<Vec<u8>>),
+    /// A run reloaded from the store (at start, after a pause, or when it moved on elsewhere).
+    Reloaded,
+}
+
 /// The actor of one pool.
 pub struct PoolActor {
     runtime: SharedRuntime,
@@ -233,10 +244,11 @@ impl PoolActor {
         usize::try_from(self.runtime.current().manifest.limits.max_in_flight).unwrap_or(usize::MAX)
     }
 
-    /// Grants free slots to queued runs, oldest first (none while the gateway drains). The slot
-    /// is taken at once; the run's record is loaded from the store and its actor started when
-    /// it arrives.
+    /// Grants free slots to queued runs, oldest first (none while the gateway drains). The slots
+    /// are taken at once; the granted runs' records and sealed job bodies are loaded from the
+    /// store in one read, and their actors started when it arrives.
     fn pump(&mut self, ctx: &mut Context<Self>) {
+        let mut batch = Vec::new();
         while self.slots.len() < self.max_in_flight() && !self.deps.activity.is_draining() {
             let Some(waiting) = self.queue.pop_front() else {
                 break;
@@ -248,17 +260,49 @@ impl PoolActor {
             }
             self.slots.insert(waiting.job_id.clone());
             self.granting.insert(waiting.job_id.clone());
+            batch.push(waiting);
+        }
+        if !batch.is_empty() {
             let store = self.deps.store.clone();
-            let fut = async move {
-                let loaded = store.get_run(&waiting.job_id).await;
-                (waiting, loaded)
-            };
+            let ids = batch.iter().map(|w| w.job_id.clone()).collect();
+            let fut = async move { store.get_runs_with_bodies(ids).await };
             ctx.spawn(
                 fut.into_actor(self)
-                    .map(|(waiting, loaded), actor, ctx| actor.granted(waiting, loaded, ctx)),
+                    .map(move |loaded, actor, ctx| actor.granted_batch(batch, loaded, ctx)),
             );
         }
         self.maybe_stop(ctx);
+    }
+
+    /// Starts the actors of the runs of `batch` once their records are loaded; when the read
+    /// failed, they go back to the head of the queue, in order, and the pool tries again later.
+    fn granted_batch(
+        &mut self,
+        batch: Vec<Waiting>,
+        loaded: Result<Vec<RunWithBody>, crate::store::StoreError>,
+        ctx: &mut Context<Self>,
+    ) {
+        match loaded {
+            Ok(found) => {
+                let mut found: HashMap<JobId, RunWithBody> = found
+                    .into_iter()
+                    .map(|(run, body)| (run.job_id.clone(), (run, body)))
+                    .collect();
+                for waiting in batch {
+                    let loaded = found.remove(&waiting.job_id);
+                    self.granted(waiting, loaded, ctx);
+                }
+            }
+            Err(e) => {
+                tracing::error!(runs = batch.len(), error = %e, "cannot load the runs granted a slot; they wait");
+                for waiting in batch.into_iter().rev() {
+                    self.granting.remove(&waiting.job_id);
+                    self.slots.remove(&waiting.job_id);
+                    self.queue.push_front(waiting);
+                }
+                ctx.run_later(GRANT_RETRY, |actor, ctx| actor.pump(ctx));
+            }
+        }
     }
 
     /// Fails every queued run whose deadline passed: a run that never got a slot must not wait
@@ -276,31 +320,23 @@ impl PoolActor {
         }
     }
 
-    /// Starts the actor of a run granted a slot, once its record is loaded.
-    fn granted(
-        &mut self,
-        waiting: Waiting,
-        loaded: Result<Option<RunRecord>, crate::store::StoreError>,
-        ctx: &mut Context<Self>,
-    ) {
+    /// Starts the actor of a run granted a slot, once its record (and sealed job body) is
+    /// loaded; `None` when the store no longer has it.
+    fn granted(&mut self, waiting: Waiting, loaded: Option<RunWithBody>, ctx: &mut Context<Self>) {
         self.granting.remove(&waiting.job_id);
         match loaded {
-            Ok(Some(run)) if run.state == RunState::Queued => self.start_granted(run, ctx),
-            Ok(Some(run)) if run.needs_work() && !self.runs.contains_key(&run.job_id) => {
+            Some((run, sealed)) if run.state == RunState::Queued => {
+                self.start_actor(run, Begin::Granted(sealed), ctx);
+            }
+            Some((run, _)) if run.needs_work() && !self.runs.contains_key(&run.job_id) => {
                 // It moved on without this pool's grant (another replica took it): drive it as
                 // it stands.
                 self.start_run(run, None, ctx);
                 self.pump(ctx);
             }
-            Ok(_) => {
+            _ => {
                 self.slots.remove(&waiting.job_id);
                 self.pump(ctx);
-            }
-            Err(e) => {
-                tracing::error!(job_id = %waiting.job_id, error = %e, "cannot load a run granted a slot; it waits");
-                self.slots.remove(&waiting.job_id);
-                self.queue.push_front(waiting);
-                ctx.run_later(GRANT_RETRY, |actor, ctx| actor.pump(ctx));
             }
         }
     }
@@ -313,30 +349,24 @@ impl PoolActor {
     }
 
     /// Starts the actor of a run. `job` is the clear job body of a new run that starts at once
-    /// (stored straight in `dispatching`); `None` for a run reloaded or granted from the queue,
-    /// whose actor opens the stored body when it dispatches.
+    /// (stored straight in `dispatching`); `None` for a run reloaded from the store, whose
+    /// actor opens the stored body when it dispatches.
     fn start_run(&mut self, run: RunRecord, job: Option<Value>, ctx: &mut Context<Self>) {
-        let granted = false;
-        self.start_actor(run, granted, job, ctx);
+        let begin = match job {
+            Some(job) => Begin::New(job),
+            None => Begin::Reloaded,
+        };
+        self.start_actor(run, begin, ctx);
     }
 
-    fn start_granted(&mut self, run: RunRecord, ctx: &mut Context<Self>) {
-        self.start_actor(run, true, None, ctx);
-    }
-
-    fn start_actor(
-        &mut self,
-        run: RunRecord,
-        granted: bool,
-        job: Option<Value>,
-        ctx: &mut Context<Self>,
-    ) {
+    fn start_actor(&mut self, run: RunRecord, begin: Begin, ctx: &mut Context<Self>) {
         let Some(ownership) = self.deps.owners.claim(&run.job_id) else {
             // An old actor of this run (of a pool actor that died) is still finishing a step:
             // try again from the store once it is gone.
             self.restart_later(run.job_id, ctx);
             return;
         };
+        let granted = matches!(begin, Begin::Granted(_));
         if granted || run.state.holds_slot() {
             self.slots.insert(run.job_id.clone());
         } else {
@@ -344,16 +374,17 @@ impl PoolActor {
         }
         let job_id = run.job_id.clone();
         let runtime = self.runtime.current();
-        let start = match job {
+        let start = match begin {
             // Stored in `dispatching` a moment ago with its body in hand: not sent anywhere yet.
-            Some(job) => Start::New(job),
-            None if granted => Start::Granted,
-            None if lifecycle::recovery(&run, runtime.manifest.reconcile_op().is_some())
-                == lifecycle::Recovery::Reconcile =>
+            Begin::New(job) => Start::New(job),
+            Begin::Granted(sealed) => Start::Granted(sealed),
+            Begin::Reloaded
+                if lifecycle::recovery(&run, runtime.manifest.reconcile_op().is_some())
+                    == lifecycle::Recovery::Reconcile =>
             {
                 Start::Reconcile
             }
-            None => Start::Resume,
+            Begin::Reloaded => Start::Resume,
         };
         let actor = RunActor::new(
             run,

@@ -32,8 +32,10 @@ pub struct CancelRun(pub oneshot::Sender<RunRecord>);
 /// How a run actor begins.
 #[derive(Debug)]
 pub enum Start {
-    /// The pool just gave this queued run a slot: commit that, then dispatch.
-    Granted,
+    /// The pool just gave this queued run a slot: commit that, then dispatch. It comes with
+    /// its sealed job body when the pool read it along with the run, so the dispatch opens it
+    /// instead of reading it again.
+    Granted(Option<Vec<u8>>),
     /// Reloaded in `dispatching` (after a restart or a lost commit race): ask the scheduler
     /// whether an earlier attempt created the job before dispatching again.
     Reconcile,
@@ -60,8 +62,10 @@ pub struct RunActor {
     granted: bool,
     /// Callers waiting for a cancel to be committed.
     cancel_waiters: Vec<oneshot::Sender<RunRecord>>,
-    /// The decrypted job body, loaded lazily for dispatch and dropped after acceptance.
-    job: Option<Value>,
+    /// The job body for the dispatch, when the actor has it at hand (clear for a new run,
+    /// sealed as the pool read it for a granted one; otherwise read from the store when the
+    /// dispatch is due), dropped after acceptance.
+    job: Option<Body>,
     /// Reloaded in `dispatching` after a restart: ask the scheduler (the manifest's lookup, or
     /// a poll of `run.dispatchId`) before dispatching again.
     reconcile: bool,
@@ -86,12 +90,13 @@ impl RunActor {
         start: Start,
         ownership: Ownership,
     ) -> Self {
-        let granted = matches!(start, Start::Granted);
+        let granted = matches!(start, Start::Granted(_));
         let holds_slot = granted || run.state.holds_slot();
         let (reconcile, job) = match start {
             Start::Reconcile => (true, None),
-            Start::New(job) => (false, Some(job)),
-            Start::Granted | Start::Resume => (false, None),
+            Start::New(job) => (false, Some(Body::Clear(job))),
+            Start::Granted(sealed) => (false, sealed.map(Body::Sealed)),
+            Start::Resume => (false, None),
         };
         Self {
             run,
@@ -263,15 +268,26 @@ impl RunActor {
         let runtime = self.runtime.current();
         let deps = self.deps.clone();
         let run = self.run.clone();
-        let cached_job = self.job.clone();
+        let at_hand = if op == OpKind::Dispatch {
+            self.job.take()
+        } else {
+            None
+        };
         let fut = async move {
-            let job = match (op, cached_job) {
+            let job = match (op, at_hand) {
+                (OpKind::Dispatch, Some(Body::Clear(job))) => Some(job),
+                (OpKind::Dispatch, Some(Body::Sealed(sealed))) => {
+                    match open_job(&deps, &run, &sealed) {
+                        Ok(job) => Some(job),
+                        Err(e) => return Called::NoJob(e),
+                    }
+                }
                 (OpKind::Dispatch, None) => match load_job(&deps, &run).await {
                     Ok(job) => Some(job),
                     // Never dispatch anything but the submitted job.
                     Err(e) => return Called::NoJob(e),
                 },
-                (_, cached) => cached,
+                (_, _) => None,
             };
             let input = render_input(&run, job.clone().unwrap_or(Value::Null), &runtime.name);
             let mut outcome = deps.adapter.call(&runtime, op, &input).await;
@@ -308,7 +324,7 @@ impl RunActor {
                 }
             };
             actor.store_failures = 0;
-            actor.job = job;
+            actor.job = job.map(Body::Clear);
             if let CallOutcome::Deferred { until } = outcome {
                 // Held back by the circuit breaker: nothing happened, nothing to commit.
                 actor.run.next_at = Some(until);
@@ -398,6 +414,14 @@ impl RunActor {
     }
 }
 
+/// A run's job body as its actor holds it between start and dispatch.
+enum Body {
+    /// Decrypted: a new run's body as submitted.
+    Clear(Value),
+    /// Sealed, as read from the store along with the run.
+    Sealed(Vec<u8>),
+}
+
 /// What a call of the run actor brought back.
 enum Called {
     /// The call was made (or deferred): its outcome, the job body used, the manifest revision.
@@ -428,9 +452,18 @@ async fn load_job(deps: &Deps, run: &RunRecord) -> Result<Value, JobBodyError> {
         .get_job_sealed(&run.job_id)
         .await?
         .ok_or(JobBodyError::Unreadable("the stored job body is gone"))?;
+    open_job(deps, run, &sealed)
+}
+
+/// Opens a sealed job body of `run` as the store holds it.
+///
+/// # Errors
+/// [`JobBodyError::Unreadable`] when it cannot be decrypted with the configured keys or is not
+/// JSON.
+fn open_job(deps: &Deps, run: &RunRecord, sealed: &[u8]) -> Result<Value, JobBodyError> {
     let clear = deps
         .sealer
-        .open(&sealed, &binding::run_job(run.job_id.as_str()))
+        .open(sealed, &binding::run_job(run.job_id.as_str()))
         .map_err(|_| {
             JobBodyError::Unreadable(
                 "the job body cannot be decrypted with the configured master keys",

@@ -225,6 +225,9 @@ pub enum InsertOutcome {
     Existing(RunRecord),
 }
 
+/// A run as stored, with its sealed job body (`None` once the body was dropped).
+pub type RunWithBody = (RunRecord, Option<Vec<u8>>);
+
 /// The persistence handle: cheap to clone, safe to share.
 #[derive(Clone)]
 pub struct Store {
@@ -522,6 +525,20 @@ impl Store {
     /// [`StoreError::Query`] or [`StoreError::Corrupt`].
     pub async fn get_runs(&self, job_ids: Vec<JobId>) -> Result<Vec<RunRecord>, StoreError> {
         self.with_conn(move |conn| runs::get_many(conn, &job_ids))
+            .await
+    }
+
+    /// Several runs by id with their sealed job bodies, in one connection (unknown ids are
+    /// left out; a run whose body was dropped comes with `None`): what a pool needs to start
+    /// the runs it just granted slots to, without a read per run.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`] or [`StoreError::Corrupt`].
+    pub async fn get_runs_with_bodies(
+        &self,
+        job_ids: Vec<JobId>,
+    ) -> Result<Vec<RunWithBody>, StoreError> {
+        self.with_conn(move |conn| runs::get_many_with_bodies(conn, &job_ids))
             .await
     }
 

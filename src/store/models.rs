@@ -398,6 +398,15 @@ pub(crate) struct JobSealedRow {
     pub job_sealed: Vec<u8>,
 }
 
+/// A `run_jobs` row: whose body, and the body.
+#[derive(Debug, Clone, QueryableByName)]
+pub(crate) struct JobBodyRow {
+    #[diesel(sql_type = Text)]
+    pub job_id: String,
+    #[diesel(sql_type = Binary)]
+    pub job_sealed: Vec<u8>,
+}
+
 /// The sequence number an event append returns.
 #[derive(Debug, Clone, QueryableByName)]
 pub(crate) struct SeqRow {

@@ -7,14 +7,15 @@
 
 use super::conn::{Bind, DbConn, cached, raw_query};
 use super::models::{
-    JobIdRow, JobSealedRow, RunRow, StateCount, VersionRow, parse_job_id, parse_state,
+    JobBodyRow, JobIdRow, JobSealedRow, RunRow, StateCount, VersionRow, parse_job_id, parse_state,
 };
-use super::{RunFilter, RunPage, StoreError};
+use super::{RunFilter, RunPage, RunWithBody, StoreError};
 use crate::domain::ids::{JobId, PoolName};
 use crate::domain::run::{ReleaseState, RunRecord};
 use crate::domain::state::RunState;
 use base64::Engine as _;
 use diesel::RunQueryDsl as _;
+use std::collections::HashMap;
 use std::sync::LazyLock;
 
 /// Every column of `runs`, in the order of [`RunRow`]'s fields and of
@@ -264,6 +265,42 @@ pub(crate) fn get_many(conn: &mut DbConn, job_ids: &[JobId]) -> Result<Vec<RunRe
         runs.extend(load(conn, &sql, binds)?);
     }
     Ok(runs)
+}
+
+/// Runs by id with their sealed job bodies, in no particular order (unknown ids are left out;
+/// a run without a body comes with `None`). Two reads per chunk on one connection: the runs,
+/// then their bodies.
+pub(crate) fn get_many_with_bodies(
+    conn: &mut DbConn,
+    job_ids: &[JobId],
+) -> Result<Vec<RunWithBody>, StoreError> {
+    const CHUNK: usize = 500;
+    let mut found = Vec::with_capacity(job_ids.len());
+    for chunk in job_ids.chunks(CHUNK) {
+        let marks = vec!["?"; chunk.len()].join(", ");
+        let binds = || {
+            chunk
+                .iter()
+                .map(|id| Bind::Text(id.as_str().to_owned()))
+                .collect()
+        };
+        let runs = load(
+            conn,
+            &format!("{} WHERE job_id IN ({marks})", *SELECT),
+            binds(),
+        )?;
+        let sql = format!("SELECT job_id, job_sealed FROM run_jobs WHERE job_id IN ({marks})");
+        let rows: Vec<JobBodyRow> = raw_query(conn, &sql, binds()).load(conn)?;
+        let mut bodies: HashMap<String, Vec<u8>> = rows
+            .into_iter()
+            .map(|row| (row.job_id, row.job_sealed))
+            .collect();
+        found.extend(runs.into_iter().map(|run| {
+            let body = bodies.remove(run.job_id.as_str());
+            (run, body)
+        }));
+    }
+    Ok(found)
 }
 
 /// A page of runs, newest first.
