@@ -167,8 +167,19 @@ impl Application {
         let server_gateway = gateway.clone();
         let auth = web::Data::new(auth);
         let facade = web::Data::new(
-            crate::routes::facade::Facade::from_settings(&settings.facade)
-                .context("invalid facade settings")?,
+            crate::routes::facade::Facade::from_settings(
+                &settings.facade,
+                settings
+                    .local_pool
+                    .enabled
+                    .then(|| {
+                        PoolName::parse(LOCAL_POOL)
+                            .map(|name| (name, settings.local_pool.capabilities.as_slice()))
+                    })
+                    .transpose()
+                    .map_err(|e| anyhow::anyhow!(e))?,
+            )
+            .context("invalid facade settings")?,
         );
         let server = HttpServer::new(move || {
             App::new()
@@ -408,6 +419,7 @@ async fn start_local_pool(settings: &Settings, gateway: &Gateway) -> anyhow::Res
     if !settings.local_pool.command.is_empty() {
         config.command = settings.local_pool.command.clone();
     }
+    config.capabilities = settings.local_pool.capabilities.clone();
     let pool = LocalPool::start(&settings.local_pool.bind, config)
         .await
         .context("cannot start the local pool")?;

@@ -208,6 +208,10 @@ pub struct LocalPoolSettings {
     pub bind: String,
     /// The program run for each job, argv form; empty means the built-in sample job.
     pub command: Vec<String>,
+    /// The optional job-spec fields that program parses (`mcpServers`, `skills`,
+    /// `designImages`, `generateImages`): the local pool declares them like an executor harness
+    /// does (CATFACTORY.md §6.5). Empty: none (the built-in sample job parses none).
+    pub capabilities: Vec<String>,
 }
 
 /// `facade.*`
@@ -223,6 +227,12 @@ pub struct FacadeSettings {
     /// When set, a request carrying `x-harness-secret: <this value>` is let in, as well as a
     /// bearer token with the dispatcher role. Empty: only bearer tokens.
     pub harness_secret: String,
+    /// The capabilities (optional job-spec fields the runner parses, CATFACTORY.md §6.5)
+    /// declared for jobs of the default pool and on `GET /health`. `None`: the built-in local
+    /// pool's `localPool.capabilities` when the default pool is that pool, else none.
+    pub capabilities: Option<Vec<String>>,
+    /// The largest job spec `POST /jobs` accepts, in bytes of JSON.
+    pub max_job_bytes: usize,
 }
 
 /// One facade routing rule: every condition given must equal the job spec's top-level field
@@ -247,6 +257,9 @@ pub struct FacadeRoute {
     pub image: Option<String>,
     /// The pool the matching jobs go to.
     pub pool: String,
+    /// The capabilities declared for the matching jobs; `None`: those of `facade.capabilities`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<Vec<String>>,
 }
 
 /// `webhooks.*`
@@ -317,12 +330,15 @@ impl Default for Settings {
                 enabled: true,
                 bind: "127.0.0.1:0".to_owned(),
                 command: Vec::new(),
+                capabilities: Vec::new(),
             },
             facade: FacadeSettings {
                 enabled: true,
                 default_pool: "local".to_owned(),
                 routes: Vec::new(),
                 harness_secret: String::new(),
+                capabilities: None,
+                max_job_bytes: 16 * 1024 * 1024,
             },
             webhooks: WebhookSettings {
                 secret: String::new(),

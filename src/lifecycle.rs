@@ -605,10 +605,9 @@ fn observe(step: &mut Step, observation: Observation, policy: &Policy, env: Env)
     if observation.external_id.is_some() {
         step.run.external_id = observation.external_id.clone();
     }
-    // Each extra channel keeps the latest value a poll reported for it.
-    for (name, value) in &observation.fields {
-        step.run.fields.insert(name.clone(), value.clone());
-    }
+    // Each extra channel keeps the latest value a poll reported for it; a drain channel keeps
+    // every batch (bounded).
+    crate::domain::channels::merge(&mut step.run.fields, &observation.fields);
     if observation.unmapped && !step.run.unmapped_seen {
         step.run.unmapped_seen = true;
         step.events.push(event(&step.run, env, "unmapped_status",

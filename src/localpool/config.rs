@@ -21,6 +21,9 @@ pub struct LocalPoolConfig {
     /// How many finished, not yet released jobs are kept; the oldest finished job is forgotten
     /// first.
     pub max_finished: usize,
+    /// The optional job-spec fields the command parses (`mcpServers`, `skills`, …), declared
+    /// in `POST /jobs` answers and on `/health` as an executor harness declares them.
+    pub capabilities: Vec<String>,
 }
 
 impl LocalPoolConfig {
@@ -52,6 +55,17 @@ impl LocalPoolConfig {
         if self.token.as_deref() == Some("") {
             return Some("the local pool's token is empty: leave it unset or give a value".into());
         }
+        if let Some(bad) = self.capabilities.iter().find(|name| {
+            name.is_empty()
+                || name.len() > 64
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        }) {
+            return Some(format!(
+                "localPool.capabilities: {bad:?} is not a capability name (1-64 letters, digits, _ or -)"
+            ));
+        }
         None
     }
 }
@@ -63,6 +77,7 @@ impl Default for LocalPoolConfig {
             token: None,
             max_jobs: DEFAULT_MAX_JOBS,
             max_finished: DEFAULT_MAX_FINISHED,
+            capabilities: Vec::new(),
         }
     }
 }
@@ -74,6 +89,7 @@ impl fmt::Debug for LocalPoolConfig {
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("max_jobs", &self.max_jobs)
             .field("max_finished", &self.max_finished)
+            .field("capabilities", &self.capabilities)
             .finish()
     }
 }

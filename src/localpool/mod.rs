@@ -5,8 +5,8 @@
 //!
 //! | route               | answer |
 //! |---------------------|--------|
-//! | `GET /health`       | 200 `{"status":"ok"}`, never behind the token |
-//! | `POST /jobs`        | `{"jobId","kind"?,"job"?}` → 201 `{"id","state"}`; a known id → 409 `{"error","id","state"}`; a bad body → 400; `max_jobs` running → 429 with `Retry-After: 1` |
+//! | `GET /health`       | 200 `{"status":"ok","capabilities"}`, never behind the token |
+//! | `POST /jobs`        | `{"jobId","kind"?,"job"?}` → 201 `{"id","state","capabilities"}`; a known id → 409 `{"error","id","state"}`; a bad body → 400; `max_jobs` running → 429 with `Retry-After: 1` |
 //! | `GET /jobs/{id}`    | 200 `{"id","state","exitCode","progress","result","error","startedAt","finishedAt","heartbeatAt"}` (epoch ms); unknown → 404 |
 //! | `DELETE /jobs/{id}` | kills the job's process group if it runs (state `cancelled`), forgets the job, 200 `{"id","state"}`; unknown → 404 |
 //!
@@ -23,7 +23,8 @@
 //! fails the job at once (POST still answers 201, with state `failed`). When the job's main
 //! process ends, whatever it left in its process group is killed too. Finished jobs stay until
 //! deleted, at most `max_finished` of them (the oldest is forgotten first). Request bodies are
-//! limited to 8 MiB and `kind` to 1 KiB.
+//! limited to 72 MiB and `kind` to 1 KiB. `capabilities` lists the optional job-spec fields the
+//! command parses (`localPool.capabilities`), declared like an executor harness declares them.
 //!
 //! Layout: `config` (settings), `server` (start/stop), `routes` (HTTP), `registry` (the job
 //! table), `runner` (one process), `output` (reading its output), `sample_job` (the default

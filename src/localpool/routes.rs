@@ -13,8 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::runtime::Handle;
 
-/// The largest request body accepted, in bytes: twice the largest body cattery renders.
-const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+/// The largest request body accepted, in bytes: a job of up to 64 MiB (the most
+/// `facade.maxJobBytes` allows) in its dispatch body, with room to spare.
+const MAX_BODY_BYTES: usize = 72 * 1024 * 1024;
 /// The longest job kind accepted, in bytes (it is passed on in an environment variable).
 const MAX_KIND_BYTES: usize = 1024;
 /// How long a DELETE waits for a killed job's process to be reaped before answering; below the
@@ -29,6 +30,8 @@ pub(crate) struct AppState {
     pub(crate) command: Arc<[String]>,
     /// The bearer token required on every route but `/health`, if any.
     pub(crate) token: Option<String>,
+    /// The optional job-spec fields the command parses, declared like a harness's.
+    pub(crate) capabilities: Arc<[String]>,
     /// The runtime the pool was started on. Job tasks run there rather than on an HTTP worker's
     /// runtime, so they outlive any one worker.
     pub(crate) runtime: Handle,
@@ -114,8 +117,8 @@ impl CreateJobRequest {
     }
 }
 
-async fn health() -> HttpResponse {
-    HttpResponse::Ok().json(json!({ "status": "ok" }))
+async fn health(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "status": "ok", "capabilities": &*state.capabilities }))
 }
 
 async fn create_job(
@@ -168,6 +171,7 @@ async fn create_job(
     HttpResponse::Created().json(json!({
         "id": job.id.as_str(),
         "state": job.snapshot().state,
+        "capabilities": &*state.capabilities,
     }))
 }
 

@@ -91,6 +91,7 @@ impl LocalPool {
             registry: Arc::clone(&registry),
             command: config.command.into(),
             token: config.token,
+            capabilities: config.capabilities.into(),
             runtime: Handle::current(),
         });
         let server = HttpServer::new(move || {

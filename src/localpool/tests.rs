@@ -141,9 +141,44 @@ async fn health_answers_ok() {
     assert_eq!(response.status().as_u16(), 200);
     assert_eq!(
         response.json::<Value>().await.unwrap(),
-        json!({"status": "ok"})
+        json!({"status": "ok", "capabilities": []})
     );
     app.pool.stop().await;
+}
+
+#[tokio::test]
+async fn the_declared_capabilities_are_answered_on_health_and_on_every_accepted_job() {
+    let app = spawn_pool_with(LocalPoolConfig {
+        command: sh("true"),
+        capabilities: vec!["skills".into(), "mcpServers".into()],
+        ..LocalPoolConfig::default()
+    })
+    .await;
+    let health = app
+        .client
+        .get(format!("{}/health", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        health.json::<Value>().await.unwrap(),
+        json!({"status": "ok", "capabilities": ["skills", "mcpServers"]})
+    );
+    let (status, created) = app.post_job("job-1", json!({})).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["capabilities"], json!(["skills", "mcpServers"]));
+    app.pool.stop().await;
+
+    let refused = LocalPool::start(
+        "127.0.0.1:0",
+        LocalPoolConfig {
+            capabilities: vec!["mcp servers".into()],
+            ..LocalPoolConfig::default()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(refused.to_string().contains("capabilities"), "{refused}");
 }
 
 #[tokio::test]

@@ -161,7 +161,8 @@ impl Manifest {
     /// A [`RenderError`] naming the manifest path when the manifest has no such operation, a
     /// secret key is missing from `secrets` (the key is named, never a value), a header value
     /// holds CR, LF or NUL, the path leaves `baseUrl` or forms a dot segment, a JSON
-    /// `bodyTemplate` renders as invalid JSON, or the path (8 KiB) or body (4 MiB) is too big.
+    /// `bodyTemplate` renders as invalid JSON, or the path (8 KiB) or body (4 MiB, or the job's
+    /// size plus 64 KiB for a larger job) is too big.
     pub fn render(
         &self,
         kind: OpKind,

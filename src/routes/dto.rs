@@ -62,7 +62,7 @@ impl From<&RunRecord> for RunView {
             failure_cause: run.failure_cause.clone(),
             detail: run.detail.clone(),
             heartbeat_at: run.heartbeat_at.clone(),
-            fields: run.fields.clone(),
+            fields: crate::domain::channels::visible(&run.fields),
             cancel_requested: run.cancel_requested,
             released: run.release == ReleaseState::Done,
             attempts: run.attempts,

@@ -42,7 +42,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .default_service(web::to(not_found));
 }
 
-async fn not_found() -> Result<actix_web::HttpResponse, ApiError> {
+/// A path no route serves: the facade's gated harness answer outside `/v1` (when the facade is
+/// served), else the API's 404.
+async fn not_found(req: actix_web::HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
+    if let Some(answer) = facade::unknown_route(&req) {
+        return Ok(answer);
+    }
     Err(ApiError::new(
         StatusCode::NOT_FOUND,
         "not_found",

@@ -16,8 +16,12 @@ use url::Url;
 /// The most bytes a rendered path may have.
 pub(crate) const MAX_PATH_BYTES: usize = 8 * 1024;
 
-/// The most bytes a rendered body may have.
+/// The most bytes a rendered body may have, unless the job it carries is larger.
 pub(crate) const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// The room a rendered body has around a job larger than [`MAX_BODY_BYTES`]: such a body may
+/// hold the job once plus this much (a large job is sent, an amplified one is not).
+pub(crate) const BODY_ROOM_OVER_JOB: usize = 64 * 1024;
 
 /// The raw parts of a request, as read from the manifest.
 #[derive(Debug, Clone)]
@@ -248,6 +252,13 @@ impl RequestTemplate {
         auth_headers: Vec<(String, String)>,
         secrets: &SecretBundle,
     ) -> Result<RenderedRequest, RenderError> {
+        let body_cap = match self.body {
+            Body::None => MAX_BODY_BYTES,
+            _ => data.pointer("/input/job").map_or(MAX_BODY_BYTES, |job| {
+                let job_bytes = serde_json::to_vec(job).map_or(0, |bytes| bytes.len());
+                MAX_BODY_BYTES.max(job_bytes.saturating_add(BODY_ROOM_OVER_JOB))
+            }),
+        };
         let mut ctx = Context::from(data);
 
         let path = engine.render(&self.path, &ctx)?;
@@ -335,11 +346,11 @@ impl RequestTemplate {
                             .to_owned(),
                     });
                 }
-                if bytes.len() > MAX_BODY_BYTES {
+                if bytes.len() > body_cap {
                     return Err(RenderError {
                         path: at,
                         message: format!(
-                            "the rendered body is {} bytes, over the cap of {MAX_BODY_BYTES}",
+                            "the rendered body is {} bytes, over the cap of {body_cap}",
                             bytes.len()
                         ),
                     });

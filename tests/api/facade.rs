@@ -81,6 +81,7 @@ fn route(kind: &str, pool: &str) -> cattery::config::FacadeRoute {
         cloud_provider: None,
         image: None,
         pool: pool.to_owned(),
+        capabilities: None,
     }
 }
 
@@ -97,7 +98,7 @@ async fn health_is_open_and_jobs_need_a_token_or_the_harness_secret() {
     assert_eq!(health.status().as_u16(), 200);
     assert_eq!(
         health.json::<Value>().await.unwrap(),
-        json!({"status": "ok"})
+        json!({"status": "ok", "capabilities": []})
     );
 
     let job = spec("gate-1");
@@ -115,7 +116,10 @@ async fn health_is_open_and_jobs_need_a_token_or_the_harness_secret() {
     );
     let (status, body) = post_job(&app, &job, Auth::Secret(HARNESS_SECRET)).await;
     assert_eq!(status, 202, "{body}");
-    assert_eq!(body, json!({"jobId": "gate-1", "state": "running"}));
+    assert_eq!(
+        body,
+        json!({"jobId": "gate-1", "state": "running", "capabilities": []})
+    );
     let (status, body) = post_job(&app, &spec("gate-2"), Auth::Bearer(DISPATCHER_TOKEN)).await;
     assert_eq!((status, &body["state"]), (202, &json!("running")), "{body}");
 
@@ -176,7 +180,10 @@ async fn jobs_are_routed_by_the_rules_and_a_repeat_reattaches() {
     replay["userPrompt"] = json!("a different body");
     let (status, body) = post_job(&app, &replay, Auth::Bearer(DISPATCHER_TOKEN)).await;
     assert_eq!(status, 202);
-    assert_eq!(body, json!({"jobId": "route-agent", "state": "running"}));
+    assert_eq!(
+        body,
+        json!({"jobId": "route-agent", "state": "running", "capabilities": []})
+    );
     assert_eq!(
         scheduler
             .seen_with("POST", "/jobs")
@@ -214,7 +221,14 @@ async fn jobs_are_routed_by_the_rules_and_a_repeat_reattaches() {
     assert_eq!(status, 404);
     let (_, view) = job_view(&app, "route-agent").await;
     assert_eq!(view["state"], "failed");
-    assert_eq!(view["failureCause"], "cancelled");
+    assert!(view.get("failureCause").is_none(), "{view}");
+    assert!(
+        view["detail"]
+            .as_str()
+            .unwrap()
+            .contains("cattery failure cause: cancelled"),
+        "{view}"
+    );
 }
 
 #[actix_web::test]

@@ -16,6 +16,7 @@ mod security_support;
 
 mod auth;
 mod catfactory;
+mod catfactory_round2;
 mod cli;
 mod crash;
 mod deadlines;

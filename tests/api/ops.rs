@@ -28,7 +28,10 @@ async fn healthz_and_readyz_answer_without_a_token() {
 #[actix_web::test]
 async fn unknown_routes_answer_problem_json_404() {
     let app = spawn_app().await;
-    let response = app.client.get(app.url("/nope")).send().await.unwrap();
+    // Outside /v1 the runner-protocol facade answers (gated, in the harness's shape).
+    let facade = app.client.get(app.url("/nope")).send().await.unwrap();
+    assert_eq!(facade.status().as_u16(), 401);
+    let response = app.client.get(app.url("/v1/nope")).send().await.unwrap();
     assert_eq!(response.status().as_u16(), 404);
     assert_eq!(
         response.headers()["content-type"],
