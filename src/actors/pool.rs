@@ -72,6 +72,11 @@ pub struct Resume(pub Vec<RunRecord>);
 #[rtype(result = "()")]
 pub struct SlotFreed(pub JobId);
 
+/// Grant the free slots now (sent by the pool to itself, behind the messages already waiting).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Pump;
+
 /// A run's actor has nothing left to do.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -205,6 +210,8 @@ pub struct PoolActor {
     /// Runs holding a slot (a finished run that still releases holds none). A set, not a
     /// counter, so that restarting a run's actor can never leak or double a slot.
     slots: HashSet<JobId>,
+    /// A [`Pump`] is on its way to this actor.
+    pump_due: bool,
     retired: bool,
 }
 
@@ -224,6 +231,7 @@ impl PoolActor {
             admitting: HashSet::new(),
             runs: HashMap::new(),
             slots: HashSet::new(),
+            pump_due: false,
             retired: false,
         }
     }
@@ -633,6 +641,22 @@ impl Handler<SlotFreed> for PoolActor {
 
     fn handle(&mut self, msg: SlotFreed, ctx: &mut Self::Context) {
         self.slots.remove(&msg.0);
+        if self.queue.is_empty() {
+            self.maybe_stop(ctx);
+        } else if !self.pump_due {
+            // Slots come free in bursts (one group commit finishes many runs): grant after the
+            // messages already waiting, so that one read loads every run granted in the burst.
+            self.pump_due = true;
+            ctx.address().do_send(Pump);
+        }
+    }
+}
+
+impl Handler<Pump> for PoolActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Pump, ctx: &mut Self::Context) {
+        self.pump_due = false;
         self.pump(ctx);
     }
 }

@@ -5,7 +5,7 @@
 //! kilobytes) and is written once and read rarely, while the run's row is rewritten by every
 //! commit: kept in `runs`, every commit rewrote the blob with it.
 
-use super::conn::{Bind, DbConn, cached, raw_query};
+use super::conn::{Bind, DbConn, PgBind, cached, raw_query};
 use super::models::{
     JobBodyRow, JobIdRow, JobSealedRow, RunRow, StateCount, VersionRow, parse_job_id, parse_state,
 };
@@ -124,6 +124,25 @@ static SELECT: LazyLock<String> =
     LazyLock::new(|| format!("SELECT {} FROM runs", RUN_COLUMNS.join(", ")));
 
 static GET: LazyLock<String> = LazyLock::new(|| format!("{} WHERE job_id = ?", *SELECT));
+
+/// Runs whose ids are in a JSON array (SQLite).
+static GET_MANY_SQLITE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "{} WHERE job_id IN (SELECT value FROM json_each(?))",
+        *SELECT
+    )
+});
+
+/// Runs whose ids are in an array (PostgreSQL).
+static GET_MANY_PG: LazyLock<String> =
+    LazyLock::new(|| format!("{} WHERE job_id = ANY(?)", *SELECT));
+
+/// Job bodies of the runs whose ids are in a JSON array (SQLite).
+const BODIES_SQLITE: &str =
+    "SELECT job_id, job_sealed FROM run_jobs WHERE job_id IN (SELECT value FROM json_each(?))";
+
+/// Job bodies of the runs whose ids are in an array (PostgreSQL).
+const BODIES_PG: &str = "SELECT job_id, job_sealed FROM run_jobs WHERE job_id = ANY(?)";
 
 static INSERT: LazyLock<String> = LazyLock::new(|| {
     format!(
@@ -268,39 +287,43 @@ pub(crate) fn get_many(conn: &mut DbConn, job_ids: &[JobId]) -> Result<Vec<RunRe
 }
 
 /// Runs by id with their sealed job bodies, in no particular order (unknown ids are left out;
-/// a run without a body comes with `None`). Two reads per chunk on one connection: the runs,
-/// then their bodies.
+/// a run without a body comes with `None`). Two reads on one connection, the runs then their
+/// bodies, each one prepared statement whatever the number of ids: the ids are bound as one
+/// value (a JSON array on SQLite, an array on PostgreSQL).
 pub(crate) fn get_many_with_bodies(
     conn: &mut DbConn,
     job_ids: &[JobId],
 ) -> Result<Vec<RunWithBody>, StoreError> {
-    const CHUNK: usize = 500;
-    let mut found = Vec::with_capacity(job_ids.len());
-    for chunk in job_ids.chunks(CHUNK) {
-        let marks = vec!["?"; chunk.len()].join(", ");
-        let binds = || {
-            chunk
-                .iter()
-                .map(|id| Bind::Text(id.as_str().to_owned()))
-                .collect()
-        };
-        let runs = load(
-            conn,
-            &format!("{} WHERE job_id IN ({marks})", *SELECT),
-            binds(),
-        )?;
-        let sql = format!("SELECT job_id, job_sealed FROM run_jobs WHERE job_id IN ({marks})");
-        let rows: Vec<JobBodyRow> = raw_query(conn, &sql, binds()).load(conn)?;
-        let mut bodies: HashMap<String, Vec<u8>> = rows
-            .into_iter()
-            .map(|row| (row.job_id, row.job_sealed))
-            .collect();
-        found.extend(runs.into_iter().map(|run| {
-            let body = bodies.remove(run.job_id.as_str());
-            (run, body)
-        }));
+    if job_ids.is_empty() {
+        return Ok(Vec::new());
     }
-    Ok(found)
+    let ids: Vec<String> = job_ids.iter().map(|id| id.as_str().to_owned()).collect();
+    let (rows, bodies): (Vec<RunRow>, Vec<JobBodyRow>) = match conn {
+        DbConn::Pg(pg) => (
+            cached!(&GET_MANY_PG, vec![PgBind::Texts(ids.clone())]).load(pg)?,
+            cached!(BODIES_PG, vec![PgBind::Texts(ids)]).load(pg)?,
+        ),
+        DbConn::Sqlite(_) => {
+            let list = serde_json::to_string(&ids).map_err(|e| StoreError::Invalid {
+                what: format!("a list of run ids: {e}"),
+            })?;
+            (
+                cached!(&GET_MANY_SQLITE, vec![Bind::Text(list.clone())]).load(conn)?,
+                cached!(BODIES_SQLITE, vec![Bind::Text(list)]).load(conn)?,
+            )
+        }
+    };
+    let mut bodies: HashMap<String, Vec<u8>> = bodies
+        .into_iter()
+        .map(|row| (row.job_id, row.job_sealed))
+        .collect();
+    rows.into_iter()
+        .map(|row| {
+            let run = row.into_record()?;
+            let body = bodies.remove(run.job_id.as_str());
+            Ok((run, body))
+        })
+        .collect()
 }
 
 /// A page of runs, newest first.

@@ -936,6 +936,43 @@ async fn job_bodies_can_be_cleared_and_resealed(backend: TestBackend) {
     );
 }
 
+async fn runs_are_read_in_one_go_with_their_bodies(backend: TestBackend) {
+    let (_db, store) = open(backend).await;
+    let a = bare_run("many-a", "p", 1);
+    let b = bare_run("many-b", "p", 2);
+    insert(&store, &a).await;
+    insert(&store, &b).await;
+    let bare = bare_run("many-bare", "p", 3);
+    store
+        .insert_run(bare.clone(), None, vec![created_event(&bare)])
+        .await
+        .unwrap();
+
+    let ids = vec![
+        b.job_id.clone(),
+        job_id("many-unknown"),
+        bare.job_id.clone(),
+        a.job_id.clone(),
+    ];
+    let mut found = store.get_runs_with_bodies(ids).await.unwrap();
+    found.sort_by(|x, y| x.0.job_id.as_str().cmp(y.0.job_id.as_str()));
+    assert_eq!(
+        found,
+        vec![
+            (a.clone(), Some(b"sealed".to_vec())),
+            (b.clone(), Some(b"sealed".to_vec())),
+            (bare.clone(), None),
+        ]
+    );
+    assert!(
+        store
+            .get_runs_with_bodies(Vec::new())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 async fn committed_data_survives_a_new_connection(backend: TestBackend) {
     let (db, store) = open(backend).await;
     let run = full_run("durable", "p");
@@ -1670,6 +1707,7 @@ on_both_backends!(
     put_pool_bumps_the_revision_only_when_the_digest_changes,
     pools_are_listed_by_name_updated_and_deleted,
     job_bodies_can_be_cleared_and_resealed,
+    runs_are_read_in_one_go_with_their_bodies,
     committed_data_survives_a_new_connection,
     a_corrupt_row_is_reported_without_its_contents,
     a_commit_derived_from_an_older_version_is_refused_and_changes_nothing,
