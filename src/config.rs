@@ -83,7 +83,7 @@ pub struct DatabaseSettings {
     /// `sqlite://path` (relative to the working directory) or `postgres://…`; empty means
     /// `sqlite://<dataDir>/cattery.db`.
     pub url: String,
-    /// Connections in the pool.
+    /// Connections in the pool for reads; the store's writer keeps one more of its own.
     pub pool_size: u32,
 }
 

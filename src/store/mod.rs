@@ -262,7 +262,7 @@ fn checkout(pool: &DbPool, backend: Backend) -> Result<PooledConn, StoreError> {
 
 impl Store {
     /// Connects to `url` (`sqlite://path`, a bare path, or `postgres://…`) with up to
-    /// `pool_size` connections, and applies pending migrations. A SQLite file's directory is
+    /// `pool_size` connections for reads and one for the writer, and applies pending migrations. A SQLite file's directory is
     /// created when missing.
     ///
     /// # Errors
@@ -294,7 +294,9 @@ impl Store {
         } else {
             None
         };
-        let pool = blocking(move || conn::build_pool(&target, pool_size)).await?;
+        // One connection more than asked: the writer keeps one of its own for good.
+        let size = pool_size.max(1).saturating_add(1);
+        let pool = blocking(move || conn::build_pool(&target, size)).await?;
         let stats = Arc::new(WriterStats::default());
         let writer = writer::spawn(pool.clone(), backend, stats.clone())?;
         let store = Store {

@@ -1240,17 +1240,26 @@ impl Prepared {
 
 async fn the_writer_prepares_each_statement_once_and_reuses_it(backend: TestBackend) {
     let (db, _) = open(backend).await;
-    // One connection: the writer and the readers share it, and so its statement cache.
+    // One connection for reads and the writer's own: both record what they prepare.
     let store = Store::connect(db.url(), 1).await.unwrap();
-    let prepared = Prepared::default();
-    let recorder = prepared.clone();
-    store
-        .with_conn(move |conn| {
-            diesel::Connection::set_instrumentation(conn, recorder);
-            Ok(())
-        })
-        .await
-        .unwrap();
+    let connections = [Prepared::default(), Prepared::default()];
+    let (pool, kind) = (store.inner.pool.clone(), store.inner.backend);
+    let recorders = connections.clone();
+    tokio::task::spawn_blocking(move || {
+        let [first, second] = recorders;
+        let mut a = super::checkout(&pool, kind).unwrap();
+        let mut b = super::checkout(&pool, kind).unwrap();
+        diesel::Connection::set_instrumentation(&mut *a, first);
+        diesel::Connection::set_instrumentation(&mut *b, second);
+    })
+    .await
+    .unwrap();
+    let statements = || {
+        connections
+            .iter()
+            .map(Prepared::statements)
+            .collect::<Vec<_>>()
+    };
 
     // Whole lifecycles: insert with a body, a transition, a final commit that drops the body,
     // and the reads a gateway does along the way.
@@ -1290,16 +1299,20 @@ async fn the_writer_prepares_each_statement_once_and_reuses_it(backend: TestBack
     for i in 0..5 {
         lifecycle(format!("warm-{i}")).await;
     }
-    let after_warm_up = prepared.statements();
+    let after_warm_up = statements();
     for i in 0..40 {
         lifecycle(format!("run-{i}")).await;
     }
-    let after_many = prepared.statements();
+    let after_many = statements();
 
-    // Forty more lifecycles prepared nothing new: every statement came from the cache.
+    // Forty more lifecycles prepared nothing new: every statement came from a cache, and no
+    // connection prepared one statement twice.
     assert_eq!(after_many, after_warm_up);
-    let distinct: BTreeSet<&String> = after_many.iter().collect();
-    assert_eq!(distinct.len(), after_many.len(), "{after_many:#?}");
+    for prepared in &after_many {
+        let distinct: BTreeSet<&String> = prepared.iter().collect();
+        assert_eq!(distinct.len(), prepared.len(), "{prepared:#?}");
+    }
+    let after_many: Vec<&String> = after_many.iter().flatten().collect();
     for start in [
         "INSERT INTO runs ",
         "INSERT INTO run_jobs ",

@@ -69,10 +69,11 @@ pub(crate) fn spawn(
     std::thread::Builder::new()
         .name("cattery-store-writer".to_owned())
         .spawn(move || {
-            let writer = Writer {
+            let mut writer = Writer {
                 pool,
                 backend,
                 stats,
+                conn: None,
             };
             while let Some(first) = rx.blocking_recv() {
                 let mut batch = vec![first];
@@ -101,10 +102,15 @@ struct Writer {
     pool: DbPool,
     backend: Backend,
     stats: Arc<WriterStats>,
+    /// The writer's own connection, kept between transactions: no pool checkout (and its
+    /// liveness check, a round trip on PostgreSQL) per transaction, and on SQLite a page cache
+    /// that no other connection's write invalidates. Dropped after a failed transaction, so a
+    /// broken connection is replaced by a fresh, checked one.
+    conn: Option<PooledConn>,
 }
 
 impl Writer {
-    fn write(&self, batch: Vec<WriteRequest>) {
+    fn write(&mut self, batch: Vec<WriteRequest>) {
         if batch.len() > 1 {
             match self.write_batch(&batch) {
                 Ok(outcomes) => {
@@ -131,9 +137,8 @@ impl Writer {
         }
     }
 
-    fn write_batch(&self, batch: &[WriteRequest]) -> Result<Vec<Outcome>, StoreError> {
-        let mut conn = self.checkout()?;
-        write_tx(&mut conn, |c| {
+    fn write_batch(&mut self, batch: &[WriteRequest]) -> Result<Vec<Outcome>, StoreError> {
+        self.in_transaction(|c| {
             events::lock_for_append(c)?;
             if let Some(outcomes) = setwise::write(c, batch)? {
                 return Ok(outcomes);
@@ -142,16 +147,28 @@ impl Writer {
         })
     }
 
-    fn write_one(&self, request: &WriteRequest) -> Result<Outcome, StoreError> {
-        let mut conn = self.checkout()?;
-        write_tx(&mut conn, |c| {
+    fn write_one(&mut self, request: &WriteRequest) -> Result<Outcome, StoreError> {
+        self.in_transaction(|c| {
             events::lock_for_append(c)?;
             apply(c, request)
         })
     }
 
-    fn checkout(&self) -> Result<PooledConn, StoreError> {
-        super::checkout(&self.pool, self.backend)
+    /// Runs `f` in one write transaction on the writer's connection (checked out when it has
+    /// none); a failure drops the connection.
+    fn in_transaction<T>(
+        &mut self,
+        f: impl FnOnce(&mut DbConn) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = match self.conn.take() {
+            Some(conn) => conn,
+            None => super::checkout(&self.pool, self.backend)?,
+        };
+        let result = write_tx(&mut conn, f);
+        if result.is_ok() {
+            self.conn = Some(conn);
+        }
+        result
     }
 
     fn deliver(&self, request: WriteRequest, result: Result<Outcome, StoreError>) {

@@ -252,13 +252,6 @@ impl RequestTemplate {
         auth_headers: Vec<(String, String)>,
         secrets: &SecretBundle,
     ) -> Result<RenderedRequest, RenderError> {
-        let body_cap = match self.body {
-            Body::None => MAX_BODY_BYTES,
-            _ => data.pointer("/input/job").map_or(MAX_BODY_BYTES, |job| {
-                let job_bytes = serde_json::to_vec(job).map_or(0, |bytes| bytes.len());
-                MAX_BODY_BYTES.max(job_bytes.saturating_add(BODY_ROOM_OVER_JOB))
-            }),
-        };
         let mut ctx = Context::from(data);
 
         let path = engine.render(&self.path, &ctx)?;
@@ -290,6 +283,19 @@ impl RequestTemplate {
                 template.name.clone(),
                 true,
             )),
+        };
+
+        // A body over the plain cap may still carry a large job once (measured only then: the
+        // job is serialised once more).
+        let body_cap = match &body {
+            Some((bytes, _, _)) if bytes.len() > MAX_BODY_BYTES => ctx
+                .data()
+                .pointer("/input/job")
+                .map_or(MAX_BODY_BYTES, |job| {
+                    let size = serde_json::to_vec(job).map_or(0, |bytes| bytes.len());
+                    MAX_BODY_BYTES.max(size.saturating_add(BODY_ROOM_OVER_JOB))
+                }),
+            _ => MAX_BODY_BYTES,
         };
 
         let mut rendered_headers = Vec::with_capacity(self.headers.len());
