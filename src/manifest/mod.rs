@@ -157,6 +157,9 @@ pub struct Limits {
     pub requests_per_second: Option<f64>,
     /// Default timeout of one call (default 10000).
     pub timeout_ms: u64,
+    /// Requests to the scheduler in flight at once, and idle connections kept (default 64):
+    /// a burst of runs waits for a connection instead of opening one each.
+    pub max_connections: u32,
 }
 
 /// Retry policy for retryable call failures.

@@ -22,6 +22,13 @@ pub struct Defaults {
     pub polling: Polling,
 }
 
+/// `limits.maxConnections` when the manifest does not say: enough for a busy pool on one
+/// scheduler endpoint, far below a process's descriptor limit.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 64;
+
+/// The largest `limits.maxConnections`.
+pub const MAX_CONNECTIONS: u32 = 4_096;
+
 impl Default for Defaults {
     fn default() -> Self {
         Defaults {
@@ -30,6 +37,7 @@ impl Default for Defaults {
                 max_queued: 10_000,
                 requests_per_second: None,
                 timeout_ms: 10_000,
+                max_connections: DEFAULT_MAX_CONNECTIONS,
             },
             retry: RetryPolicy {
                 max_attempts: 5,

@@ -290,7 +290,13 @@ pub const MAX_REQUESTS_PER_SECOND: f64 = 1_000_000.0;
 
 fn limits(root: &Fields<'_>, defaults: &Defaults, problems: &mut Problems) -> Limits {
     let mut limits = defaults.limits.clone();
-    let allowed = ["maxInFlight", "maxQueued", "requestsPerSecond", "timeoutMs"];
+    let allowed = [
+        "maxInFlight",
+        "maxQueued",
+        "requestsPerSecond",
+        "timeoutMs",
+        "maxConnections",
+    ];
     let Some((path, value)) = section(root, "limits", &allowed, problems) else {
         return limits;
     };
@@ -321,6 +327,14 @@ fn limits(root: &Fields<'_>, defaults: &Defaults, problems: &mut Problems) -> Li
     }
     if let Some(n) = f.int("timeoutMs", 1, MAX_TIMEOUT_MS, problems) {
         limits.timeout_ms = n;
+    }
+    if let Some(n) = f.int(
+        "maxConnections",
+        1,
+        u64::from(super::model::MAX_CONNECTIONS),
+        problems,
+    ) {
+        limits.max_connections = u32_of(n);
     }
     limits
 }
@@ -451,6 +465,20 @@ mod tests {
             assert!(!m.poll_needs_captures());
         }
         assert_eq!(from_yaml.source(), from_json.source());
+    }
+
+    #[test]
+    fn max_connections_defaults_to_64_and_is_bounded() {
+        let doc = minimal();
+        assert_eq!(build(&doc).unwrap().limits.max_connections, 64);
+        let mut doc = minimal();
+        doc["limits"] = json!({"maxConnections": 8});
+        assert_eq!(build(&doc).unwrap().limits.max_connections, 8);
+        for bad in [json!(0), json!(4097), json!("many"), json!(2.5)] {
+            let mut doc = minimal();
+            doc["limits"] = json!({"maxConnections": bad});
+            assert_eq!(problem_paths(&doc), ["limits.maxConnections"], "{bad}");
+        }
     }
 
     #[test]

@@ -58,7 +58,10 @@ pub fn build_client(
         .no_proxy()
         .dns_resolver(guard.resolver())
         .user_agent(concat!("cattery/", env!("CARGO_PKG_VERSION")))
-        .connect_timeout(std::time::Duration::from_secs(10));
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .pool_max_idle_per_host(
+            usize::try_from(manifest.limits.max_connections).unwrap_or(usize::MAX),
+        );
     if let Some(pem) = &manifest.ca_cert_pem {
         let cert =
             reqwest::Certificate::from_pem(pem.as_bytes()).map_err(|_| ClientError::BadCaCert)?;

@@ -39,6 +39,10 @@ pub struct PoolRuntime {
     pub client: reqwest::Client,
     /// The egress policy as this pool sees it (checked before every request and redirect hop).
     pub egress: Arc<crate::egress::EgressGuard>,
+    /// One permit per request in flight to the scheduler (`limits.maxConnections`): with the
+    /// client keeping no more idle connections than that, a burst of runs shares a bounded set
+    /// of connections instead of opening one each.
+    pub connections: Arc<tokio::sync::Semaphore>,
 }
 
 impl PoolRuntime {
@@ -55,6 +59,7 @@ impl PoolRuntime {
     ) -> Result<Self, http::ClientError> {
         let guard = egress.guard(name.as_str());
         let client = http::build_client(&manifest, &guard)?;
+        let permits = usize::try_from(manifest.limits.max_connections).unwrap_or(usize::MAX);
         Ok(Self {
             name,
             revision,
@@ -62,6 +67,7 @@ impl PoolRuntime {
             secrets,
             client,
             egress: guard,
+            connections: Arc::new(tokio::sync::Semaphore::new(permits.max(1))),
         })
     }
 }
@@ -353,6 +359,17 @@ impl Adapter {
         request: RenderedRequest,
         timeout: Duration,
     ) -> Result<Exchange, CallOutcome> {
+        // Held until the answer is read, so the connection is back in the client's pool before
+        // another request may start. The semaphore is never closed.
+        let _connection = pool
+            .connections
+            .acquire()
+            .await
+            .map_err(|_| CallOutcome::Retryable {
+                message: "the pool's connections are closed".to_owned(),
+                retry_after_ms: None,
+                unreadable: false,
+            })?;
         let method =
             reqwest::Method::from_bytes(request.method.as_str().as_bytes()).map_err(|_| {
                 CallOutcome::Rejected {
