@@ -5,7 +5,7 @@
 //! addresses, against test schedulers with those shapes.
 
 use crate::catfactory_scheduler::CfScheduler;
-use crate::support::app::{TestApp, spawn_app_with};
+use crate::support::app::{TestApp, spawn_app};
 use crate::support::client::Reply;
 use crate::support::gateway::cattery_bin;
 use crate::support::stub::Scripted;
@@ -82,15 +82,6 @@ response:
   errorPath: data.message
 "#;
 
-/// An app that may call schedulers on loopback over http.
-pub async fn cf_app() -> TestApp {
-    spawn_app_with(|settings| {
-        settings.egress.allow_http = true;
-        settings.egress.allow_hosts = vec!["127.0.0.1".to_owned()];
-    })
-    .await
-}
-
 /// A YAML example with its addresses pointed at the test scheduler.
 fn example(yaml: &str, scheduler: &CfScheduler) -> Value {
     let text = yaml
@@ -128,13 +119,11 @@ pub fn spec(job_id: &str) -> Value {
 }
 
 async fn submit(app: &TestApp, pool: &str, job_id: &str) {
-    let response = app
-        .dispatch(
-            pool,
-            json!({"jobId": job_id, "kind": "agent", "job": spec(job_id)}),
-        )
-        .await;
-    assert_eq!(response.status, 202, "{}", response.text);
+    app.submit(
+        pool,
+        json!({"jobId": job_id, "kind": "agent", "job": spec(job_id)}),
+    )
+    .await;
 }
 
 /// The facade's job view of a run.
@@ -166,7 +155,7 @@ fn call_metric(seq: u64) -> Value {
 
 #[actix_web::test]
 async fn the_transparent_proxy_example_registers_unchanged_and_runs_a_job() {
-    let app = cf_app().await;
+    let app = spawn_app().await;
     let scheduler = CfScheduler::start(vec![]).await;
     // Like the real API, the scheduler refuses calls without the pool's credential.
     scheduler.require_header("authorization", "Bearer acme-api-token");
@@ -279,7 +268,7 @@ async fn the_transparent_proxy_example_registers_unchanged_and_runs_a_job() {
 
 #[actix_web::test]
 async fn the_opaque_envelope_example_with_oauth2_runs_done_and_failed_jobs() {
-    let app = cf_app().await;
+    let app = spawn_app().await;
     let scheduler = CfScheduler::start(vec![]).await;
     let pool = register(
         &app,
@@ -367,7 +356,7 @@ fn harness_manifest(scheduler: &CfScheduler, response: Value) -> Value {
 
 #[actix_web::test]
 async fn status_words_are_read_with_cat_factory_vocabularies_and_the_status_map() {
-    let app = cf_app().await;
+    let app = spawn_app().await;
     let scheduler = CfScheduler::start(vec![]).await;
     let manifest = harness_manifest(
         &scheduler,
@@ -495,7 +484,7 @@ async fn status_words_are_read_with_cat_factory_vocabularies_and_the_status_map(
 
 #[actix_web::test]
 async fn a_poll_answered_404_or_410_means_the_job_was_lost() {
-    let app = cf_app().await;
+    let app = spawn_app().await;
     let scheduler = CfScheduler::start(vec![]).await;
     register(
         &app,
@@ -534,7 +523,7 @@ async fn a_poll_answered_404_or_410_means_the_job_was_lost() {
 
 #[actix_web::test]
 async fn a_dispatch_answered_with_a_non_2xx_status_fails_the_run() {
-    let app = cf_app().await;
+    let app = spawn_app().await;
     let scheduler = CfScheduler::start(vec![]).await;
     register(
         &app,
@@ -588,7 +577,7 @@ async fn a_dispatch_answered_with_a_non_2xx_status_fails_the_run() {
 
 #[actix_web::test]
 async fn the_six_auth_schemes_send_their_exact_headers() {
-    let app = cf_app().await;
+    let app = spawn_app().await;
     let scheduler = CfScheduler::start(vec![Scripted::Json(json!({"state": "done"}))]).await;
     let token_url = format!("{}/oauth/token", scheduler.base_url);
     let schemes = [
@@ -688,7 +677,7 @@ async fn the_six_auth_schemes_send_their_exact_headers() {
 
 #[actix_web::test]
 async fn variables_query_values_and_dot_paths_behave_as_in_cat_factory() {
-    let app = cf_app().await;
+    let app = spawn_app().await;
     let scheduler = CfScheduler::start(vec![]).await;
     let manifest = json!({
         "providerId": "vars",
@@ -848,7 +837,7 @@ async fn variables_query_values_and_dot_paths_behave_as_in_cat_factory() {
 
 #[actix_web::test]
 async fn registration_accepts_both_shapes_and_reports_problems_where_they_were_written() {
-    let app = cf_app().await;
+    let app = spawn_app().await;
     let scheduler = CfScheduler::start(vec![]).await;
     let put = |body: Value| {
         let app = &app;
@@ -960,7 +949,7 @@ fn normalised(seen: &crate::support::stub::Seen, job_id: &str) -> Value {
 
 #[actix_web::test]
 async fn a_converted_manifest_drives_the_scheduler_exactly_like_the_original() {
-    let app = cf_app().await;
+    let app = spawn_app().await;
     let scheduler = CfScheduler::start(vec![
         Scripted::Json(json!({"state": "in_progress"})),
         Scripted::Json(json!({"state": "succeeded", "result": {"summary": "same"}})),

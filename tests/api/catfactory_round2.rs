@@ -112,12 +112,6 @@ async fn app_with(adjust: impl FnOnce(&mut cattery::config::Settings)) -> TestAp
     .await
 }
 
-async fn put_pool(app: &TestApp, name: &str, manifest: Value) {
-    let response = app.put_pool(name, manifest, json!({})).await;
-    let status = response.status;
-    assert_eq!(status, 201, "{}", response.text);
-}
-
 async fn send(request: reqwest::RequestBuilder) -> (u16, Value) {
     let response = request.send().await.unwrap();
     let status = response.status().as_u16();
@@ -179,10 +173,10 @@ async fn a_job_the_scheduler_forgot_reads_as_lost_so_cat_factory_redispatches_it
     let app = app_with(|_| {}).await;
     let scheduler = CfScheduler::start(vec![]).await;
     // cattery dispatches a lost job once more itself before it gives up on it.
-    put_pool(
-        &app,
+    app.register(
         "harness",
         harness_pool(&scheduler, json!({"lost": {"redispatch": 1}})),
+        json!({}),
     )
     .await;
     scheduler.script(
@@ -221,8 +215,7 @@ async fn a_job_the_scheduler_forgot_reads_as_lost_so_cat_factory_redispatches_it
 async fn a_job_whose_pod_was_evicted_reads_as_the_schedulers_eviction_word() {
     let app = app_with(|_| {}).await;
     let scheduler = CfScheduler::start(vec![]).await;
-    put_pool(
-        &app,
+    app.register(
         "harness",
         harness_pool(
             &scheduler,
@@ -232,6 +225,7 @@ async fn a_job_whose_pod_was_evicted_reads_as_the_schedulers_eviction_word() {
                 "map": {"state": "status.phase", "statusMap": {"NodeShutdown": "lost"}}
             }}),
         ),
+        json!({}),
     )
     .await;
     let cases = [
@@ -388,15 +382,16 @@ async fn failure_causes_are_only_cat_factorys_and_cattery_causes_are_named_in_de
     })
     .await;
     let scheduler = CfScheduler::start(vec![]).await;
-    put_pool(&app, "harness", harness_pool(&scheduler, json!({}))).await;
+    app.register("harness", harness_pool(&scheduler, json!({})), json!({}))
+        .await;
     // A pool whose runs have a one-second deadline.
-    put_pool(
-        &app,
+    app.register(
         "slow",
         harness_pool(
             &scheduler,
             json!({"polling": {"intervalMs": 20, "maxIntervalMs": 40, "deadlineSeconds": 1}}),
         ),
+        json!({}),
     )
     .await;
     let failed = |extra: Value| {
@@ -533,10 +528,11 @@ async fn post_jobs_and_health_declare_capabilities_from_config_and_from_the_sche
     })
     .await;
     let scheduler = CfScheduler::start(vec![Scripted::Json(json!({"state": "running"}))]).await;
-    put_pool(&app, "deployers", harness_pool(&scheduler, json!({}))).await;
+    app.register("deployers", harness_pool(&scheduler, json!({})), json!({}))
+        .await;
     let mut plain = harness_pool(&scheduler, json!({}));
     plain["dispatch"].as_object_mut().unwrap().remove("capture");
-    put_pool(&app, "plain", plain).await;
+    app.register("plain", plain, json!({})).await;
 
     // The default pool is the built-in local pool: its declared list, on /health and POST.
     let (status, health) = send(app.client.get(app.url("/health"))).await;
@@ -794,7 +790,8 @@ fn call_metric(seq: usize, text: &str) -> Value {
 async fn every_drained_batch_reaches_the_facade_reader_once_and_in_order() {
     let app = app_with(|_| {}).await;
     let scheduler = CfScheduler::start(vec![]).await;
-    put_pool(&app, "harness", harness_pool(&scheduler, json!({}))).await;
+    app.register("harness", harness_pool(&scheduler, json!({})), json!({}))
+        .await;
 
     // Six polls of batches (some empty, as a drained harness answers between batches), then
     // done with a last batch. The reader reads nothing until cattery saw them all.
@@ -930,7 +927,8 @@ async fn every_drained_batch_reaches_the_facade_reader_once_and_in_order() {
 async fn releasing_an_unknown_job_answers_404_like_the_harness_and_touches_nothing() {
     let app = app_with(|_| {}).await;
     let scheduler = CfScheduler::start(vec![]).await;
-    put_pool(&app, "harness", harness_pool(&scheduler, json!({}))).await;
+    app.register("harness", harness_pool(&scheduler, json!({})), json!({}))
+        .await;
     scheduler.script(
         "exec-7-coder",
         vec![

@@ -46,17 +46,14 @@ fn merge(base: &mut Value, extra: Value) {
 async fn setup(polls_to_finish: usize, extra: Value) -> (TestApp, FaultyScheduler) {
     let app = spawn_app().await;
     let scheduler = FaultyScheduler::start(polls_to_finish).await;
-    let response = app
-        .put_pool("faulty", manifest(&scheduler.base_url, extra), json!({}))
+    app.register("faulty", manifest(&scheduler.base_url, extra), json!({}))
         .await;
-    assert_eq!(response.status, 201, "{}", response.text);
     (app, scheduler)
 }
 
 async fn dispatch_all(app: &TestApp, ids: &[String]) {
     for id in ids {
-        let response = app.dispatch("faulty", json!({"jobId": id})).await;
-        assert_eq!(response.status, 202, "{}", response.text);
+        app.submit("faulty", json!({"jobId": id})).await;
     }
 }
 
@@ -411,14 +408,12 @@ async fn a_huge_oauth2_expires_in_does_not_stop_the_run() {
             "clientSecretSecretRef": {"key": "SECRET"}
         }}),
     );
-    let response = app
-        .put_pool(
-            "oauth",
-            manifest,
-            json!({"ID": "client", "SECRET": "s3cret"}),
-        )
-        .await;
-    assert_eq!(response.status, 201, "{}", response.text);
+    app.register(
+        "oauth",
+        manifest,
+        json!({"ID": "client", "SECRET": "s3cret"}),
+    )
+    .await;
     for id in ["forever-1", "forever-2"] {
         app.dispatch("oauth", json!({"jobId": id})).await;
         let run = app.wait_settled(id).await;
@@ -503,10 +498,8 @@ async fn a_deleted_pool_registered_again_starts_with_a_closed_breaker() {
         .unwrap();
     assert_eq!(response.status().as_u16(), 204);
     scheduler.set_default_fault(Fault::None);
-    let response = app
-        .put_pool("faulty", manifest(&scheduler.base_url, extra), json!({}))
+    app.register("faulty", manifest(&scheduler.base_url, extra), json!({}))
         .await;
-    assert_eq!(response.status, 201);
     // The new pool owes nothing to the deleted one's failures: it calls at once.
     let Reply { body: pool, .. } = app.get("/v1/pools/faulty").await;
     assert_eq!(pool["health"]["circuit"], "closed", "{pool}");
@@ -547,8 +540,7 @@ async fn replaced_oauth2_secrets_leave_no_cached_token_behind() {
     );
     let first = json!({"ID": "client", "SECRET": "first-secret"});
     let second = json!({"ID": "client", "SECRET": "second-secret"});
-    let response = app.put_pool("oauth", manifest, first.clone()).await;
-    assert_eq!(response.status, 201);
+    app.register("oauth", manifest, first.clone()).await;
     // first → second → first again: the token of the first credential was dropped when the
     // secrets changed, so going back fetches a new one instead of reusing a stale token.
     for (n, secrets) in [(1, None), (2, Some(second)), (3, Some(first))] {

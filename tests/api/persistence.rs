@@ -25,19 +25,17 @@ async fn a_running_run_resumes_after_the_gateway_is_killed_and_restarted() {
     let data_dir = tempfile::tempdir().unwrap();
     let pool = LocalPool::start(TOKEN).await;
     let mut gateway = Gateway::start(Launch::new(&db, data_dir.path())).await;
-    let registered = gateway
-        .put_pool(
+    gateway
+        .register(
             "local",
             local_manifest(&pool.base_url),
             json!({"LOCAL_POOL_TOKEN": TOKEN}),
         )
         .await;
-    assert_eq!(registered.status, 201);
     let secret_job = json!({"steps": 20, "stepMs": 100, "ghToken": "ghs_supersecretjobtoken"});
-    let accepted = gateway
-        .dispatch("local", json!({"jobId": "survivor-1", "job": secret_job}))
+    gateway
+        .submit("local", json!({"jobId": "survivor-1", "job": secret_job}))
         .await;
-    assert_eq!(accepted.status, 202);
     let get = async |gateway: &Gateway| gateway.get("/v1/runs/survivor-1").await.json();
     let start = Instant::now();
     while get(&gateway).await["state"] != "running" {
@@ -191,21 +189,17 @@ const INSTANCE_LOCK_KEY: i64 = 7_161_132_924_060_827_651;
 async fn a_finished_runs_job_body_is_gone_from_the_database_once_it_reads_final() {
     let app = spawn_app().await;
     let pool = LocalPool::start(TOKEN).await;
-    let registered = app
-        .put_pool(
-            "local",
-            local_manifest(&pool.base_url),
-            json!({"LOCAL_POOL_TOKEN": TOKEN}),
-        )
-        .await;
-    assert_eq!(registered.status, 201);
-    let accepted = app
-        .dispatch(
-            "local",
-            json!({"jobId": "body-1", "job": {"steps": 1, "stepMs": 10, "ghToken": "ghs_body"}}),
-        )
-        .await;
-    assert_eq!(accepted.status, 202);
+    app.register(
+        "local",
+        local_manifest(&pool.base_url),
+        json!({"LOCAL_POOL_TOKEN": TOKEN}),
+    )
+    .await;
+    app.submit(
+        "local",
+        json!({"jobId": "body-1", "job": {"steps": 1, "stepMs": 10, "ghToken": "ghs_body"}}),
+    )
+    .await;
     let store = Store::connect(app.db.url(), 1).await.unwrap();
     let job_id = JobId::parse("body-1").unwrap();
     assert!(store.get_job_sealed(&job_id).await.unwrap().is_some());
@@ -340,21 +334,17 @@ async fn a_corrupt_run_row_is_quarantined_at_start_and_the_gateway_serves_the_ot
 async fn a_run_changed_in_the_database_behind_its_actor_is_reloaded_not_overwritten() {
     let app = spawn_app().await;
     let pool = LocalPool::start(TOKEN).await;
-    let registered = app
-        .put_pool(
-            "local",
-            local_manifest(&pool.base_url),
-            json!({"LOCAL_POOL_TOKEN": TOKEN}),
-        )
-        .await;
-    assert_eq!(registered.status, 201);
-    let accepted = app
-        .dispatch(
-            "local",
-            json!({"jobId": "raced-1", "job": {"steps": 30, "stepMs": 100}}),
-        )
-        .await;
-    assert_eq!(accepted.status, 202);
+    app.register(
+        "local",
+        local_manifest(&pool.base_url),
+        json!({"LOCAL_POOL_TOKEN": TOKEN}),
+    )
+    .await;
+    app.submit(
+        "local",
+        json!({"jobId": "raced-1", "job": {"steps": 30, "stepMs": 100}}),
+    )
+    .await;
     app.wait_for("raced-1", Duration::from_secs(20), |run| {
         run["state"] == "running"
     })

@@ -17,10 +17,8 @@ async fn pool_with_limits(limits: Value) -> (TestApp, TestScheduler) {
     let scheduler = TestScheduler::start(vec![Scripted::Json(json!({"status": "Running"}))]).await;
     let mut manifest = scheduler_manifest(&scheduler.base_url);
     manifest["limits"] = limits;
-    let response = app
-        .put_pool("sched", manifest, json!({"SCHED_TOKEN": SCHED_TOKEN}))
+    app.register("sched", manifest, json!({"SCHED_TOKEN": SCHED_TOKEN}))
         .await;
-    assert_eq!(response.status, 201, "{}", response.text);
     (app, scheduler)
 }
 

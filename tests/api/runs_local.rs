@@ -13,14 +13,12 @@ const TOKEN: &str = "local-pool-test-token";
 async fn app_with_local_pool() -> (TestApp, LocalPool) {
     let app = spawn_app().await;
     let pool = LocalPool::start(TOKEN).await;
-    let response = app
-        .put_pool(
-            "local",
-            local_manifest(&pool.base_url),
-            json!({"LOCAL_POOL_TOKEN": TOKEN}),
-        )
-        .await;
-    assert_eq!(response.status, 201, "{}", response.text);
+    app.register(
+        "local",
+        local_manifest(&pool.base_url),
+        json!({"LOCAL_POOL_TOKEN": TOKEN}),
+    )
+    .await;
     (app, pool)
 }
 

@@ -22,8 +22,7 @@ async fn setup(
     if manifest["auth"]["type"] == "oauth2_client_credentials" {
         secrets = json!({"CLIENT_ID": "client-one", "CLIENT_SECRET": "client-secret-value"});
     }
-    let response = app.put_pool("sched", manifest, secrets).await;
-    assert_eq!(response.status, 201, "{}", response.text);
+    app.register("sched", manifest, secrets).await;
     (app, scheduler)
 }
 
@@ -39,13 +38,11 @@ async fn the_scheduler_receives_the_rendered_requests_and_the_view_follows_its_a
     let (app, scheduler) = setup(script, |_, _| {}).await;
     let evil = "quote\" brace} newline\n {{input.jobId}} ../../etc?x=1#frag %2F";
     let job = json!({"prompt": evil, "nested": {"list": [1, "two", null]}});
-    let response = app
-        .dispatch(
-            "sched",
-            json!({"jobId": "sched-ok-1", "kind": "agent", "job": job}),
-        )
-        .await;
-    assert_eq!(response.status, 202);
+    app.submit(
+        "sched",
+        json!({"jobId": "sched-ok-1", "kind": "agent", "job": job}),
+    )
+    .await;
     let run = app
         .wait_for("sched-ok-1", WAIT, |r| r["released"] == true)
         .await;
