@@ -38,19 +38,26 @@
 //! `LIFECYCLES` sets the number of runs per shape (default 4000); `SHAPES` a subset of the shapes
 //! (`SHAPES=meanwhile,queued,one`); `CATTERY_BIN` runs another build of the gateway (to compare
 //! builds with the same workload and scheduler).
-#![expect(clippy::unwrap_used, reason = "a benchmark stops on any setup error")]
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a benchmark stops on any setup error"
+)]
 
 mod support;
 
-use cattery::store::testing::{TestBackend, TestDatabase};
+use cattery::store::testing::TestBackend;
 use serde_json::{Value, json};
 use std::io::Write as _;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use support::gateway::{ADMIN_TOKEN, Gateway};
 use support::probe::{self, ConnectionSampler, PgCpu};
 use support::scheduler::{Ledger, Scheduler};
+use support::shared::client::Api;
+use support::shared::database::TestDatabase;
+use support::shared::gateway::{Gateway, Launch};
 
 /// Runs in flight in the `meanwhile` and `queued` shapes: the pool's `maxInFlight`, and the
 /// number of submitting clients.
@@ -145,44 +152,25 @@ fn job_name(i: usize) -> String {
     format!("bench-{i}")
 }
 
-/// Registers pool `bench` with `scheduler` as its `baseUrl`.
-async fn register(client: &reqwest::Client, gateway: &Gateway, scheduler: &str) {
-    let registered = client
-        .put(format!("{}/v1/pools/bench", gateway.base))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"manifest": manifest(scheduler), "secrets": {}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(registered.status().as_u16(), 201);
-}
-
-/// Submits run `i`; it is durable once answered 202.
-async fn submit(client: &reqwest::Client, url: &str, i: usize) {
-    let response = client
-        .post(url)
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"jobId": job_name(i), "job": job(i)}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 202);
+/// Submits run `i` to pool `bench`; it is durable once answered 202.
+async fn submit(api: &Api, i: usize) {
+    api.submit("bench", json!({"jobId": job_name(i), "job": job(i)}))
+        .await;
 }
 
 /// Submits runs `0..lifecycles` from [`CONCURRENCY`] concurrent clients.
-async fn submit_all(client: &reqwest::Client, gateway: &Gateway, lifecycles: usize) {
+async fn submit_all(gateway: &Gateway, lifecycles: usize) {
     let next = Arc::new(AtomicUsize::new(0));
-    let url = format!("{}/v1/pools/bench/runs", gateway.base);
     let submitters: Vec<_> = (0..CONCURRENCY)
         .map(|_| {
-            let (client, next, url) = (client.clone(), next.clone(), url.clone());
+            let (api, next) = (gateway.api.clone(), next.clone());
             tokio::spawn(async move {
                 loop {
                     let i = next.fetch_add(1, Ordering::SeqCst);
                     if i >= lifecycles {
                         return;
                     }
-                    submit(&client, &url, i).await;
+                    submit(&api, i).await;
                 }
             })
         })
@@ -213,17 +201,6 @@ async fn settle_and_verify(
     tokio::time::sleep(Duration::from_millis(200)).await;
     let names: Vec<String> = (0..lifecycles).map(job_name).collect();
     ledger.verify(&names, repeats_allowed)
-}
-
-/// The PostgreSQL database's name, for PostgreSQL.
-fn pg_database(db: &TestDatabase, backend: TestBackend) -> Option<String> {
-    (backend == TestBackend::Postgres).then(|| {
-        url::Url::parse(db.url())
-            .unwrap()
-            .path()
-            .trim_start_matches('/')
-            .to_owned()
-    })
 }
 
 /// One row's figures.
@@ -274,7 +251,6 @@ impl Window {
 
 /// A fresh database of `backend`, and what a shape needs to start gateways on it.
 struct Setup {
-    client: reqwest::Client,
     db: TestDatabase,
     database: Option<String>,
     data_dir: tempfile::TempDir,
@@ -282,21 +258,33 @@ struct Setup {
 
 impl Setup {
     async fn new(backend: TestBackend) -> Setup {
-        let db = TestDatabase::create(backend).await.unwrap();
+        let db = TestDatabase::create_on(backend).await;
         Setup {
-            client: cattery::scheduler::http::plain_client().unwrap(),
-            database: pg_database(&db, backend),
+            database: db.postgres_name(),
             db,
             data_dir: tempfile::tempdir().unwrap(),
         }
     }
 
-    /// A gateway on this database, ready, with the pool registered against `scheduler`; and
-    /// its resident memory then (idle).
+    /// A gateway process on this database, not ready yet; its warnings go to `data_dir/<log>`.
+    /// `CATTERY_BIN` drives another build of the gateway (an earlier one, to compare).
+    fn spawn(&self, log: &str) -> Gateway {
+        let mut launch =
+            Launch::new(&self.db, self.data_dir.path()).log_to(self.data_dir.path().join(log));
+        if let Ok(bin) = std::env::var("CATTERY_BIN") {
+            launch = launch.bin(PathBuf::from(bin));
+        }
+        Gateway::spawn(launch)
+    }
+
+    /// A gateway on this database, ready, with the pool `bench` registered against
+    /// `scheduler`; and its resident memory then (idle).
     async fn gateway(&self, log: &str, scheduler: &str) -> (Gateway, f64) {
-        let mut gateway = Gateway::spawn(self.db.url(), self.data_dir.path(), log);
-        gateway.ready(&self.client).await;
-        register(&self.client, &gateway, scheduler).await;
+        let mut gateway = self.spawn(log);
+        gateway.ready().await;
+        gateway
+            .register("bench", manifest(scheduler), json!({}))
+            .await;
         let idle = probe::memory_mib(gateway.pid(), "VmRSS");
         (gateway, idle)
     }
@@ -312,7 +300,7 @@ async fn submitted_meanwhile(backend: TestBackend, lifecycles: usize) -> Figures
         setup.database.as_deref(),
         scheduler.port,
     );
-    submit_all(&setup.client, &gateway, lifecycles).await;
+    submit_all(&gateway, lifecycles).await;
     wait_released(&scheduler.ledger, lifecycles, &gateway).await;
     let figures = window.close(Instant::now(), &gateway, lifecycles, idle);
     settle_and_verify(&scheduler.ledger, lifecycles, false).await;
@@ -324,14 +312,13 @@ async fn one_in_flight(backend: TestBackend, lifecycles: usize) -> Figures {
     let setup = Setup::new(backend).await;
     let scheduler = Scheduler::start();
     let (gateway, idle) = setup.gateway("gateway.log", &scheduler.base).await;
-    let url = format!("{}/v1/pools/bench/runs", gateway.base);
     let window = Window::open(
         probe::cpu_seconds(gateway.pid()),
         setup.database.as_deref(),
         scheduler.port,
     );
     for i in 0..lifecycles {
-        submit(&setup.client, &url, i).await;
+        submit(&gateway, i).await;
         wait_released(&scheduler.ledger, i + 1, &gateway).await;
     }
     let figures = window.close(Instant::now(), &gateway, lifecycles, idle);
@@ -362,17 +349,17 @@ async fn already_queued(backend: TestBackend, lifecycles: usize) -> (Figures, Re
     // nothing ever reads them, so every dispatch hangs with nothing reaching any scheduler.
     let held_socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = held_socket.local_addr().unwrap().port();
-    let (first, idle) = setup
+    let (mut first, idle) = setup
         .gateway("first.log", &format!("http://127.0.0.1:{port}"))
         .await;
-    submit_all(&setup.client, &first, lifecycles).await;
+    submit_all(&first, lifecycles).await;
     let hanging = lifecycles.min(CONCURRENCY);
     let since = Instant::now();
     while probe::connections_to(port) < hanging && since.elapsed() < Duration::from_secs(30) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let held = probe::connections_to(port);
-    first.sigkill();
+    first.kill9();
     // The dead gateway's connections still wait to be accepted, their requests unread: drop
     // them unread, so that the scheduler never sees a call of the first gateway.
     held_socket.set_nonblocking(true).unwrap();
@@ -392,8 +379,8 @@ async fn already_queued(backend: TestBackend, lifecycles: usize) -> (Figures, Re
     let scheduler = Scheduler::on(held_socket);
 
     let window = Window::open(0.0, setup.database.as_deref(), port);
-    let mut gateway = Gateway::spawn(setup.db.url(), setup.data_dir.path(), "second.log");
-    let ready_after = gateway.ready(&setup.client).await;
+    let mut gateway = setup.spawn("second.log");
+    let ready_after = gateway.ready().await;
     let released_at_ready = scheduler.ledger.released();
     wait_released(&scheduler.ledger, lifecycles, &gateway).await;
     let end = Instant::now();

@@ -1,8 +1,9 @@
-use crate::helpers::{ADMIN_TOKEN, DISPATCHER_TOKEN, READER_TOKEN, spawn_app};
+use crate::support::app::spawn_app;
+use crate::support::{ADMIN_TOKEN, DISPATCHER_TOKEN, READER_TOKEN};
 use serde_json::json;
 
 async fn status_of(
-    app: &crate::helpers::TestApp,
+    app: &crate::support::app::TestApp,
     method: &str,
     path: &str,
     token: Option<&str>,

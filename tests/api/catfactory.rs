@@ -4,8 +4,12 @@
 //! (§9.1 transparent proxy, §9.2 opaque envelope with OAuth2) run unchanged but for their
 //! addresses, against test schedulers with those shapes.
 
-use crate::catfactory_scheduler::{CfScheduler, Reply};
-use crate::helpers::{ADMIN_TOKEN, READER_TOKEN, TestApp, cattery_bin, spawn_app_with};
+use crate::catfactory_scheduler::CfScheduler;
+use crate::support::app::{TestApp, spawn_app};
+use crate::support::client::Reply;
+use crate::support::gateway::cattery_bin;
+use crate::support::stub::Scripted;
+use crate::support::{ADMIN_TOKEN, READER_TOKEN};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -78,15 +82,6 @@ response:
   errorPath: data.message
 "#;
 
-/// An app that may call schedulers on loopback over http.
-pub async fn cf_app() -> TestApp {
-    spawn_app_with(|settings| {
-        settings.egress.allow_http = true;
-        settings.egress.allow_hosts = vec!["127.0.0.1".to_owned()];
-    })
-    .await
-}
-
 /// A YAML example with its addresses pointed at the test scheduler.
 fn example(yaml: &str, scheduler: &CfScheduler) -> Value {
     let text = yaml
@@ -124,18 +119,11 @@ pub fn spec(job_id: &str) -> Value {
 }
 
 async fn submit(app: &TestApp, pool: &str, job_id: &str) {
-    let response = app
-        .dispatch(
-            pool,
-            json!({"jobId": job_id, "kind": "agent", "job": spec(job_id)}),
-        )
-        .await;
-    assert_eq!(
-        response.status().as_u16(),
-        202,
-        "{}",
-        response.text().await.unwrap()
-    );
+    app.submit(
+        pool,
+        json!({"jobId": job_id, "kind": "agent", "job": spec(job_id)}),
+    )
+    .await;
 }
 
 /// The facade's job view of a run.
@@ -167,7 +155,7 @@ fn call_metric(seq: u64) -> Value {
 
 #[actix_web::test]
 async fn the_transparent_proxy_example_registers_unchanged_and_runs_a_job() {
-    let app = cf_app().await;
+    let app = spawn_app().await;
     let scheduler = CfScheduler::start(vec![]).await;
     // Like the real API, the scheduler refuses calls without the pool's credential.
     scheduler.require_header("authorization", "Bearer acme-api-token");
@@ -185,11 +173,11 @@ async fn the_transparent_proxy_example_registers_unchanged_and_runs_a_job() {
     scheduler.script(
         "exec-1-coder",
         vec![
-            Reply::Json(json!({"state": "in_progress", "progress": {"completed": 1, "inProgress": 1, "total": 3},
+            Scripted::Json(json!({"state": "in_progress", "progress": {"completed": 1, "inProgress": 1, "total": 3},
                                "callMetrics": [call_metric(1), {"seq": 2}],
                                "sliceReviews": [{"label": "slice 1", "status": "completed", "report": "ok"}],
                                "toolServers": []})),
-            Reply::Json(json!({
+            Scripted::Json(json!({
                 "state": "Succeeded",
                 "progress": {"completed": 3, "inProgress": 0, "total": 3},
                 "result": {
@@ -280,7 +268,7 @@ async fn the_transparent_proxy_example_registers_unchanged_and_runs_a_job() {
 
 #[actix_web::test]
 async fn the_opaque_envelope_example_with_oauth2_runs_done_and_failed_jobs() {
-    let app = cf_app().await;
+    let app = spawn_app().await;
     let scheduler = CfScheduler::start(vec![]).await;
     let pool = register(
         &app,
@@ -295,14 +283,14 @@ async fn the_opaque_envelope_example_with_oauth2_runs_done_and_failed_jobs() {
     scheduler.script(
         "exec-2-coder",
         vec![
-            Reply::Json(json!({"data": {"phase": "Pending"}})),
-            Reply::Json(json!({"data": {"phase": "Running"}})),
-            Reply::Json(json!({"data": {"phase": "Succeeded", "result": {"summary": "ok", "report": "legacy"}}})),
+            Scripted::Json(json!({"data": {"phase": "Pending"}})),
+            Scripted::Json(json!({"data": {"phase": "Running"}})),
+            Scripted::Json(json!({"data": {"phase": "Succeeded", "result": {"summary": "ok", "report": "legacy"}}})),
         ],
     );
     scheduler.script(
         "exec-3-coder",
-        vec![Reply::Json(
+        vec![Scripted::Json(
             json!({"data": {"phase": "FAILED ", "message": "ImagePullBackOff: no such image"}}),
         )],
     );
@@ -368,7 +356,7 @@ fn harness_manifest(scheduler: &CfScheduler, response: Value) -> Value {
 
 #[actix_web::test]
 async fn status_words_are_read_with_cat_factory_vocabularies_and_the_status_map() {
-    let app = cf_app().await;
+    let app = spawn_app().await;
     let scheduler = CfScheduler::start(vec![]).await;
     let manifest = harness_manifest(
         &scheduler,
@@ -387,40 +375,40 @@ async fn status_words_are_read_with_cat_factory_vocabularies_and_the_status_map(
     register(&app, "words", manifest, json!({})).await;
     let done_last = |word: &str| {
         vec![
-            Reply::Json(json!({"job": {"status": word}})),
-            Reply::Json(json!({"job": {"status": word}})),
-            Reply::Json(json!({"job": {"status": "done"}})),
+            Scripted::Json(json!({"job": {"status": word}})),
+            Scripted::Json(json!({"job": {"status": word}})),
+            Scripted::Json(json!({"job": {"status": "done"}})),
         ]
     };
     // (job, script, final state, failure cause)
-    let cases: Vec<(&str, Vec<Reply>, &str, Option<&str>)> = vec![
+    let cases: Vec<(&str, Vec<Scripted>, &str, Option<&str>)> = vec![
         ("w-queued", done_last("QUEUED"), "done", None),
         ("w-unknown", done_last("provisioning"), "done", None),
         (
             "w-absent",
             vec![
-                Reply::Json(json!({"job": {}})),
-                Reply::Json(json!({"job": {"status": "  "}})),
-                Reply::Json(json!({"job": {"status": "Complete"}})),
+                Scripted::Json(json!({"job": {}})),
+                Scripted::Json(json!({"job": {"status": "  "}})),
+                Scripted::Json(json!({"job": {"status": "Complete"}})),
             ],
             "done",
             None,
         ),
         (
             "w-finished",
-            vec![Reply::Json(json!({"job": {"status": " FINISHED"}}))],
+            vec![Scripted::Json(json!({"job": {"status": " FINISHED"}}))],
             "done",
             None,
         ),
         (
             "w-mapped-done",
-            vec![Reply::Json(json!({"job": {"status": "Drained"}}))],
+            vec![Scripted::Json(json!({"job": {"status": "Drained"}}))],
             "done",
             None,
         ),
         (
             "w-first-wins",
-            vec![Reply::Json(
+            vec![Scripted::Json(
                 json!({"job": {"status": "wiped", "message": "disk wiped"}}),
             )],
             "failed",
@@ -428,25 +416,25 @@ async fn status_words_are_read_with_cat_factory_vocabularies_and_the_status_map(
         ),
         (
             "w-cancelled",
-            vec![Reply::Json(json!({"job": {"status": "Cancelled"}}))],
+            vec![Scripted::Json(json!({"job": {"status": "Cancelled"}}))],
             "failed",
             Some("scheduler"),
         ),
         (
             "w-timedout",
-            vec![Reply::Json(json!({"job": {"status": "timed_out"}}))],
+            vec![Scripted::Json(json!({"job": {"status": "timed_out"}}))],
             "failed",
             Some("scheduler"),
         ),
         (
             "w-evicted-mapped",
-            vec![Reply::Json(json!({"job": {"status": "preempted"}}))],
+            vec![Scripted::Json(json!({"job": {"status": "preempted"}}))],
             "failed",
             Some("lost"),
         ),
         (
             "w-oom",
-            vec![Reply::Json(json!({"job": {"status": "OOMKilled"}}))],
+            vec![Scripted::Json(json!({"job": {"status": "OOMKilled"}}))],
             "failed",
             Some("lost"),
         ),
@@ -496,7 +484,7 @@ async fn status_words_are_read_with_cat_factory_vocabularies_and_the_status_map(
 
 #[actix_web::test]
 async fn a_poll_answered_404_or_410_means_the_job_was_lost() {
-    let app = cf_app().await;
+    let app = spawn_app().await;
     let scheduler = CfScheduler::start(vec![]).await;
     register(
         &app,
@@ -508,11 +496,11 @@ async fn a_poll_answered_404_or_410_means_the_job_was_lost() {
     scheduler.script(
         "lost-404",
         vec![
-            Reply::Json(json!({"state": "running"})),
-            Reply::Status(404, "no such job"),
+            Scripted::Json(json!({"state": "running"})),
+            Scripted::Status(404, "no such job"),
         ],
     );
-    scheduler.script("lost-410", vec![Reply::Status(410, "gone")]);
+    scheduler.script("lost-410", vec![Scripted::Status(410, "gone")]);
     submit(&app, "gone", "lost-404").await;
     submit(&app, "gone", "lost-410").await;
     for job_id in ["lost-404", "lost-410"] {
@@ -535,7 +523,7 @@ async fn a_poll_answered_404_or_410_means_the_job_was_lost() {
 
 #[actix_web::test]
 async fn a_dispatch_answered_with_a_non_2xx_status_fails_the_run() {
-    let app = cf_app().await;
+    let app = spawn_app().await;
     let scheduler = CfScheduler::start(vec![]).await;
     register(
         &app,
@@ -589,8 +577,8 @@ async fn a_dispatch_answered_with_a_non_2xx_status_fails_the_run() {
 
 #[actix_web::test]
 async fn the_six_auth_schemes_send_their_exact_headers() {
-    let app = cf_app().await;
-    let scheduler = CfScheduler::start(vec![Reply::Json(json!({"state": "done"}))]).await;
+    let app = spawn_app().await;
+    let scheduler = CfScheduler::start(vec![Scripted::Json(json!({"state": "done"}))]).await;
     let token_url = format!("{}/oauth/token", scheduler.base_url);
     let schemes = [
         ("auth-none", json!({"type": "none"}), json!({})),
@@ -689,7 +677,7 @@ async fn the_six_auth_schemes_send_their_exact_headers() {
 
 #[actix_web::test]
 async fn variables_query_values_and_dot_paths_behave_as_in_cat_factory() {
-    let app = cf_app().await;
+    let app = spawn_app().await;
     let scheduler = CfScheduler::start(vec![]).await;
     let manifest = json!({
         "providerId": "vars",
@@ -748,8 +736,8 @@ async fn variables_query_values_and_dot_paths_behave_as_in_cat_factory() {
     scheduler.script(
         "vars-done",
         vec![
-            Reply::Json(json!({"items": [{"status": "running"}], "counts": {"all-steps": "4", "done": ""}, "beat": 1700000000000_i64})),
-            Reply::Json(json!({
+            Scripted::Json(json!({"items": [{"status": "running"}], "counts": {"all-steps": "4", "done": ""}, "beat": 1700000000000_i64})),
+            Scripted::Json(json!({
                 "items": [{"status": "succeeded", "result": {"summary": "s", "prUrl": "old", "branch": 7}, "error": "tests failed after push"}],
                 "links": {"pr": "https://github.com/o/r/pull/9", "branch": ""},
                 "counts": {"all-steps": 4, "done": 4}
@@ -758,11 +746,11 @@ async fn variables_query_values_and_dot_paths_behave_as_in_cat_factory() {
     );
     scheduler.script(
         "vars-failed",
-        vec![Reply::Json(json!({"items": [{"status": "failed", "cause": "branch-contended", "detail": "push raced"}], "beat": "2024-01-01T00:00:00Z"}))],
+        vec![Scripted::Json(json!({"items": [{"status": "failed", "cause": "branch-contended", "detail": "push raced"}], "beat": "2024-01-01T00:00:00Z"}))],
     );
     scheduler.script(
         "vars-odd-cause",
-        vec![Reply::Json(
+        vec![Scripted::Json(
             json!({"items": [{"status": "failed", "cause": "oom", "detail": ""}]}),
         )],
     );
@@ -849,7 +837,7 @@ async fn variables_query_values_and_dot_paths_behave_as_in_cat_factory() {
 
 #[actix_web::test]
 async fn registration_accepts_both_shapes_and_reports_problems_where_they_were_written() {
-    let app = cf_app().await;
+    let app = spawn_app().await;
     let scheduler = CfScheduler::start(vec![]).await;
     let put = |body: Value| {
         let app = &app;
@@ -920,7 +908,7 @@ async fn registration_accepts_both_shapes_and_reports_problems_where_they_were_w
     let codes = warning_codes(&body);
     assert!(codes.contains(&"ignored_field".to_owned()), "{codes:?}");
     assert!(codes.contains(&"no_release".to_owned()), "{codes:?}");
-    let (_, stored) = app.get_json("/v1/pools/shapes").await;
+    let Reply { body: stored, .. } = app.get("/v1/pools/shapes").await;
     assert_eq!(stored["format"], "cat-factory");
 }
 
@@ -942,7 +930,7 @@ fn convert(file: &std::path::Path, json: bool) -> (i32, String, String) {
 }
 
 /// A request as the scheduler saw it, with the job id replaced so two runs compare equal.
-fn normalised(seen: &crate::catfactory_scheduler::Seen, job_id: &str) -> Value {
+fn normalised(seen: &crate::support::stub::Seen, job_id: &str) -> Value {
     let mut headers: Vec<(String, String)> = seen
         .headers
         .iter()
@@ -961,10 +949,10 @@ fn normalised(seen: &crate::catfactory_scheduler::Seen, job_id: &str) -> Value {
 
 #[actix_web::test]
 async fn a_converted_manifest_drives_the_scheduler_exactly_like_the_original() {
-    let app = cf_app().await;
+    let app = spawn_app().await;
     let scheduler = CfScheduler::start(vec![
-        Reply::Json(json!({"state": "in_progress"})),
-        Reply::Json(json!({"state": "succeeded", "result": {"summary": "same"}})),
+        Scripted::Json(json!({"state": "in_progress"})),
+        Scripted::Json(json!({"state": "succeeded", "result": {"summary": "same"}})),
     ])
     .await;
     let dir = tempfile::tempdir().unwrap();
@@ -1001,8 +989,8 @@ async fn a_converted_manifest_drives_the_scheduler_exactly_like_the_original() {
     )
     .await;
     let v1_pool = app.put_pool("converted", from_yaml.clone(), secrets).await;
-    assert_eq!(v1_pool.status().as_u16(), 201);
-    let v1_pool: Value = v1_pool.json().await.unwrap();
+    assert_eq!(v1_pool.status, 201);
+    let v1_pool: Value = v1_pool.json();
     assert_eq!(cf_pool["format"], "cat-factory");
     assert_eq!(v1_pool["format"], "cattery/v1");
 

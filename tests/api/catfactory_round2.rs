@@ -7,11 +7,12 @@
 //! restart is part of the story.
 
 use crate::catfactory::spec;
-use crate::catfactory_scheduler::{CfScheduler, Reply};
-use crate::helpers::{
-    ADMIN_TOKEN, DISPATCHER_TOKEN, READER_TOKEN, TestApp, TestDatabase, free_port, serve_command,
-    spawn_app_with, spawn_gateway, wait_healthy,
-};
+use crate::catfactory_scheduler::CfScheduler;
+use crate::support::app::{TestApp, spawn_app_with};
+use crate::support::database::TestDatabase;
+use crate::support::gateway::{Gateway, Launch};
+use crate::support::stub::Scripted;
+use crate::support::{ADMIN_TOKEN, DISPATCHER_TOKEN, READER_TOKEN};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
@@ -111,12 +112,6 @@ async fn app_with(adjust: impl FnOnce(&mut cattery::config::Settings)) -> TestAp
     .await
 }
 
-async fn put_pool(app: &TestApp, name: &str, manifest: Value) {
-    let response = app.put_pool(name, manifest, json!({})).await;
-    let status = response.status().as_u16();
-    assert_eq!(status, 201, "{}", response.text().await.unwrap());
-}
-
 async fn send(request: reqwest::RequestBuilder) -> (u16, Value) {
     let response = request.send().await.unwrap();
     let status = response.status().as_u16();
@@ -178,17 +173,17 @@ async fn a_job_the_scheduler_forgot_reads_as_lost_so_cat_factory_redispatches_it
     let app = app_with(|_| {}).await;
     let scheduler = CfScheduler::start(vec![]).await;
     // cattery dispatches a lost job once more itself before it gives up on it.
-    put_pool(
-        &app,
+    app.register(
         "harness",
         harness_pool(&scheduler, json!({"lost": {"redispatch": 1}})),
+        json!({}),
     )
     .await;
     scheduler.script(
         "exec-1-coder",
         vec![
-            Reply::Json(json!({"state": "running"})),
-            Reply::Status(404, "job not found"),
+            Scripted::Json(json!({"state": "running"})),
+            Scripted::Status(404, "job not found"),
         ],
     );
     let (status, accepted) = dispatch(&app, &spec("exec-1-coder")).await;
@@ -220,8 +215,7 @@ async fn a_job_the_scheduler_forgot_reads_as_lost_so_cat_factory_redispatches_it
 async fn a_job_whose_pod_was_evicted_reads_as_the_schedulers_eviction_word() {
     let app = app_with(|_| {}).await;
     let scheduler = CfScheduler::start(vec![]).await;
-    put_pool(
-        &app,
+    app.register(
         "harness",
         harness_pool(
             &scheduler,
@@ -231,6 +225,7 @@ async fn a_job_whose_pod_was_evicted_reads_as_the_schedulers_eviction_word() {
                 "map": {"state": "status.phase", "statusMap": {"NodeShutdown": "lost"}}
             }}),
         ),
+        json!({}),
     )
     .await;
     let cases = [
@@ -244,8 +239,8 @@ async fn a_job_whose_pod_was_evicted_reads_as_the_schedulers_eviction_word() {
         scheduler.script(
             job_id,
             vec![
-                Reply::Json(json!({"status": {"phase": "Running"}})),
-                Reply::Json(
+                Scripted::Json(json!({"status": {"phase": "Running"}})),
+                Scripted::Json(
                     json!({"status": {"phase": word, "message": "The node was low on resource: memory."}}),
                 ),
             ],
@@ -274,16 +269,12 @@ async fn a_job_whose_pod_was_evicted_reads_as_the_schedulers_eviction_word() {
 async fn a_job_cattery_dispatches_again_and_restarts_around_is_never_evicted_for_cat_factory() {
     let db = TestDatabase::create().await;
     let data_dir = tempfile::tempdir().unwrap();
-    let port = free_port();
     let scheduler = CfScheduler::start(vec![]).await;
-    let start = || {
-        let mut command = serve_command(&db, data_dir.path(), port);
-        command.env("CATTERY__FACADE__DEFAULTPOOL", "harness");
-        spawn_gateway(command, port)
-    };
-    let mut gateway = Some(start());
-    let base = format!("http://127.0.0.1:{port}");
-    wait_healthy(&format!("{base}/readyz")).await;
+    let mut gateway = Gateway::start(
+        Launch::new(&db, data_dir.path()).env("CATTERY__FACADE__DEFAULTPOOL", "harness"),
+    )
+    .await;
+    let base = gateway.address.clone();
     let client = cattery::scheduler::http::plain_client().unwrap();
     let (status, body) = send(
         client
@@ -302,9 +293,9 @@ async fn a_job_cattery_dispatches_again_and_restarts_around_is_never_evicted_for
     scheduler.script(
         job_id,
         vec![
-            Reply::Json(json!({"state": "running"})),
-            Reply::Status(404, "job not found"),
-            Reply::Json(json!({"state": "running"})),
+            Scripted::Json(json!({"state": "running"})),
+            Scripted::Status(404, "job not found"),
+            Scripted::Json(json!({"state": "running"})),
         ],
     );
     let (status, body) = send(
@@ -338,22 +329,18 @@ async fn a_job_cattery_dispatches_again_and_restarts_around_is_never_evicted_for
     assert_eq!(scheduler.seen_with("POST", "/jobs").len(), 2);
 
     // The gateway dies (kill -9) and comes back on the same database; meanwhile the job ends.
-    if let Some(mut process) = gateway.take() {
-        process.child.kill().unwrap();
-        process.child.wait().unwrap();
-    }
+    gateway.kill9();
     scheduler.script(
         job_id,
         vec![
-            Reply::Json(json!({"state": "running"})),
-            Reply::Status(404, "job not found"),
-            Reply::Json(
+            Scripted::Json(json!({"state": "running"})),
+            Scripted::Status(404, "job not found"),
+            Scripted::Json(
                 json!({"state": "done", "result": {"summary": "did it", "prUrl": "https://github.com/o/r/pull/6"}}),
             ),
         ],
     );
-    gateway = Some(start());
-    wait_healthy(&format!("{base}/readyz")).await;
+    gateway.restart().await;
     let started = Instant::now();
     let last = loop {
         let (status, view) = poll_once().await;
@@ -395,15 +382,16 @@ async fn failure_causes_are_only_cat_factorys_and_cattery_causes_are_named_in_de
     })
     .await;
     let scheduler = CfScheduler::start(vec![]).await;
-    put_pool(&app, "harness", harness_pool(&scheduler, json!({}))).await;
+    app.register("harness", harness_pool(&scheduler, json!({})), json!({}))
+        .await;
     // A pool whose runs have a one-second deadline.
-    put_pool(
-        &app,
+    app.register(
         "slow",
         harness_pool(
             &scheduler,
             json!({"polling": {"intervalMs": 20, "maxIntervalMs": 40, "deadlineSeconds": 1}}),
         ),
+        json!({}),
     )
     .await;
     let failed = |extra: Value| {
@@ -411,7 +399,10 @@ async fn failure_causes_are_only_cat_factorys_and_cattery_causes_are_named_in_de
         if let (Value::Object(body), Value::Object(extra)) = (&mut body, extra) {
             body.extend(extra);
         }
-        vec![Reply::Json(json!({"state": "running"})), Reply::Json(body)]
+        vec![
+            Scripted::Json(json!({"state": "running"})),
+            Scripted::Json(body),
+        ]
     };
     scheduler.script(
         "cause-contended",
@@ -424,15 +415,15 @@ async fn failure_causes_are_only_cat_factorys_and_cattery_causes_are_named_in_de
     );
     scheduler.script(
         "cause-unreadable",
-        vec![Reply::Status(200, "<html>proxy error</html>")],
+        vec![Scripted::Status(200, "<html>proxy error</html>")],
     );
     scheduler.script(
         "cause-deadline",
-        vec![Reply::Json(json!({"state": "running"}))],
+        vec![Scripted::Json(json!({"state": "running"}))],
     );
     scheduler.script(
         "cause-cancelled",
-        vec![Reply::Json(json!({"state": "running"}))],
+        vec![Scripted::Json(json!({"state": "running"}))],
     );
     for job_id in [
         "cause-contended",
@@ -536,11 +527,12 @@ async fn post_jobs_and_health_declare_capabilities_from_config_and_from_the_sche
         settings.facade.routes = vec![deploy, facade_route("kind", "inline", "plain")];
     })
     .await;
-    let scheduler = CfScheduler::start(vec![Reply::Json(json!({"state": "running"}))]).await;
-    put_pool(&app, "deployers", harness_pool(&scheduler, json!({}))).await;
+    let scheduler = CfScheduler::start(vec![Scripted::Json(json!({"state": "running"}))]).await;
+    app.register("deployers", harness_pool(&scheduler, json!({})), json!({}))
+        .await;
     let mut plain = harness_pool(&scheduler, json!({}));
     plain["dispatch"].as_object_mut().unwrap().remove("capture");
-    put_pool(&app, "plain", plain).await;
+    app.register("plain", plain, json!({})).await;
 
     // The default pool is the built-in local pool: its declared list, on /health and POST.
     let (status, health) = send(app.client.get(app.url("/health"))).await;
@@ -798,7 +790,8 @@ fn call_metric(seq: usize, text: &str) -> Value {
 async fn every_drained_batch_reaches_the_facade_reader_once_and_in_order() {
     let app = app_with(|_| {}).await;
     let scheduler = CfScheduler::start(vec![]).await;
-    put_pool(&app, "harness", harness_pool(&scheduler, json!({}))).await;
+    app.register("harness", harness_pool(&scheduler, json!({})), json!({}))
+        .await;
 
     // Six polls of batches (some empty, as a drained harness answers between batches), then
     // done with a last batch. The reader reads nothing until cattery saw them all.
@@ -809,14 +802,14 @@ async fn every_drained_batch_reaches_the_facade_reader_once_and_in_order() {
         } else {
             vec![follow_up(n)]
         };
-        script.push(Reply::Json(json!({
+        script.push(Scripted::Json(json!({
             "state": "running",
             "followUps": batch,
             "callMetrics": [call_metric(n, "p")],
             "spans": [{"name": format!("span {n}")}]
         })));
     }
-    script.push(Reply::Json(json!({
+    script.push(Scripted::Json(json!({
         "state": "done", "result": {"summary": "all batches"},
         "followUps": [follow_up(7)], "callMetrics": [call_metric(7, "p")]
     })));
@@ -872,11 +865,11 @@ async fn every_drained_batch_reaches_the_facade_reader_once_and_in_order() {
     let text = "t".repeat(50 * 1024);
     let mut script = Vec::new();
     for seq in 1..=4 {
-        script.push(Reply::Json(
+        script.push(Scripted::Json(
             json!({"state": "running", "callMetrics": [call_metric(seq, &text)]}),
         ));
     }
-    script.push(Reply::Json(json!({"state": "done", "result": {}})));
+    script.push(Scripted::Json(json!({"state": "done", "result": {}})));
     scheduler.script("drain-2", script);
     let (status, _) = dispatch(&app, &spec("drain-2")).await;
     assert_eq!(status, 202);
@@ -907,8 +900,8 @@ async fn every_drained_batch_reaches_the_facade_reader_once_and_in_order() {
     scheduler.script(
         "drain-3",
         vec![
-            Reply::Json(json!({"state": "running", "followUps": many})),
-            Reply::Json(json!({"state": "done", "result": {}})),
+            Scripted::Json(json!({"state": "running", "followUps": many})),
+            Scripted::Json(json!({"state": "done", "result": {}})),
         ],
     );
     let (status, _) = dispatch(&app, &spec("drain-3")).await;
@@ -934,12 +927,13 @@ async fn every_drained_batch_reaches_the_facade_reader_once_and_in_order() {
 async fn releasing_an_unknown_job_answers_404_like_the_harness_and_touches_nothing() {
     let app = app_with(|_| {}).await;
     let scheduler = CfScheduler::start(vec![]).await;
-    put_pool(&app, "harness", harness_pool(&scheduler, json!({}))).await;
+    app.register("harness", harness_pool(&scheduler, json!({})), json!({}))
+        .await;
     scheduler.script(
         "exec-7-coder",
         vec![
-            Reply::Json(json!({"state": "running"})),
-            Reply::Json(json!({"state": "done", "result": {"summary": "s"}})),
+            Scripted::Json(json!({"state": "running"})),
+            Scripted::Json(json!({"state": "done", "result": {"summary": "s"}})),
         ],
     );
     let (status, _) = dispatch(&app, &spec("exec-7-coder")).await;

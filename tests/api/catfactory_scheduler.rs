@@ -1,6 +1,6 @@
 //! Test schedulers with the shapes Cat-Factory's documentation describes, on loopback.
 //!
-//! One server speaks three job APIs, and records every request it receives:
+//! One server (a [`Recorder`], which keeps every request it receives) speaks three job APIs:
 //!
 //! - the harness protocol behind a gateway that routes by job id (CATFACTORY.md §6 and §9.4):
 //!   `POST /jobs` with the job spec (its `jobId`) → 202 `{jobId, state, capabilities}`;
@@ -16,28 +16,18 @@
 //! credential on every job call (401 otherwise). A repeated dispatch of a known id re-attaches
 //! (2xx with the job's state), as Cat-Factory requires of pools.
 
-pub use crate::scheduler::Seen;
-use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use crate::support::stub::{Recorder, Scripted, Seen, scripted};
+use actix_web::HttpResponse;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-/// One scripted poll answer.
-#[derive(Debug, Clone)]
-pub enum Reply {
-    /// 200 with this JSON body.
-    Json(Value),
-    /// This status with this raw body.
-    Status(u16, &'static str),
-}
-
 #[derive(Debug, Default)]
 struct State {
-    seen: Vec<Seen>,
     /// job id → polls answered so far
     jobs: HashMap<String, usize>,
-    scripts: HashMap<String, Vec<Reply>>,
-    default_script: Vec<Reply>,
+    scripts: HashMap<String, Vec<Scripted>>,
+    default_script: Vec<Scripted>,
     dispatch_status: Option<u16>,
     capabilities: Value,
     /// A header every job call must carry (name in lower case, value).
@@ -49,37 +39,29 @@ struct State {
 #[derive(Clone)]
 pub struct CfScheduler {
     pub base_url: String,
+    server: Recorder,
     state: Arc<Mutex<State>>,
 }
 
 impl CfScheduler {
     /// Starts a scheduler whose polls answer `default_script` for jobs without their own script.
-    pub async fn start(default_script: Vec<Reply>) -> CfScheduler {
+    pub async fn start(default_script: Vec<Scripted>) -> CfScheduler {
         let state = Arc::new(Mutex::new(State {
             default_script,
             capabilities: json!(["mcpServers", "skills"]),
             ..State::default()
         }));
         let shared = state.clone();
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(web::Data::new(shared.clone()))
-                .app_data(web::PayloadConfig::new(8 * 1024 * 1024))
-                .default_service(web::to(handle))
-        })
-        .workers(1)
-        .bind(("127.0.0.1", 0))
-        .unwrap();
-        let port = server.addrs()[0].port();
-        actix_web::rt::spawn(server.run());
+        let server = Recorder::start(move |seen| answer(&shared, seen)).await;
         CfScheduler {
-            base_url: format!("http://127.0.0.1:{port}"),
+            base_url: server.base_url.clone(),
+            server,
             state,
         }
     }
 
     /// The poll answers of one job.
-    pub fn script(&self, job_id: &str, replies: Vec<Reply>) {
+    pub fn script(&self, job_id: &str, replies: Vec<Scripted>) {
         self.state
             .lock()
             .unwrap()
@@ -97,7 +79,7 @@ impl CfScheduler {
     }
 
     pub fn seen(&self) -> Vec<Seen> {
-        self.state.lock().unwrap().seen.clone()
+        self.server.seen()
     }
 
     pub fn seen_with(&self, method: &str, path: &str) -> Vec<Seen> {
@@ -112,22 +94,11 @@ fn not_found() -> HttpResponse {
     HttpResponse::NotFound().json(json!({"error": "job not found"}))
 }
 
-async fn handle(
-    req: HttpRequest,
-    body: web::Bytes,
-    state: web::Data<Arc<Mutex<State>>>,
-) -> HttpResponse {
+fn answer(state: &Mutex<State>, seen: &Seen) -> HttpResponse {
     let mut state = state.lock().unwrap();
-    let path = req.path().to_owned();
-    let method = req.method().as_str().to_owned();
-    let headers: HashMap<String, String> = req
-        .headers()
-        .iter()
-        .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
-        .collect();
-    state.seen.push(Seen::of(&req, &body));
+    let (method, path, headers) = (&seen.method, &seen.path, &seen.headers);
     if method == "POST" && path == "/oauth/token" {
-        let form = String::from_utf8_lossy(&body).to_string();
+        let form = seen.text();
         if !form.contains("grant_type=client_credentials") || !form.contains("client_secret=") {
             return HttpResponse::BadRequest().json(json!({"error": "invalid_request"}));
         }
@@ -142,8 +113,8 @@ async fn handle(
         return HttpResponse::Unauthorized().json(json!({"error": "unauthorized"}));
     }
     // The website's example A serves its API under /api.
-    let path = path.strip_prefix("/api").unwrap_or(&path).to_owned();
-    let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let path = path.strip_prefix("/api").unwrap_or(path).to_owned();
+    let parsed = seen.json();
     let dispatched_id = match (method.as_str(), path.as_str()) {
         ("POST", "/jobs") => Some(parsed["jobId"].as_str().map(str::to_owned)),
         ("POST", p) if p.starts_with("/dispatch/") => {
@@ -182,19 +153,9 @@ async fn handle(
             let Some(polls) = state.jobs.get_mut(&id) else {
                 return not_found();
             };
-            let reply = script
-                .get((*polls).min(script.len().saturating_sub(1)))
-                .cloned()
-                .unwrap_or(Reply::Json(json!({"state": "running"})));
+            let reply = scripted(&script, *polls, Scripted::Json(json!({"state": "running"})));
             *polls += 1;
-            match reply {
-                Reply::Json(value) => HttpResponse::Ok().json(value),
-                Reply::Status(status, text) => {
-                    HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
-                        .content_type("text/plain")
-                        .body(text)
-                }
-            }
+            reply.respond()
         }
         ("DELETE", Some(id)) => match state.jobs.remove(&id) {
             Some(_) => HttpResponse::Ok().json(json!({"jobId": id, "state": "failed"})),

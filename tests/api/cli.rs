@@ -1,7 +1,9 @@
 //! The binary's commands: manifest validate and render, migrate, demo, and the admin token file.
 
-use crate::helpers::{MASTER_KEY, TestDatabase, cattery_bin, free_port, wait_healthy};
-use std::process::{Command, Stdio};
+use crate::support::MASTER_KEY;
+use crate::support::database::TestDatabase;
+use crate::support::gateway::{Gateway, Launch, cattery_bin};
+use std::process::Command;
 
 fn run(args: &[&str]) -> (i32, String, String) {
     let output = Command::new(cattery_bin())
@@ -123,24 +125,16 @@ fn the_demo_runs_its_jobs_to_completion_and_exits_0() {
 async fn serve_without_a_configured_token_creates_a_private_admin_token_file() {
     let db = TestDatabase::create().await;
     let data_dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let child = Command::new(cattery_bin())
-        .arg("serve")
-        .env("CATTERY_DATABASE_URL", db.url())
-        .env("CATTERY_BIND", format!("127.0.0.1:{port}"))
-        .env("CATTERY__DATADIR", data_dir.path())
-        .env("CATTERY__LOGGING__LEVEL", "warn")
-        .env("CATTERY_MASTER_KEY", MASTER_KEY)
-        .env_remove("CATTERY_ADMIN_TOKEN")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let guard = crate::helpers::ChildProcess {
-        child,
-        base_url: format!("http://127.0.0.1:{port}"),
-    };
-    wait_healthy(&format!("{}/healthz", guard.base_url)).await;
+    // As an operator starts it first: no admin token, the built-in local pool on, the default
+    // egress policy.
+    let gateway = Gateway::start(
+        Launch::new(&db, data_dir.path())
+            .env_remove("CATTERY_ADMIN_TOKEN")
+            .env_remove("CATTERY__LOCALPOOL__ENABLED")
+            .env_remove("CATTERY__EGRESS__ALLOWHTTP")
+            .env_remove("CATTERY__EGRESS__ALLOWHOSTS"),
+    )
+    .await;
     let path = data_dir.path().join("admin.token");
     let token = std::fs::read_to_string(&path).unwrap();
     #[cfg(unix)]
@@ -153,7 +147,7 @@ async fn serve_without_a_configured_token_creates_a_private_admin_token_file() {
     }
     let client = cattery::scheduler::http::plain_client().unwrap();
     let ok = client
-        .get(format!("{}/v1/pools", guard.base_url))
+        .get(gateway.url("/v1/pools"))
         .bearer_auth(token.trim())
         .send()
         .await
@@ -165,7 +159,7 @@ async fn serve_without_a_configured_token_creates_a_private_admin_token_file() {
         "serve registers the built-in local pool"
     );
     let refused = client
-        .get(format!("{}/v1/pools", guard.base_url))
+        .get(gateway.url("/v1/pools"))
         .bearer_auth("guess")
         .send()
         .await

@@ -7,24 +7,15 @@
 //! times each job was created.
 
 use crate::faulty::{Fault, FaultyScheduler};
-use crate::helpers::{
-    ADMIN_TOKEN, ChildProcess, TestDatabase, free_port, serve_command, spawn_gateway, wait_healthy,
-};
+use crate::support::database::TestDatabase;
+use crate::support::gateway::{Gateway, Launch, LocalPool};
+use crate::support::manifests::local_manifest;
+use crate::support::stub::{Recorder, Seen, answer};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn serve(
-    db: &TestDatabase,
-    data_dir: &std::path::Path,
-    port: u16,
-    grace_seconds: u64,
-) -> ChildProcess {
-    let mut command = serve_command(db, data_dir, port);
-    command.env("CATTERY__SHUTDOWN__GRACESECONDS", grace_seconds.to_string());
-    spawn_gateway(command, port)
-}
 
 fn manifest(base_url: &str) -> Value {
     json!({
@@ -46,125 +37,44 @@ fn manifest(base_url: &str) -> Value {
     })
 }
 
-/// The real `cattery serve` process on a test database, which can be killed and restarted.
-pub(crate) struct Gateway {
-    db: TestDatabase,
-    data_dir: tempfile::TempDir,
-    port: u16,
-    process: Option<ChildProcess>,
-    client: reqwest::Client,
+/// The real `cattery serve` process on `db`, ready, with a grace period of 5 s at a SIGTERM.
+async fn start_gateway(db: &TestDatabase, data_dir: &Path) -> Gateway {
+    Gateway::start(Launch::new(db, data_dir).env("CATTERY__SHUTDOWN__GRACESECONDS", "5")).await
 }
 
-impl Gateway {
-    pub(crate) async fn start(db: TestDatabase) -> Gateway {
-        let mut gateway = Gateway {
-            db,
-            data_dir: tempfile::tempdir().unwrap(),
-            port: free_port(),
-            process: None,
-            client: cattery::scheduler::http::plain_client().unwrap(),
-        };
-        gateway.restart().await;
-        gateway
-    }
+/// Submits run `job_id` with `job` to `pool`: the answer's status, or `None` when the gateway
+/// did not answer (it was being killed).
+async fn submit_to(gateway: &Gateway, pool: &str, job_id: &str, job: Value) -> Option<u16> {
+    let body = json!({"jobId": job_id, "job": job});
+    let reply = gateway
+        .try_dispatch(pool, body, Duration::from_secs(5))
+        .await?;
+    Some(reply.status)
+}
 
-    fn base(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
+/// Submits run `job_id` to the pool `faulty`.
+async fn submit(gateway: &Gateway, job_id: &str) -> Option<u16> {
+    submit_to(gateway, "faulty", job_id, json!({"payload": job_id})).await
+}
 
-    pub(crate) async fn register(&self, pool: &str, manifest: Value, secrets: Value) {
-        let response = self
-            .client
-            .put(format!("{}/v1/pools/{pool}", self.base()))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(&json!({"manifest": manifest, "secrets": secrets}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status().as_u16(), 201);
-    }
-
-    pub(crate) async fn restart(&mut self) {
-        self.process = Some(serve(&self.db, self.data_dir.path(), self.port, 5));
-        wait_healthy(&format!("{}/readyz", self.base())).await;
-    }
-
-    pub(crate) fn kill9(&mut self) {
-        if let Some(mut process) = self.process.take() {
-            process.child.kill().unwrap();
-            process.child.wait().unwrap();
+/// Waits until every run of the pool `faulty` is final and released.
+async fn settle(gateway: &Gateway, expected: usize) -> BTreeMap<String, Value> {
+    let start = Instant::now();
+    loop {
+        let runs = gateway.runs_of("faulty").await;
+        let settled = runs.values().filter(|r| r["released"] == true).count();
+        if runs.len() == expected && settled == expected {
+            return runs;
         }
-    }
-
-    async fn submit(&self, job_id: &str) -> Option<u16> {
-        self.submit_to("faulty", job_id, json!({"payload": job_id}))
-            .await
-    }
-
-    pub(crate) async fn submit_to(&self, pool: &str, job_id: &str, job: Value) -> Option<u16> {
-        let response = self
-            .client
-            .post(format!("{}/v1/pools/{pool}/runs", self.base()))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(&json!({"jobId": job_id, "job": job}))
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await
-            .ok()?;
-        Some(response.status().as_u16())
-    }
-
-    async fn runs(&self) -> BTreeMap<String, Value> {
-        self.runs_of("faulty").await
-    }
-
-    pub(crate) async fn runs_of(&self, pool: &str) -> BTreeMap<String, Value> {
-        let mut out = BTreeMap::new();
-        let mut after: Option<String> = None;
-        loop {
-            let mut url = format!("{}/v1/runs?pool={pool}&limit=1000", self.base());
-            if let Some(cursor) = &after {
-                url.push_str(&format!("&after={cursor}"));
-            }
-            let page: Value = self
-                .client
-                .get(url)
-                .bearer_auth(ADMIN_TOKEN)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            for run in page["runs"].as_array().unwrap() {
-                out.insert(run["jobId"].as_str().unwrap().to_owned(), run.clone());
-            }
-            match page["next"].as_str() {
-                Some(next) => after = Some(next.to_owned()),
-                None => return out,
-            }
-        }
-    }
-
-    /// Waits until every run is final and released.
-    async fn settle(&self, expected: usize) -> BTreeMap<String, Value> {
-        let start = Instant::now();
-        loop {
-            let runs = self.runs().await;
-            let settled = runs.values().filter(|r| r["released"] == true).count();
-            if runs.len() == expected && settled == expected {
-                return runs;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(120),
-                "{settled} of {expected} runs settled; stuck: {:?}",
-                runs.values()
-                    .filter(|r| r["released"] != true)
-                    .take(3)
-                    .collect::<Vec<_>>()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "{settled} of {expected} runs settled; stuck: {:?}",
+            runs.values()
+                .filter(|r| r["released"] != true)
+                .take(3)
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -203,7 +113,9 @@ fn check_outcome(
 #[actix_web::test]
 async fn kill_9_of_the_gateway_at_random_moments_loses_nothing_and_doubles_nothing() {
     let scheduler = FaultyScheduler::start(3).await;
-    let mut gateway = Gateway::start(TestDatabase::create().await).await;
+    let db = TestDatabase::create().await;
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut gateway = start_gateway(&db, data_dir.path()).await;
     gateway
         .register("faulty", manifest(&scheduler.base_url), json!({}))
         .await;
@@ -228,7 +140,7 @@ async fn kill_9_of_the_gateway_at_random_moments_loses_nothing_and_doubles_nothi
                 kills += 1;
                 gateway.restart().await;
             }
-            match gateway.submit(&id).await {
+            match submit(&gateway, &id).await {
                 Some(200 | 202) => acknowledged.push(id),
                 _ => pending.push(id),
             }
@@ -243,21 +155,12 @@ async fn kill_9_of_the_gateway_at_random_moments_loses_nothing_and_doubles_nothi
     }
     assert!(kills >= 5);
     assert_eq!(acknowledged.len(), total);
-    let runs = gateway.settle(total).await;
+    let runs = settle(&gateway, total).await;
     check_outcome(&runs, &acknowledged, &scheduler);
     // The kills hit work in flight: some runs were picked up again after a restart.
     let mut recovered = 0;
     for id in &acknowledged {
-        let events: Value = gateway
-            .client
-            .get(format!("{}/v1/runs/{id}/events", gateway.base()))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let events = gateway.get(&format!("/v1/runs/{id}/events")).await.json();
         let text = events.to_string();
         if text.contains("recovered after a restart") || text.contains("re-attached") {
             recovered += 1;
@@ -270,13 +173,15 @@ async fn kill_9_of_the_gateway_at_random_moments_loses_nothing_and_doubles_nothi
 #[actix_web::test]
 async fn a_scheduler_killed_and_restarted_under_a_running_gateway_loses_nothing() {
     let scheduler = FaultyScheduler::start(4).await;
-    let gateway = Gateway::start(TestDatabase::create().await).await;
+    let db = TestDatabase::create().await;
+    let data_dir = tempfile::tempdir().unwrap();
+    let gateway = start_gateway(&db, data_dir.path()).await;
     gateway
         .register("faulty", manifest(&scheduler.base_url), json!({}))
         .await;
     let ids: Vec<String> = (0..100).map(|i| format!("outage-{i:03}")).collect();
     for (i, id) in ids.iter().enumerate() {
-        assert_eq!(gateway.submit(id).await, Some(202));
+        assert_eq!(submit(&gateway, id).await, Some(202));
         if i % 30 == 29 {
             // The scheduler dies mid-burst and comes back a little later, jobs intact.
             scheduler.go_away();
@@ -287,14 +192,16 @@ async fn a_scheduler_killed_and_restarted_under_a_running_gateway_loses_nothing(
     scheduler.go_away();
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     scheduler.come_back().await;
-    let runs = gateway.settle(ids.len()).await;
+    let runs = settle(&gateway, ids.len()).await;
     check_outcome(&runs, &ids, &scheduler);
 }
 
 #[actix_web::test]
 async fn sigterm_drains_calls_in_flight_exits_0_and_everything_resumes_after_restart() {
     let scheduler = FaultyScheduler::start(2).await;
-    let mut gateway = Gateway::start(TestDatabase::create().await).await;
+    let db = TestDatabase::create().await;
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut gateway = start_gateway(&db, data_dir.path()).await;
     gateway
         .register("faulty", manifest(&scheduler.base_url), json!({}))
         .await;
@@ -302,11 +209,10 @@ async fn sigterm_drains_calls_in_flight_exits_0_and_everything_resumes_after_res
     scheduler.set_default_fault(Fault::Slow(Duration::from_millis(600)));
     let ids: Vec<String> = (0..20).map(|i| format!("term-{i:02}")).collect();
     for id in &ids {
-        assert_eq!(gateway.submit(id).await, Some(202));
+        assert_eq!(submit(&gateway, id).await, Some(202));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut process = gateway.process.take().unwrap();
-    let pid = process.child.id().to_string();
+    let pid = gateway.pid().to_string();
     let sent = Instant::now();
     assert!(
         Command::new("kill")
@@ -318,11 +224,7 @@ async fn sigterm_drains_calls_in_flight_exits_0_and_everything_resumes_after_res
     // Once the signal is handled, readiness says so and new runs are refused while calls in
     // flight finish.
     loop {
-        let ready = gateway
-            .client
-            .get(format!("{}/readyz", gateway.base()))
-            .send()
-            .await;
+        let ready = gateway.client.get(gateway.url("/readyz")).send().await;
         match ready {
             Ok(response) => {
                 let body: Value = response.json().await.unwrap_or_default();
@@ -339,21 +241,18 @@ async fn sigterm_drains_calls_in_flight_exits_0_and_everything_resumes_after_res
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let refused = gateway
-        .client
-        .post(format!("{}/v1/pools/faulty/runs", gateway.base()))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"jobId": "too-late"}))
-        .send()
+        .try_dispatch(
+            "faulty",
+            json!({"jobId": "too-late"}),
+            Duration::from_secs(30),
+        )
         .await;
-    if let Ok(response) = refused {
-        assert_eq!(response.status().as_u16(), 503);
-        assert_eq!(
-            response.json::<Value>().await.unwrap()["code"],
-            "shutting_down"
-        );
+    if let Some(reply) = refused {
+        assert_eq!(reply.status, 503);
+        assert_eq!(reply.json()["code"], "shutting_down");
     }
     let status = loop {
-        if let Some(status) = process.child.try_wait().unwrap() {
+        if let Some(status) = gateway.child().try_wait().unwrap() {
             break status;
         }
         assert!(
@@ -370,19 +269,21 @@ async fn sigterm_drains_calls_in_flight_exits_0_and_everything_resumes_after_res
     );
     scheduler.set_default_fault(Fault::None);
     gateway.restart().await;
-    let runs = gateway.settle(ids.len()).await;
+    let runs = settle(&gateway, ids.len()).await;
     check_outcome(&runs, &ids, &scheduler);
 }
 
 #[actix_web::test]
 async fn kill_9_of_the_gateway_with_the_local_pool_as_scheduler_loses_nothing() {
     let token = "crash-local-pool-token";
-    let local = crate::helpers::start_local_pool(token).await;
-    let mut gateway = Gateway::start(TestDatabase::create().await).await;
+    let local = LocalPool::start(token).await;
+    let db = TestDatabase::create().await;
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut gateway = start_gateway(&db, data_dir.path()).await;
     gateway
         .register(
             "local",
-            crate::helpers::local_manifest(&local.base_url),
+            local_manifest(&local.base_url),
             json!({"LOCAL_POOL_TOKEN": token}),
         )
         .await;
@@ -391,7 +292,7 @@ async fn kill_9_of_the_gateway_with_the_local_pool_as_scheduler_loses_nothing() 
     for (i, id) in ids.iter().enumerate() {
         let job = json!({"steps": 3, "stepMs": 60, "result": {"id": id}});
         loop {
-            match gateway.submit_to("local", id, job.clone()).await {
+            match submit_to(&gateway, "local", id, job.clone()).await {
                 Some(200 | 202) => break,
                 _ => gateway.restart().await,
             }
@@ -435,7 +336,6 @@ async fn kill_9_of_the_gateway_with_the_local_pool_as_scheduler_loses_nothing() 
 /// waiting; registering it again hands them to the new pool actor, which drives them on.
 #[actix_web::test]
 async fn a_pool_registered_again_resumes_the_runs_it_left_behind() {
-    use crate::security_support::{Recorder, answer};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -450,14 +350,14 @@ async fn a_pool_registered_again_resumes_the_runs_it_left_behind() {
         _ => answer(200, json!({})),
     })
     .await;
-    let mut gateway = Gateway::start(TestDatabase::create().await).await;
+    let db = TestDatabase::create().await;
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut gateway = start_gateway(&db, data_dir.path()).await;
     gateway
         .register("comeback", manifest(&scheduler.base_url), json!({}))
         .await;
     assert_eq!(
-        gateway
-            .submit_to("comeback", "stranded", json!({"n": 1}))
-            .await,
+        submit_to(&gateway, "comeback", "stranded", json!({"n": 1})).await,
         Some(202)
     );
     let state = |runs: &BTreeMap<String, Value>| runs["stranded"]["state"].clone();
@@ -467,28 +367,20 @@ async fn a_pool_registered_again_resumes_the_runs_it_left_behind() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     gateway.kill9();
-    gateway
-        .db
-        .execute_sql("UPDATE pools SET manifest = 'not: [a manifest' WHERE name = 'comeback'");
+    db.execute_sql("UPDATE pools SET manifest = 'not: [a manifest' WHERE name = 'comeback'");
     gateway.restart().await;
     finish.store(true, Ordering::SeqCst);
     // Nobody drives the run while its pool is not loaded.
-    let polls =
-        |seen: &[crate::security_support::Seen]| seen.iter().filter(|s| s.method == "GET").count();
+    let polls = |seen: &[Seen]| seen.iter().filter(|s| s.method == "GET").count();
     let before = polls(&scheduler.seen());
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(polls(&scheduler.seen()), before);
     assert_eq!(state(&gateway.runs_of("comeback").await), "running");
 
     let response = gateway
-        .client
-        .put(format!("{}/v1/pools/comeback", gateway.base()))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"manifest": manifest(&scheduler.base_url), "secrets": {}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 200);
+        .put_pool("comeback", manifest(&scheduler.base_url), json!({}))
+        .await;
+    assert_eq!(response.status, 200);
     let start = Instant::now();
     loop {
         let runs = gateway.runs_of("comeback").await;

@@ -1,7 +1,10 @@
 //! No run waits forever: a default deadline from the configuration, enforced for runs at the
 //! scheduler and for runs still waiting in the queue.
 
-use crate::security_support::{Recorder, Seen, answer, spawn_secure_app};
+use crate::support::app::spawn_app_prepared;
+use crate::support::client::Reply;
+use crate::support::stub::{Recorder, Seen, answer};
+use crate::support::wait::RUN_LIMIT;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
@@ -25,23 +28,25 @@ fn created(seen: &[Seen], name: &str) -> usize {
 #[actix_web::test]
 async fn a_run_at_the_scheduler_fails_at_the_configured_default_deadline_and_is_released() {
     let scheduler = never_finishing_scheduler().await;
-    let app = spawn_secure_app(
+    let app = spawn_app_prepared(
         |settings| settings.defaults.polling.deadline_seconds = Some(1),
         |_| {},
     )
     .await;
     // The manifest sets no deadline, and neither does the run.
-    let manifest = crate::security_support::simple_manifest(&scheduler.base_url);
-    let (status, body) = app
+    let manifest = crate::support::manifests::simple_manifest(&scheduler.base_url);
+    let Reply { status, body, .. } = app
         .put_pool("slow", manifest, json!({"SCHED_TOKEN": "t"}))
         .await;
     assert_eq!(status, 201, "{body}");
     let started = Instant::now();
-    let (status, _) = app
+    let Reply { status, .. } = app
         .dispatch("slow", json!({"jobId": "forever", "job": {}}))
         .await;
     assert_eq!(status, 202);
-    let run = app.wait_for("forever", |run| run["released"] == true).await;
+    let run = app
+        .wait_for("forever", RUN_LIMIT, |run| run["released"] == true)
+        .await;
     assert!(started.elapsed() >= Duration::from_millis(900), "{run}");
     assert_eq!(run["state"], "failed", "{run}");
     assert_eq!(run["failureCause"], "deadline", "{run}");
@@ -57,20 +62,24 @@ async fn a_run_at_the_scheduler_fails_at_the_configured_default_deadline_and_is_
 #[actix_web::test]
 async fn a_queued_run_fails_at_its_deadline_without_ever_being_dispatched() {
     let scheduler = never_finishing_scheduler().await;
-    let app = spawn_secure_app(|_| {}, |_| {}).await;
-    let mut manifest = crate::security_support::simple_manifest(&scheduler.base_url);
+    let app = spawn_app_prepared(|_| {}, |_| {}).await;
+    let mut manifest = crate::support::manifests::simple_manifest(&scheduler.base_url);
     manifest["limits"] = json!({"maxInFlight": 1});
-    let (status, body) = app
+    let Reply { status, body, .. } = app
         .put_pool("narrow", manifest, json!({"SCHED_TOKEN": "t"}))
         .await;
     assert_eq!(status, 201, "{body}");
-    let (status, _) = app
+    let Reply { status, .. } = app
         .dispatch("narrow", json!({"jobId": "holder", "job": {}}))
         .await;
     assert_eq!(status, 202);
-    app.wait_for("holder", |run| run["state"] == "running")
+    app.wait_for("holder", RUN_LIMIT, |run| run["state"] == "running")
         .await;
-    let (status, queued) = app
+    let Reply {
+        status,
+        body: queued,
+        ..
+    } = app
         .dispatch(
             "narrow",
             json!({"jobId": "waiter", "job": {}, "deadlineSeconds": 1}),
@@ -78,25 +87,25 @@ async fn a_queued_run_fails_at_its_deadline_without_ever_being_dispatched() {
         .await;
     assert_eq!((status, queued["state"].as_str()), (202, Some("queued")));
 
-    let run = app.wait_final("waiter").await;
+    let run = app.wait_settled("waiter").await;
     assert_eq!(run["state"], "failed", "{run}");
     assert_eq!(run["failureCause"], "deadline", "{run}");
     assert_eq!(run["released"], false, "{run}");
     assert_eq!(created(&scheduler.seen(), "waiter"), 0);
     // The holder still holds the only slot, untouched.
-    let (_, holder) = app.get_json("/v1/runs/holder").await;
+    let Reply { body: holder, .. } = app.get("/v1/runs/holder").await;
     assert_eq!(holder["state"], "running", "{holder}");
 }
 
 #[actix_web::test]
 async fn a_default_deadline_out_of_bounds_is_refused_at_start() {
-    let db = crate::helpers::TestDatabase::create().await;
+    let db = crate::support::database::TestDatabase::create().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut settings = crate::helpers::test_settings(&db, dir.path());
+    let mut settings = crate::support::app::test_settings(&db, dir.path());
     settings.defaults.polling.deadline_seconds = Some(0);
     let secrets = cattery::app::Secrets {
-        master_key: Some(crate::helpers::MASTER_KEY.to_owned()),
-        admin_token: Some(crate::helpers::ADMIN_TOKEN.to_owned()),
+        master_key: Some(crate::support::MASTER_KEY.to_owned()),
+        admin_token: Some(crate::support::ADMIN_TOKEN.to_owned()),
     };
     let Err(error) = cattery::app::Application::build(settings, secrets).await else {
         panic!("a zero default deadline was accepted");

@@ -3,9 +3,10 @@
 //! answer that is not a 409 re-attaches: against the fault-injecting scheduler, over HTTP, and
 //! across a `kill -9` of the real gateway while it waits for a dispatch answer.
 
-use crate::crash::Gateway;
 use crate::faulty::{Fault, FaultyScheduler};
-use crate::helpers::{TestApp, TestDatabase, spawn_app};
+use crate::support::app::{TestApp, spawn_app};
+use crate::support::database::TestDatabase;
+use crate::support::gateway::{Gateway, Launch};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
@@ -40,26 +41,6 @@ fn listing_manifest(base_url: &str) -> Value {
     })
 }
 
-async fn register(app: &TestApp, pool: &str, manifest: Value) {
-    let response = app.put_pool(pool, manifest, json!({})).await;
-    assert_eq!(
-        response.status().as_u16(),
-        201,
-        "{}",
-        response.text().await.unwrap()
-    );
-}
-
-async fn dispatch(app: &TestApp, pool: &str, job_id: &str) {
-    let response = app.dispatch(pool, json!({"jobId": job_id})).await;
-    assert_eq!(
-        response.status().as_u16(),
-        202,
-        "{}",
-        response.text().await.unwrap()
-    );
-}
-
 fn creates(scheduler: &FaultyScheduler) -> usize {
     scheduler
         .arrivals()
@@ -85,7 +66,8 @@ async fn a_dispatch_retried_after_a_timeout_or_503_finds_the_created_job_instead
 {
     let app = spawn_app().await;
     let scheduler = FaultyScheduler::start(2).await;
-    register(&app, "listing", listing_manifest(&scheduler.base_url)).await;
+    app.register("listing", listing_manifest(&scheduler.base_url), json!({}))
+        .await;
 
     for (job_id, fault) in [
         ("created-then-timed-out", Fault::DoThenHang),
@@ -93,7 +75,7 @@ async fn a_dispatch_retried_after_a_timeout_or_503_finds_the_created_job_instead
     ] {
         let before = creates(&scheduler);
         scheduler.push_faults([fault]);
-        dispatch(&app, "listing", job_id).await;
+        app.submit("listing", json!({"jobId": job_id})).await;
         let run = app
             .wait_for(job_id, WAIT, |r| {
                 r["released"] == true || r["state"] == "failed"
@@ -128,9 +110,11 @@ async fn a_dispatch_retried_after_a_timeout_or_503_finds_the_created_job_instead
 async fn a_dispatch_retried_after_a_503_with_nothing_created_is_sent_again() {
     let app = spawn_app().await;
     let scheduler = FaultyScheduler::start(1).await;
-    register(&app, "listing", listing_manifest(&scheduler.base_url)).await;
+    app.register("listing", listing_manifest(&scheduler.base_url), json!({}))
+        .await;
     scheduler.push_faults([Fault::Unavailable]);
-    dispatch(&app, "listing", "refused-first").await;
+    app.submit("listing", json!({"jobId": "refused-first"}))
+        .await;
     let run = app
         .wait_for("refused-first", WAIT, |r| {
             r["released"] == true || r["state"] == "failed"
@@ -167,9 +151,10 @@ async fn without_a_lookup_a_poll_by_dispatch_id_is_asked_before_a_retried_dispat
             "map": {"state": "status", "statusMap": {"Complete": "done"}, "result": "output"}
         }
     });
-    register(&app, "by-name", manifest).await;
+    app.register("by-name", manifest, json!({})).await;
     scheduler.push_faults([Fault::DoThenUnavailable]);
-    dispatch(&app, "by-name", "polled-first").await;
+    app.submit("by-name", json!({"jobId": "polled-first"}))
+        .await;
     let run = app
         .wait_for("polled-first", WAIT, |r| {
             r["state"] == "done" || r["state"] == "failed"
@@ -205,7 +190,7 @@ async fn an_already_exists_answer_that_is_not_a_409_reattaches_instead_of_failin
             "map": {"state": "status", "statusMap": {"Complete": "done"}, "result": "output"}
         }
     });
-    register(&app, "podlike", manifest).await;
+    app.register("podlike", manifest, json!({})).await;
     // The job exists before the run is dispatched (an earlier gateway created it).
     let created = app
         .client
@@ -215,7 +200,8 @@ async fn an_already_exists_answer_that_is_not_a_409_reattaches_instead_of_failin
         .await
         .unwrap();
     assert_eq!(created.status().as_u16(), 201);
-    dispatch(&app, "podlike", "exists-already").await;
+    app.submit("podlike", json!({"jobId": "exists-already"}))
+        .await;
     let run = app
         .wait_for("exists-already", WAIT, |r| {
             r["state"] == "done" || r["state"] == "failed"
@@ -239,7 +225,7 @@ async fn an_already_exists_answer_that_is_not_a_409_reattaches_instead_of_failin
         .await
         .unwrap();
     assert_eq!(created.status().as_u16(), 201);
-    dispatch(&app, "podlike", "other-500").await;
+    app.submit("podlike", json!({"jobId": "other-500"})).await;
     let run = app
         .wait_for("other-500", WAIT, |r| {
             r["state"] == "done" || r["state"] == "failed"
@@ -262,18 +248,20 @@ async fn an_already_exists_answer_that_is_not_a_409_reattaches_instead_of_failin
 #[actix_web::test]
 async fn a_run_caught_dispatching_by_a_crash_is_found_by_the_lookup_after_the_restart() {
     let scheduler = FaultyScheduler::start(2).await;
-    let mut gateway = Gateway::start(TestDatabase::create().await).await;
+    let db = TestDatabase::create().await;
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut gateway = Gateway::start(Launch::new(&db, data_dir.path())).await;
     let mut manifest = listing_manifest(&scheduler.base_url);
     // Long enough that the gateway is still waiting for the answer when it dies.
     manifest["limits"]["timeoutMs"] = json!(60_000);
     gateway.register("listing", manifest, json!({})).await;
     scheduler.push_faults([Fault::DoThenHang]);
-    assert_eq!(
-        gateway
-            .submit_to("listing", "crashed-dispatching", json!({}))
-            .await,
-        Some(202)
-    );
+    gateway
+        .submit(
+            "listing",
+            json!({"jobId": "crashed-dispatching", "job": {}}),
+        )
+        .await;
     let start = Instant::now();
     while scheduler.created("crashed-dispatching") == 0 {
         assert!(start.elapsed() < WAIT, "the dispatch never arrived");

@@ -3,7 +3,10 @@
 //! followed only when the manifest allows them and never carry credentials to another origin,
 //! and the built-in local pool is exempt.
 
-use crate::security_support::{Recorder, answer, redirect, simple_manifest, spawn_secure_app};
+use crate::support::app::spawn_app_prepared;
+use crate::support::client::Reply;
+use crate::support::manifests::simple_manifest;
+use crate::support::stub::{Recorder, answer, redirect};
 
 use serde_json::{Value, json};
 
@@ -19,7 +22,7 @@ fn problem_of(body: &Value) -> (String, String) {
 async fn the_default_policy_refuses_forbidden_urls_at_registration_before_any_traffic() {
     // A scheduler on loopback: it must never hear from cattery.
     let listener = Recorder::start(|_| answer(200, json!({}))).await;
-    let app = spawn_secure_app(
+    let app = spawn_app_prepared(
         |s| s.egress = cattery::config::Settings::default().egress,
         |_| {},
     )
@@ -81,7 +84,7 @@ async fn the_default_policy_refuses_forbidden_urls_at_registration_before_any_tr
         ),
     ];
     for (base_url, expected) in &cases {
-        let (status, body) = app
+        let Reply { status, body, .. } = app
             .put_pool(
                 "p",
                 simple_manifest(base_url),
@@ -112,7 +115,7 @@ async fn the_default_policy_refuses_forbidden_urls_at_registration_before_any_tr
         "clientIdSecretRef": {"key": "ID"},
         "clientSecretSecretRef": {"key": "SECRET"}
     });
-    let (status, body) = app
+    let Reply { status, body, .. } = app
         .put_pool(
             "p",
             oauth,
@@ -130,19 +133,19 @@ async fn the_default_policy_refuses_forbidden_urls_at_registration_before_any_tr
     // Certificate checks cannot be turned off.
     let mut insecure = simple_manifest("https://scheduler.example");
     insecure["tls"] = json!({"insecureSkipVerify": true});
-    let (status, body) = app
+    let Reply { status, body, .. } = app
         .put_pool("p", insecure, json!({"SCHED_TOKEN": "t0ken-value"}))
         .await;
     assert_eq!(status, 422, "{body}");
     assert_eq!(problem_of(&body).0, "manifest.tls.insecureSkipVerify");
 
     // Nothing was stored and nothing was sent.
-    let (_, pools) = app.get_json("/v1/pools").await;
+    let Reply { body: pools, .. } = app.get("/v1/pools").await;
     assert_eq!(pools["pools"], json!([]));
     assert!(listener.seen().is_empty());
 
     // A public https scheduler registers (a name that does not resolve now is not refused).
-    let (status, body) = app
+    let Reply { status, body, .. } = app
         .put_pool(
             "p",
             simple_manifest("https://scheduler.example:8443"),
@@ -173,12 +176,12 @@ async fn a_name_that_resolves_to_loopback_is_refused_when_cattery_connects() {
     // address it resolves to is refused at connect time.
     let gateway = std::sync::Arc::new(std::sync::Mutex::new(None));
     let kept = gateway.clone();
-    let app = spawn_secure_app(
+    let app = spawn_app_prepared(
         |_| {},
         move |app: &cattery::app::Application| *kept.lock().unwrap() = Some(app.gateway()),
     )
     .await;
-    let (status, body) = app
+    let Reply { status, body, .. } = app
         .put_pool(
             "named",
             manifest.clone(),
@@ -193,7 +196,7 @@ async fn a_name_that_resolves_to_loopback_is_refused_when_cattery_connects() {
         .egress()
         .pin("sched.test", vec!["127.0.0.1".parse().unwrap()]);
     app.dispatch("named", json!({"jobId": "rebound-1"})).await;
-    let run = app.wait_final("rebound-1").await;
+    let run = app.wait_settled("rebound-1").await;
     assert_eq!(run["state"], "failed", "{run}");
     assert_eq!(run["failureCause"], "dispatch_rejected", "{run}");
     let error = run["error"].as_str().unwrap_or_default();
@@ -209,13 +212,13 @@ async fn a_name_that_resolves_to_loopback_is_refused_when_cattery_connects() {
     );
 
     // The same name allowed by name: the pinned address is really used.
-    let app = spawn_secure_app(|s| s.egress.allow_hosts.push("sched.test".to_owned()), pin).await;
-    let (status, _) = app
+    let app = spawn_app_prepared(|s| s.egress.allow_hosts.push("sched.test".to_owned()), pin).await;
+    let Reply { status, .. } = app
         .put_pool("named", manifest, json!({"SCHED_TOKEN": "t0ken-value"}))
         .await;
     assert_eq!(status, 201);
     app.dispatch("named", json!({"jobId": "allowed-1"})).await;
-    let run = app.wait_final("allowed-1").await;
+    let run = app.wait_settled("allowed-1").await;
     assert_eq!(run["state"], "done", "{run}");
     assert!(scheduler.seen().iter().any(|s| s.method == "POST"));
 }
@@ -245,30 +248,30 @@ async fn redirects_are_followed_only_when_allowed_checked_hop_by_hop_and_strippe
         }
     })
     .await;
-    let app = spawn_secure_app(|_| {}, |_| {}).await;
+    let app = spawn_app_prepared(|_| {}, |_| {}).await;
     let mut following = simple_manifest(&scheduler.base_url);
     following["followRedirects"] = json!(true);
     following["dispatch"]["request"]["headers"] = json!({"X-Api-Key": "{{secret \"API_KEY\"}}"});
     following["poll"]["request"]["headers"] = json!({"X-Api-Key": "{{secret \"API_KEY\"}}"});
     let secrets = json!({"SCHED_TOKEN": "sched-token-value", "API_KEY": "api-key-value"});
-    let (status, body) = app
+    let Reply { status, body, .. } = app
         .put_pool("follow", following.clone(), secrets.clone())
         .await;
     assert_eq!(status, 201, "{body}");
     let mut not_following = following.clone();
     not_following["followRedirects"] = json!(false);
-    let (status, _) = app
+    let Reply { status, .. } = app
         .put_pool("nofollow", not_following, secrets.clone())
         .await;
     assert_eq!(status, 201);
 
     // Same origin: followed.
     app.dispatch("follow", json!({"jobId": "same-1"})).await;
-    assert_eq!(app.wait_final("same-1").await["state"], "done");
+    assert_eq!(app.wait_settled("same-1").await["state"], "done");
 
     // Another allowed origin: followed, but no credential crosses.
     app.dispatch("follow", json!({"jobId": "cross-1"})).await;
-    assert_eq!(app.wait_final("cross-1").await["state"], "done");
+    assert_eq!(app.wait_settled("cross-1").await["state"], "done");
     let landed = target.seen();
     assert!(!landed.is_empty());
     for seen in &landed {
@@ -289,7 +292,7 @@ async fn redirects_are_followed_only_when_allowed_checked_hop_by_hop_and_strippe
     // A redirect to an internal host is refused before anything reaches it.
     let before = target.seen().len();
     app.dispatch("follow", json!({"jobId": "inward-1"})).await;
-    let run = app.wait_final("inward-1").await;
+    let run = app.wait_settled("inward-1").await;
     assert_eq!(run["state"], "failed", "{run}");
     assert!(
         run["error"]
@@ -306,7 +309,7 @@ async fn redirects_are_followed_only_when_allowed_checked_hop_by_hop_and_strippe
 
     // Without followRedirects the redirect is the answer: an unreadable poll, nothing followed.
     app.dispatch("nofollow", json!({"jobId": "cross-2"})).await;
-    let run = app.wait_final("cross-2").await;
+    let run = app.wait_settled("cross-2").await;
     assert_eq!(run["state"], "failed", "{run}");
     assert_eq!(run["failureCause"], "poll_errors", "{run}");
     assert!(target.seen().iter().all(|s| s.path != "/status/cross-2"));
@@ -314,7 +317,7 @@ async fn redirects_are_followed_only_when_allowed_checked_hop_by_hop_and_strippe
 
 #[actix_web::test]
 async fn the_built_in_local_pool_is_exempt_under_the_default_policy() {
-    let app = spawn_secure_app(
+    let app = spawn_app_prepared(
         |s| {
             s.egress = cattery::config::Settings::default().egress;
             s.local_pool.enabled = true;
@@ -322,20 +325,20 @@ async fn the_built_in_local_pool_is_exempt_under_the_default_policy() {
         |_| {},
     )
     .await;
-    let (status, body) = app
+    let Reply { status, body, .. } = app
         .dispatch(
             "local",
             json!({"jobId": "local-1", "job": {"steps": 1, "stepMs": 10}}),
         )
         .await;
     assert_eq!(status, 202, "{body}");
-    let run = app.wait_final("local-1").await;
+    let run = app.wait_settled("local-1").await;
     assert_eq!(run["state"], "done", "{run}");
 }
 
 #[actix_web::test]
 async fn a_host_name_resolving_to_a_refused_address_is_refused_at_registration() {
-    let app = spawn_secure_app(
+    let app = spawn_app_prepared(
         |s| s.egress = cattery::config::Settings::default().egress,
         |app| {
             // A name the way /etc/hosts would point it into a private network.
@@ -361,7 +364,7 @@ async fn a_host_name_resolving_to_a_refused_address_is_refused_at_registration()
         ),
     ];
     for (base_url, expected) in cases {
-        let (status, body) = app
+        let Reply { status, body, .. } = app
             .put_pool("p", simple_manifest(base_url), secrets.clone())
             .await;
         assert_eq!(status, 422, "{base_url}: {body}");
@@ -378,18 +381,18 @@ async fn a_host_name_resolving_to_a_refused_address_is_refused_at_registration()
         "clientIdSecretRef": {"key": "ID"},
         "clientSecretSecretRef": {"key": "SECRET"}
     });
-    let (status, body) = app
+    let Reply { status, body, .. } = app
         .put_pool("p", oauth, json!({"ID": "client", "SECRET": "s3cret"}))
         .await;
     assert_eq!(status, 422, "{body}");
     let (path, message) = problem_of(&body);
     assert_eq!(path, "manifest.auth.tokenUrl");
     assert!(message.contains("resolves to 10.1.2.3"), "{message}");
-    let (_, pools) = app.get_json("/v1/pools").await;
+    let Reply { body: pools, .. } = app.get("/v1/pools").await;
     assert_eq!(pools["pools"], json!([]));
 
     // A name that does not resolve now is accepted: DNS may be down for a moment.
-    let (status, body) = app
+    let Reply { status, body, .. } = app
         .put_pool(
             "p",
             simple_manifest("https://no-such-host.invalid"),
@@ -403,10 +406,10 @@ async fn a_host_name_resolving_to_a_refused_address_is_refused_at_registration()
 async fn a_dns_failure_is_retried_not_refused() {
     // The port of a real scheduler, named by a host that does not resolve.
     let scheduler = Recorder::start(|_| answer(201, json!({}))).await;
-    let app = spawn_secure_app(|_| {}, |_| {}).await;
+    let app = spawn_app_prepared(|_| {}, |_| {}).await;
     let mut manifest = simple_manifest(&format!("http://no-such-host.invalid:{}", scheduler.port));
     manifest["retry"] = json!({"maxAttempts": 100, "initialBackoffMs": 10, "maxBackoffMs": 50});
-    let (status, body) = app
+    let Reply { status, body, .. } = app
         .put_pool(
             "unresolved",
             manifest,
@@ -414,13 +417,13 @@ async fn a_dns_failure_is_retried_not_refused() {
         )
         .await;
     assert_eq!(status, 201, "{body}");
-    let (status, body) = app.dispatch("unresolved", json!({"jobId": "dns-1"})).await;
+    let Reply { status, body, .. } = app.dispatch("unresolved", json!({"jobId": "dns-1"})).await;
     assert_eq!(status, 202, "{body}");
 
     // The breaker counts the failures and opens, with the reason.
     let start = std::time::Instant::now();
     let pool = loop {
-        let (_, pool) = app.get_json("/v1/pools/unresolved").await;
+        let Reply { body: pool, .. } = app.get("/v1/pools/unresolved").await;
         if pool["health"]["circuit"] == "open" {
             break pool;
         }
@@ -439,11 +442,11 @@ async fn a_dns_failure_is_retried_not_refused() {
     );
     // The dispatch was retried with backoff (each retry first asking whether an earlier
     // attempt created the job), not failed as refused.
-    let (_, run) = app.get_json("/v1/runs/dns-1").await;
+    let Reply { body: run, .. } = app.get("/v1/runs/dns-1").await;
     assert_eq!(run["state"], "dispatching", "{run}");
     let start = std::time::Instant::now();
     loop {
-        let (_, events) = app.get_json("/v1/runs/dns-1/events").await;
+        let Reply { body: events, .. } = app.get("/v1/runs/dns-1/events").await;
         let retries = events["events"]
             .as_array()
             .unwrap()
@@ -465,7 +468,7 @@ async fn a_dns_failure_is_retried_not_refused() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
-    let (_, run) = app.get_json("/v1/runs/dns-1").await;
+    let Reply { body: run, .. } = app.get("/v1/runs/dns-1").await;
     assert_eq!(run["state"], "dispatching", "{run}");
     assert!(scheduler.seen().is_empty());
 }

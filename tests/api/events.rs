@@ -1,7 +1,10 @@
 //! The server-sent event stream: live changes, and resumption from the persisted log.
 
-use crate::helpers::{READER_TOKEN, SCHED_TOKEN, scheduler_manifest, spawn_app};
-use crate::scheduler::{Answer, TestScheduler};
+use crate::scheduler::TestScheduler;
+use crate::support::READER_TOKEN;
+use crate::support::app::spawn_app;
+use crate::support::manifests::{SCHED_TOKEN, scheduler_manifest};
+use crate::support::stub::Scripted;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
@@ -44,8 +47,8 @@ async fn read_frames(
 async fn the_stream_follows_a_run_and_resumes_after_the_last_event_id() {
     let app = spawn_app().await;
     let scheduler = TestScheduler::start(vec![
-        Answer::Json(json!({"status": "Running"})),
-        Answer::Json(json!({"status": "Complete"})),
+        Scripted::Json(json!({"status": "Running"})),
+        Scripted::Json(json!({"status": "Complete"})),
     ])
     .await;
     app.put_pool(
@@ -116,7 +119,7 @@ async fn the_stream_follows_a_run_and_resumes_after_the_last_event_id() {
 #[actix_web::test]
 async fn no_change_is_lost_when_many_runs_commit_together() {
     let app = spawn_app().await;
-    let scheduler = TestScheduler::start(vec![Answer::Json(json!({"status": "Complete"}))]).await;
+    let scheduler = TestScheduler::start(vec![Scripted::Json(json!({"status": "Complete"}))]).await;
     app.put_pool(
         "sched",
         scheduler_manifest(&scheduler.base_url),
@@ -150,7 +153,7 @@ async fn no_change_is_lost_when_many_runs_commit_together() {
 #[actix_web::test]
 async fn a_stream_without_last_event_id_starts_at_the_present_not_at_the_first_event() {
     let app = spawn_app().await;
-    let scheduler = TestScheduler::start(vec![Answer::Json(json!({"status": "Complete"}))]).await;
+    let scheduler = TestScheduler::start(vec![Scripted::Json(json!({"status": "Complete"}))]).await;
     app.put_pool(
         "sched",
         scheduler_manifest(&scheduler.base_url),

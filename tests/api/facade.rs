@@ -2,11 +2,13 @@
 //! harness job view, cancellation, and a job going through two cattery instances, the outer
 //! one driving the inner one's facade through a Cat-Factory transparent manifest.
 
-use crate::catfactory::{cf_app, job_view, register, spec};
-use crate::catfactory_scheduler::{CfScheduler, Reply};
-use crate::helpers::{
-    DISPATCHER_TOKEN, READER_TOKEN, TestApp, local_manifest, spawn_app_with, start_local_pool,
-};
+use crate::catfactory::{job_view, register, spec};
+use crate::catfactory_scheduler::CfScheduler;
+use crate::support::app::{TestApp, spawn_app, spawn_app_with};
+use crate::support::gateway::LocalPool;
+use crate::support::manifests::local_manifest;
+use crate::support::stub::Scripted;
+use crate::support::{DISPATCHER_TOKEN, READER_TOKEN};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -64,8 +66,6 @@ impl Auth<'_> {
 async fn facade_app(default_pool: &str, routes: Vec<cattery::config::FacadeRoute>) -> TestApp {
     let default_pool = default_pool.to_owned();
     spawn_app_with(move |settings| {
-        settings.egress.allow_http = true;
-        settings.egress.allow_hosts = vec!["127.0.0.1".to_owned()];
         settings.facade.default_pool = default_pool;
         settings.facade.routes = routes;
         settings.facade.harness_secret = HARNESS_SECRET.to_owned();
@@ -88,11 +88,9 @@ fn route(kind: &str, pool: &str) -> cattery::config::FacadeRoute {
 #[actix_web::test]
 async fn health_is_open_and_jobs_need_a_token_or_the_harness_secret() {
     let app = facade_app("agents", vec![]).await;
-    let scheduler = CfScheduler::start(vec![Reply::Json(json!({"state": "running"}))]).await;
-    let response = app
-        .put_pool("agents", harness_pool(&scheduler), json!({}))
+    let scheduler = CfScheduler::start(vec![Scripted::Json(json!({"state": "running"}))]).await;
+    app.register("agents", harness_pool(&scheduler), json!({}))
         .await;
-    assert_eq!(response.status().as_u16(), 201);
 
     let health = app.client.get(app.url("/health")).send().await.unwrap();
     assert_eq!(health.status().as_u16(), 200);
@@ -146,12 +144,10 @@ async fn health_is_open_and_jobs_need_a_token_or_the_harness_secret() {
 #[actix_web::test]
 async fn jobs_are_routed_by_the_rules_and_a_repeat_reattaches() {
     let app = facade_app("agents", vec![route("deploy", "deployers")]).await;
-    let scheduler = CfScheduler::start(vec![Reply::Json(json!({"state": "running"}))]).await;
+    let scheduler = CfScheduler::start(vec![Scripted::Json(json!({"state": "running"}))]).await;
     for pool in ["agents", "deployers"] {
-        let response = app
-            .put_pool(pool, harness_pool(&scheduler), json!({}))
+        app.register(pool, harness_pool(&scheduler), json!({}))
             .await;
-        assert_eq!(response.status().as_u16(), 201);
     }
     let agent = spec("route-agent");
     let mut deploy = spec("route-deploy");
@@ -289,19 +285,18 @@ fn passthrough_manifest(base_url: &str) -> Value {
 async fn a_job_goes_through_two_catteries_one_the_runner_pool_of_the_other() {
     // Inner: a cattery whose facade sends every job to its local pool (a separate process).
     let token = "local-pool-token-0123456789";
-    let local = start_local_pool(token).await;
+    let local = LocalPool::start(token).await;
     let inner = facade_app("local", vec![]).await;
-    let response = inner
-        .put_pool(
+    inner
+        .register(
             "local",
             local_manifest(&local.base_url),
             json!({"LOCAL_POOL_TOKEN": token}),
         )
         .await;
-    assert_eq!(response.status().as_u16(), 201);
 
     // Outer: a cattery with the inner one registered as a Cat-Factory pool.
-    let outer = cf_app().await;
+    let outer = spawn_app().await;
     let pool = register(
         &outer,
         "inner",
@@ -316,13 +311,12 @@ async fn a_job_goes_through_two_catteries_one_the_runner_pool_of_the_other() {
     job["stepMs"] = json!(30);
     job["result"] = json!({"summary": "three steps", "prUrl": "https://github.com/o/r/pull/3",
                            "ralphVerdict": "continue", "stats": {"steps": 3}});
-    let response = outer
-        .dispatch(
+    outer
+        .submit(
             "inner",
             json!({"jobId": "chain-1", "kind": "agent", "job": job}),
         )
         .await;
-    assert_eq!(response.status().as_u16(), 202);
 
     let outer_run = outer
         .wait_for("chain-1", WAIT, |r| r["released"] == true)
@@ -364,16 +358,15 @@ async fn fields_cat_factory_cannot_map_pass_through_a_cattery_manifest() {
         "fields": {"phase": "phase", "coldStart": "coldStart", "spans": "spans",
                    "harnessShutdown": "harnessShutdown", "evicted": "evicted"}
     });
-    let response = app.put_pool("harness", manifest, json!({})).await;
-    assert_eq!(response.status().as_u16(), 201);
+    app.register("harness", manifest, json!({})).await;
     let result = json!({"summary": "s", "ralphVerdict": "continue", "stats": {"turns": 2},
                         "infraSetup": {"db": "ok"}, "preview": {"url": "https://preview.example"}});
     scheduler.script(
         "pass-1",
         vec![
-            Reply::Json(json!({"state": "running", "phase": "clone", "coldStart": {"atMs": 5, "message": "pulling"},
+            Scripted::Json(json!({"state": "running", "phase": "clone", "coldStart": {"atMs": 5, "message": "pulling"},
                                "spans": [{"name": "clone", "ms": 40}], "evicted": "transient"})),
-            Reply::Json(json!({"state": "done", "phase": "done", "harnessShutdown": true, "result": result})),
+            Scripted::Json(json!({"state": "done", "phase": "done", "harnessShutdown": true, "result": result})),
         ],
     );
     let (status, _) = post_job(&app, &spec("pass-1"), Auth::Bearer(DISPATCHER_TOKEN)).await;

@@ -2,7 +2,9 @@
 //! puts on a scheduler in trouble (calls per run, Retry-After, the breaker, the rate budget).
 
 use crate::faulty::{Fault, FaultyScheduler};
-use crate::helpers::{TestApp, spawn_app};
+use crate::support::app::{TestApp, spawn_app};
+use crate::support::client::Reply;
+use crate::support::stub::{Recorder, answer};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
@@ -44,27 +46,14 @@ fn merge(base: &mut Value, extra: Value) {
 async fn setup(polls_to_finish: usize, extra: Value) -> (TestApp, FaultyScheduler) {
     let app = spawn_app().await;
     let scheduler = FaultyScheduler::start(polls_to_finish).await;
-    let response = app
-        .put_pool("faulty", manifest(&scheduler.base_url, extra), json!({}))
+    app.register("faulty", manifest(&scheduler.base_url, extra), json!({}))
         .await;
-    assert_eq!(
-        response.status().as_u16(),
-        201,
-        "{}",
-        response.text().await.unwrap()
-    );
     (app, scheduler)
 }
 
 async fn dispatch_all(app: &TestApp, ids: &[String]) {
     for id in ids {
-        let response = app.dispatch("faulty", json!({"jobId": id})).await;
-        assert_eq!(
-            response.status().as_u16(),
-            202,
-            "{}",
-            response.text().await.unwrap()
-        );
+        app.submit("faulty", json!({"jobId": id})).await;
     }
 }
 
@@ -193,7 +182,7 @@ async fn a_scheduler_that_goes_away_and_comes_back_loses_no_run() {
     // The breaker opens and shows in PoolView, with the reason.
     let start = Instant::now();
     loop {
-        let (_, pool) = app.get_json("/v1/pools/faulty").await;
+        let Reply { body: pool, .. } = app.get("/v1/pools/faulty").await;
         if pool["health"]["circuit"] == "open" {
             assert!(
                 pool["health"]["lastError"]
@@ -218,7 +207,7 @@ async fn a_scheduler_that_goes_away_and_comes_back_loses_no_run() {
         assert_eq!(run["state"], "done", "{run}");
         assert_eq!(scheduler.created(id), 1);
     }
-    let (_, pool) = app.get_json("/v1/pools/faulty").await;
+    let Reply { body: pool, .. } = app.get("/v1/pools/faulty").await;
     assert_eq!(pool["health"]["circuit"], "closed");
 }
 
@@ -349,18 +338,15 @@ async fn beyond_max_queued_the_api_answers_429_with_retry_after() {
         setup(1_000, json!({"limits": {"maxInFlight": 1, "maxQueued": 2}})).await;
     for id in ["sat-0", "sat-1", "sat-2"] {
         let response = app.dispatch("faulty", json!({"jobId": id})).await;
-        assert_eq!(response.status().as_u16(), 202);
+        assert_eq!(response.status, 202);
     }
     app.wait_for("sat-0", WAIT, |r| r["state"] == "running")
         .await;
     let response = app.dispatch("faulty", json!({"jobId": "sat-3"})).await;
-    assert_eq!(response.status().as_u16(), 429);
-    assert!(response.headers().contains_key("retry-after"));
-    assert_eq!(
-        response.json::<Value>().await.unwrap()["code"],
-        "pool_saturated"
-    );
-    let (status, _) = app.get_json("/v1/runs/sat-3").await;
+    assert_eq!(response.status, 429);
+    assert!(response.headers.contains_key("retry-after"));
+    assert_eq!(response.json()["code"], "pool_saturated");
+    let Reply { status, .. } = app.get("/v1/runs/sat-3").await;
     assert_eq!(status, 404, "a refused run is not stored");
     assert_eq!(scheduler.created("sat-3"), 0);
 }
@@ -402,7 +388,6 @@ async fn a_huge_retry_after_waits_a_capped_time_instead_of_retrying_at_once() {
 
 #[actix_web::test]
 async fn a_huge_oauth2_expires_in_does_not_stop_the_run() {
-    use crate::security_support::{Recorder, answer};
     let scheduler = Recorder::start(|seen| match (seen.method.as_str(), seen.path.as_str()) {
         ("POST", "/token") => answer(
             200,
@@ -423,19 +408,12 @@ async fn a_huge_oauth2_expires_in_does_not_stop_the_run() {
             "clientSecretSecretRef": {"key": "SECRET"}
         }}),
     );
-    let response = app
-        .put_pool(
-            "oauth",
-            manifest,
-            json!({"ID": "client", "SECRET": "s3cret"}),
-        )
-        .await;
-    assert_eq!(
-        response.status().as_u16(),
-        201,
-        "{}",
-        response.text().await.unwrap()
-    );
+    app.register(
+        "oauth",
+        manifest,
+        json!({"ID": "client", "SECRET": "s3cret"}),
+    )
+    .await;
     for id in ["forever-1", "forever-2"] {
         app.dispatch("oauth", json!({"jobId": id})).await;
         let run = app.wait_settled(id).await;
@@ -465,8 +443,8 @@ async fn a_vanishing_rate_budget_is_refused_at_registration() {
                 json!({}),
             )
             .await;
-        assert_eq!(response.status().as_u16(), 422, "{rate}");
-        let body: Value = response.json().await.unwrap();
+        assert_eq!(response.status, 422, "{rate}");
+        let body: Value = response.json();
         assert_eq!(
             body["errors"][0]["path"], "manifest.limits.requestsPerSecond",
             "{body}"
@@ -490,7 +468,7 @@ async fn a_vanishing_rate_budget_is_refused_at_registration() {
             json!({}),
         )
         .await;
-    assert_eq!(response.status().as_u16(), 201);
+    assert_eq!(response.status, 201);
 }
 
 #[actix_web::test]
@@ -503,7 +481,7 @@ async fn a_deleted_pool_registered_again_starts_with_a_closed_breaker() {
     dispatch_all(&app, &ids("doomed", 6)).await;
     let start = Instant::now();
     loop {
-        let (_, pool) = app.get_json("/v1/pools/faulty").await;
+        let Reply { body: pool, .. } = app.get("/v1/pools/faulty").await;
         if pool["health"]["circuit"] == "open" {
             break;
         }
@@ -514,18 +492,16 @@ async fn a_deleted_pool_registered_again_starts_with_a_closed_breaker() {
     let response = app
         .client
         .delete(app.url("/v1/pools/faulty?force=true"))
-        .bearer_auth(crate::helpers::ADMIN_TOKEN)
+        .bearer_auth(crate::support::ADMIN_TOKEN)
         .send()
         .await
         .unwrap();
     assert_eq!(response.status().as_u16(), 204);
     scheduler.set_default_fault(Fault::None);
-    let response = app
-        .put_pool("faulty", manifest(&scheduler.base_url, extra), json!({}))
+    app.register("faulty", manifest(&scheduler.base_url, extra), json!({}))
         .await;
-    assert_eq!(response.status().as_u16(), 201);
     // The new pool owes nothing to the deleted one's failures: it calls at once.
-    let (_, pool) = app.get_json("/v1/pools/faulty").await;
+    let Reply { body: pool, .. } = app.get("/v1/pools/faulty").await;
     assert_eq!(pool["health"]["circuit"], "closed", "{pool}");
     assert_eq!(pool["health"]["lastError"], Value::Null, "{pool}");
     app.dispatch("faulty", json!({"jobId": "fresh-1"})).await;
@@ -534,7 +510,6 @@ async fn a_deleted_pool_registered_again_starts_with_a_closed_breaker() {
 
 #[actix_web::test]
 async fn replaced_oauth2_secrets_leave_no_cached_token_behind() {
-    use crate::security_support::{Recorder, answer};
     use std::sync::atomic::{AtomicUsize, Ordering};
     let issued = std::sync::Arc::new(AtomicUsize::new(0));
     let counter = issued.clone();
@@ -565,8 +540,7 @@ async fn replaced_oauth2_secrets_leave_no_cached_token_behind() {
     );
     let first = json!({"ID": "client", "SECRET": "first-secret"});
     let second = json!({"ID": "client", "SECRET": "second-secret"});
-    let response = app.put_pool("oauth", manifest, first.clone()).await;
-    assert_eq!(response.status().as_u16(), 201);
+    app.register("oauth", manifest, first.clone()).await;
     // first → second → first again: the token of the first credential was dropped when the
     // secrets changed, so going back fetches a new one instead of reusing a stale token.
     for (n, secrets) in [(1, None), (2, Some(second)), (3, Some(first))] {
@@ -574,7 +548,7 @@ async fn replaced_oauth2_secrets_leave_no_cached_token_behind() {
             let response = app
                 .client
                 .put(app.url("/v1/pools/oauth/secrets"))
-                .bearer_auth(crate::helpers::ADMIN_TOKEN)
+                .bearer_auth(crate::support::ADMIN_TOKEN)
                 .json(&json!({"secrets": secrets}))
                 .send()
                 .await

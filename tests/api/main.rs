@@ -8,11 +8,16 @@
     reason = "test helpers fail the test on any setup error"
 )]
 
+#[expect(
+    dead_code,
+    reason = "the shared test support; this binary uses most of it"
+)]
+#[path = "../support/mod.rs"]
+mod support;
+
 mod catfactory_scheduler;
 mod faulty;
-mod helpers;
 mod scheduler;
-mod security_support;
 
 mod auth;
 mod catfactory;

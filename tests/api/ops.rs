@@ -1,4 +1,4 @@
-use crate::helpers::spawn_app;
+use crate::support::app::spawn_app;
 
 #[actix_web::test]
 async fn healthz_and_readyz_answer_without_a_token() {

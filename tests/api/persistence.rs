@@ -1,78 +1,53 @@
 //! Durability: runs survive a restart of the application on the same database, and secrets
 //! and job bodies are never stored in clear.
 
-use crate::helpers::{
-    ADMIN_TOKEN, TestDatabase, free_port, local_manifest, serve_command, spawn_app,
-    start_local_pool, wait_healthy,
-};
+use crate::support::app::spawn_app;
+use crate::support::database::TestDatabase;
+use crate::support::gateway::{Gateway, Launch, LocalPool};
+use crate::support::manifests::local_manifest;
+use crate::support::wait;
 use cattery::domain::ids::{JobId, PoolName};
 use cattery::domain::run::{NewEvent, ReleaseState, RunRecord};
 use cattery::domain::state::RunState;
 use cattery::store::{InsertOutcome, Store};
-use serde_json::{Value, json};
+use serde_json::json;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const TOKEN: &str = "local-pool-persist-token";
 
-fn serve(db: &TestDatabase, data_dir: &std::path::Path, port: u16) -> crate::helpers::ChildProcess {
-    crate::helpers::spawn_gateway(serve_command(db, data_dir, port), port)
-}
+/// How long a gateway may take to stop, or a second one to refuse to start.
+const LIMIT: Duration = Duration::from_secs(20);
 
 #[actix_web::test]
 async fn a_running_run_resumes_after_the_gateway_is_killed_and_restarted() {
     let db = TestDatabase::create().await;
     let data_dir = tempfile::tempdir().unwrap();
-    let pool = start_local_pool(TOKEN).await;
-    let client = cattery::scheduler::http::plain_client().unwrap();
-    let port = free_port();
-    let mut gateway = serve(&db, data_dir.path(), port);
-    wait_healthy(&format!("{}/healthz", gateway.base_url)).await;
-    let base = gateway.base_url.clone();
-    let registered = client
-        .put(format!("{base}/v1/pools/local"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"manifest": local_manifest(&pool.base_url), "secrets": {"LOCAL_POOL_TOKEN": TOKEN}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(registered.status().as_u16(), 201);
+    let pool = LocalPool::start(TOKEN).await;
+    let mut gateway = Gateway::start(Launch::new(&db, data_dir.path())).await;
+    gateway
+        .register(
+            "local",
+            local_manifest(&pool.base_url),
+            json!({"LOCAL_POOL_TOKEN": TOKEN}),
+        )
+        .await;
     let secret_job = json!({"steps": 20, "stepMs": 100, "ghToken": "ghs_supersecretjobtoken"});
-    let accepted = client
-        .post(format!("{base}/v1/pools/local/runs"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"jobId": "survivor-1", "job": secret_job}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(accepted.status().as_u16(), 202);
-    let get = |base: String| {
-        let client = client.clone();
-        async move {
-            client
-                .get(format!("{base}/v1/runs/survivor-1"))
-                .bearer_auth(ADMIN_TOKEN)
-                .send()
-                .await
-                .unwrap()
-                .json::<Value>()
-                .await
-                .unwrap()
-        }
-    };
+    gateway
+        .submit("local", json!({"jobId": "survivor-1", "job": secret_job}))
+        .await;
+    let get = async |gateway: &Gateway| gateway.get("/v1/runs/survivor-1").await.json();
     let start = Instant::now();
-    while get(base.clone()).await["state"] != "running" {
+    while get(&gateway).await["state"] != "running" {
         assert!(start.elapsed() < Duration::from_secs(20));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // kill -9 the gateway while the job runs at the scheduler, then start it again.
-    gateway.child.kill().unwrap();
-    gateway.child.wait().unwrap();
-    let restarted = serve(&db, data_dir.path(), port);
-    wait_healthy(&format!("{}/healthz", restarted.base_url)).await;
+    gateway.kill9();
+    gateway.restart().await;
     let start = Instant::now();
     let run = loop {
-        let run = get(base.clone()).await;
+        let run = get(&gateway).await;
         if run["released"] == true {
             break run;
         }
@@ -87,11 +62,8 @@ async fn a_running_run_resumes_after_the_gateway_is_killed_and_restarted() {
     assert_eq!(run["progress"]["completed"], 20);
 
     // Nothing secret is stored in clear.
-    if let Some(path) = db.sqlite_path() {
-        let mut raw = std::fs::read(&path).unwrap();
-        for suffix in ["-wal", "-shm"] {
-            raw.extend(std::fs::read(format!("{}{suffix}", path.display())).unwrap_or_default());
-        }
+    if !db.is_postgres() {
+        let raw = db.raw_contents();
         let text = String::from_utf8_lossy(&raw);
         assert!(!text.contains(TOKEN), "the pool secret is stored in clear");
         assert!(
@@ -103,19 +75,7 @@ async fn a_running_run_resumes_after_the_gateway_is_killed_and_restarted() {
             "the check reads the right file"
         );
     }
-    drop(restarted);
-}
-
-/// Waits for a child process to exit on its own; fails the test after `limit`.
-fn wait_exit(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(start.elapsed() < limit, "the process did not exit");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    drop(gateway);
 }
 
 #[actix_web::test]
@@ -123,17 +83,16 @@ async fn a_second_gateway_on_the_same_database_refuses_to_start_until_the_first_
     let db = TestDatabase::create().await;
     // Separate data dirs: what the gateways share, and what the lock guards, is the database.
     let (first_dir, second_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let client = cattery::scheduler::http::plain_client().unwrap();
-    let mut first = serve(&db, first_dir.path(), free_port());
-    wait_healthy(&format!("{}/readyz", first.base_url)).await;
+    let mut first = Gateway::start(Launch::new(&db, first_dir.path())).await;
 
     for _ in 0..2 {
-        let mut second = serve_command(&db, second_dir.path(), free_port())
+        let mut second = Launch::new(&db, second_dir.path())
+            .command()
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let status = wait_exit(&mut second, Duration::from_secs(20));
+        let status = wait::exit_of("the second gateway to exit", &mut second, LIMIT).await;
         let mut stderr = String::new();
         std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut stderr).unwrap();
         assert!(!status.success(), "the second gateway started: {stderr}");
@@ -143,24 +102,17 @@ async fn a_second_gateway_on_the_same_database_refuses_to_start_until_the_first_
         );
         assert!(!stderr.contains("postgres://"), "{stderr}");
         // The first one keeps serving.
-        let ready = client
-            .get(format!("{}/readyz", first.base_url))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(ready.status().as_u16(), 200);
+        let ready = first.get("/readyz").await;
+        assert_eq!(ready.status, 200);
     }
 
     // Once the first is gone, however abruptly, a new one starts.
-    first.child.kill().unwrap();
-    first.child.wait().unwrap();
-    let next = serve(&db, second_dir.path(), free_port());
-    wait_healthy(&format!("{}/readyz", next.base_url)).await;
+    first.kill9();
+    let next = Gateway::start(Launch::new(&db, second_dir.path())).await;
     drop(next);
     // And after a clean stop too.
-    let mut clean = serve(&db, first_dir.path(), free_port());
-    wait_healthy(&format!("{}/readyz", clean.base_url)).await;
-    let pid = clean.child.id().to_string();
+    let mut clean = Gateway::start(Launch::new(&db, first_dir.path())).await;
+    let pid = clean.pid().to_string();
     assert!(
         Command::new("kill")
             .args(["-TERM", &pid])
@@ -168,9 +120,12 @@ async fn a_second_gateway_on_the_same_database_refuses_to_start_until_the_first_
             .unwrap()
             .success()
     );
-    assert!(wait_exit(&mut clean.child, Duration::from_secs(20)).success());
-    let last = serve(&db, second_dir.path(), free_port());
-    wait_healthy(&format!("{}/readyz", last.base_url)).await;
+    assert!(
+        wait::exit_of("the gateway to stop", clean.child(), LIMIT)
+            .await
+            .success()
+    );
+    let _last = Gateway::start(Launch::new(&db, second_dir.path())).await;
 }
 
 /// Ends the PostgreSQL session that holds the instance lock (as a PostgreSQL restart or a cut
@@ -192,20 +147,24 @@ async fn a_gateway_whose_lock_connection_breaks_takes_the_lock_again_or_stops() 
         return;
     }
     let (first_dir, second_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mut first = serve(&db, first_dir.path(), free_port());
-    wait_healthy(&format!("{}/readyz", first.base_url)).await;
+    let mut first = Gateway::start(Launch::new(&db, first_dir.path())).await;
 
     // Its lock session ends: the gateway takes the lock again, so a second one is still refused.
     assert_eq!(end_lock_session(&db), 1);
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let mut second = serve_command(&db, second_dir.path(), free_port())
+    let mut second = Launch::new(&db, second_dir.path())
+        .command()
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    assert!(!wait_exit(&mut second, Duration::from_secs(20)).success());
     assert!(
-        first.child.try_wait().unwrap().is_none(),
+        !wait::exit_of("the second gateway to exit", &mut second, LIMIT)
+            .await
+            .success()
+    );
+    assert!(
+        first.child().try_wait().unwrap().is_none(),
         "the first gateway stopped"
     );
 
@@ -219,7 +178,7 @@ async fn a_gateway_whose_lock_connection_breaks_takes_the_lock_again_or_stops() 
             .execute(&mut taker)
             .unwrap();
     }
-    let status = wait_exit(&mut first.child, Duration::from_secs(20));
+    let status = wait::exit_of("the first gateway to stop", first.child(), LIMIT).await;
     assert_eq!(status.code(), Some(75), "{status:?}");
 }
 
@@ -229,22 +188,18 @@ const INSTANCE_LOCK_KEY: i64 = 7_161_132_924_060_827_651;
 #[actix_web::test]
 async fn a_finished_runs_job_body_is_gone_from_the_database_once_it_reads_final() {
     let app = spawn_app().await;
-    let pool = start_local_pool(TOKEN).await;
-    let registered = app
-        .put_pool(
-            "local",
-            local_manifest(&pool.base_url),
-            json!({"LOCAL_POOL_TOKEN": TOKEN}),
-        )
-        .await;
-    assert_eq!(registered.status().as_u16(), 201);
-    let accepted = app
-        .dispatch(
-            "local",
-            json!({"jobId": "body-1", "job": {"steps": 1, "stepMs": 10, "ghToken": "ghs_body"}}),
-        )
-        .await;
-    assert_eq!(accepted.status().as_u16(), 202);
+    let pool = LocalPool::start(TOKEN).await;
+    app.register(
+        "local",
+        local_manifest(&pool.base_url),
+        json!({"LOCAL_POOL_TOKEN": TOKEN}),
+    )
+    .await;
+    app.submit(
+        "local",
+        json!({"jobId": "body-1", "job": {"steps": 1, "stepMs": 10, "ghToken": "ghs_body"}}),
+    )
+    .await;
     let store = Store::connect(app.db.url(), 1).await.unwrap();
     let job_id = JobId::parse("body-1").unwrap();
     assert!(store.get_job_sealed(&job_id).await.unwrap().is_some());
@@ -255,7 +210,7 @@ async fn a_finished_runs_job_body_is_gone_from_the_database_once_it_reads_final(
         .await;
     assert_eq!(run["state"], "done", "{run}");
     // Read straight from the database as soon as the API reports the final, released state.
-    let (_, job_rows) = crate::security_support::sealed_rows(&app.db);
+    let (_, job_rows) = app.db.sealed_rows();
     assert!(
         job_rows.is_empty(),
         "job bodies left: {:?}",
@@ -304,8 +259,7 @@ async fn job_bodies_left_behind_by_finished_runs_are_swept_at_start() {
     let queued = stored_run(&store, "queued", RunState::Queued, ReleaseState::NotYet).await;
 
     let data_dir = tempfile::tempdir().unwrap();
-    let gateway = serve(&db, data_dir.path(), free_port());
-    wait_healthy(&format!("{}/readyz", gateway.base_url)).await;
+    let _gateway = Gateway::start(Launch::new(&db, data_dir.path())).await;
     for swept in [&leftover, &cancelled] {
         assert_eq!(store.get_job_sealed(swept).await.unwrap(), None, "{swept}");
     }
@@ -355,22 +309,10 @@ async fn a_corrupt_run_row_is_quarantined_at_start_and_the_gateway_serves_the_ot
     );
 
     let data_dir = tempfile::tempdir().unwrap();
-    let gateway = serve(&db, data_dir.path(), free_port());
-    wait_healthy(&format!("{}/readyz", gateway.base_url)).await;
-    let client = cattery::scheduler::http::plain_client().unwrap();
-    let get = |path: String| {
-        let client = client.clone();
-        let url = format!("{}{path}", gateway.base_url);
-        async move {
-            let response = client
-                .get(url)
-                .bearer_auth(ADMIN_TOKEN)
-                .send()
-                .await
-                .unwrap();
-            let status = response.status().as_u16();
-            (status, response.json::<Value>().await.unwrap())
-        }
+    let gateway = Gateway::start(Launch::new(&db, data_dir.path())).await;
+    let get = async |path: String| {
+        let reply = gateway.get(&path).await;
+        (reply.status, reply.json())
     };
     for id in ["bad-captures", "bad-state"] {
         let (status, run) = get(format!("/v1/runs/{id}")).await;
@@ -391,22 +333,18 @@ async fn a_corrupt_run_row_is_quarantined_at_start_and_the_gateway_serves_the_ot
 #[actix_web::test]
 async fn a_run_changed_in_the_database_behind_its_actor_is_reloaded_not_overwritten() {
     let app = spawn_app().await;
-    let pool = start_local_pool(TOKEN).await;
-    let registered = app
-        .put_pool(
-            "local",
-            local_manifest(&pool.base_url),
-            json!({"LOCAL_POOL_TOKEN": TOKEN}),
-        )
-        .await;
-    assert_eq!(registered.status().as_u16(), 201);
-    let accepted = app
-        .dispatch(
-            "local",
-            json!({"jobId": "raced-1", "job": {"steps": 30, "stepMs": 100}}),
-        )
-        .await;
-    assert_eq!(accepted.status().as_u16(), 202);
+    let pool = LocalPool::start(TOKEN).await;
+    app.register(
+        "local",
+        local_manifest(&pool.base_url),
+        json!({"LOCAL_POOL_TOKEN": TOKEN}),
+    )
+    .await;
+    app.submit(
+        "local",
+        json!({"jobId": "raced-1", "job": {"steps": 30, "stepMs": 100}}),
+    )
+    .await;
     app.wait_for("raced-1", Duration::from_secs(20), |run| {
         run["state"] == "running"
     })

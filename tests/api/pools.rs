@@ -1,4 +1,7 @@
-use crate::helpers::{ADMIN_TOKEN, SCHED_TOKEN, scheduler_manifest, spawn_app};
+use crate::support::ADMIN_TOKEN;
+use crate::support::app::spawn_app;
+use crate::support::client::Reply;
+use crate::support::manifests::{SCHED_TOKEN, scheduler_manifest};
 use serde_json::{Value, json};
 
 fn paths(body: &Value) -> Vec<String> {
@@ -24,8 +27,8 @@ async fn a_pool_registers_replaces_and_reads_back_without_secret_values() {
             json!({"SCHED_TOKEN": SCHED_TOKEN}),
         )
         .await;
-    assert_eq!(created.status().as_u16(), 201);
-    let view: Value = created.json().await.unwrap();
+    assert_eq!(created.status, 201);
+    let view: Value = created.json();
     assert_eq!(view["name"], "sched");
     assert_eq!(view["revision"], 1);
     assert_eq!(view["format"], "cattery/v1");
@@ -42,8 +45,8 @@ async fn a_pool_registers_replaces_and_reads_back_without_secret_values() {
             json!({"SCHED_TOKEN": SCHED_TOKEN}),
         )
         .await;
-    assert_eq!(again.status().as_u16(), 200);
-    assert_eq!(again.json::<Value>().await.unwrap()["revision"], 1);
+    assert_eq!(again.status, 200);
+    assert_eq!(again.json()["revision"], 1);
     let mut changed = manifest.clone();
     changed["description"] = json!("changed");
     let replaced = app
@@ -59,10 +62,16 @@ async fn a_pool_registers_replaces_and_reads_back_without_secret_values() {
     assert_eq!(replaced["revision"], 2);
     assert_ne!(replaced["digest"], view["digest"]);
 
-    let (status, listed) = app.get_json("/v1/pools").await;
+    let Reply {
+        status,
+        body: listed,
+        ..
+    } = app.get("/v1/pools").await;
     assert_eq!(status, 200);
     assert_eq!(listed["pools"].as_array().unwrap().len(), 1);
-    let (status, read) = app.get_json("/v1/pools/sched").await;
+    let Reply {
+        status, body: read, ..
+    } = app.get("/v1/pools/sched").await;
     assert_eq!(status, 200);
     assert_eq!(read["revision"], 2);
     assert!(!read.to_string().contains(SCHED_TOKEN));
@@ -75,12 +84,7 @@ async fn a_manifest_given_as_yaml_text_registers() {
     let response = app
         .put_pool("from-yaml", json!(yaml), json!({"SCHED_TOKEN": "x"}))
         .await;
-    assert_eq!(
-        response.status().as_u16(),
-        201,
-        "{}",
-        response.text().await.unwrap()
-    );
+    assert_eq!(response.status, 201, "{}", response.text);
 }
 
 #[actix_web::test]
@@ -93,12 +97,9 @@ async fn an_invalid_manifest_is_refused_with_every_problem_and_nothing_is_stored
     let response = app
         .put_pool("bad", manifest, json!({"SCHED_TOKEN": "x"}))
         .await;
-    assert_eq!(response.status().as_u16(), 422);
-    assert_eq!(
-        response.headers()["content-type"],
-        "application/problem+json"
-    );
-    let body: Value = response.json().await.unwrap();
+    assert_eq!(response.status, 422);
+    assert_eq!(response.headers["content-type"], "application/problem+json");
+    let body: Value = response.json();
     assert_eq!(body["code"], "validation_failed");
     let paths = paths(&body);
     assert!(paths.iter().any(|p| p == "manifest.colour"), "{paths:?}");
@@ -112,7 +113,7 @@ async fn an_invalid_manifest_is_refused_with_every_problem_and_nothing_is_stored
             .any(|p| p.starts_with("manifest.dispatch.request.path")),
         "{paths:?}"
     );
-    let (status, _) = app.get_json("/v1/pools/bad").await;
+    let Reply { status, .. } = app.get("/v1/pools/bad").await;
     assert_eq!(status, 404);
 }
 
@@ -126,11 +127,11 @@ async fn a_missing_secret_is_named_and_nothing_is_stored() {
             json!({"OTHER": "x"}),
         )
         .await;
-    assert_eq!(response.status().as_u16(), 422);
-    let body: Value = response.json().await.unwrap();
+    assert_eq!(response.status, 422);
+    let body: Value = response.json();
     assert_eq!(body["code"], "missing_secrets");
     assert_eq!(paths(&body), ["secrets.SCHED_TOKEN"]);
-    let (status, _) = app.get_json("/v1/pools/nosecret").await;
+    let Reply { status, .. } = app.get("/v1/pools/nosecret").await;
     assert_eq!(status, 404);
 }
 
@@ -155,11 +156,8 @@ async fn malformed_bodies_bad_names_and_oversized_bodies_get_clear_4xx() {
     let bad_yaml = app
         .put_pool("p", json!("apiVersion: [unclosed"), json!({}))
         .await;
-    assert_eq!(bad_yaml.status().as_u16(), 422);
-    assert_eq!(
-        bad_yaml.json::<Value>().await.unwrap()["code"],
-        "validation_failed"
-    );
+    assert_eq!(bad_yaml.status, 422);
+    assert_eq!(bad_yaml.json()["code"], "validation_failed");
 
     let bad_name = app
         .put_pool(
@@ -168,20 +166,17 @@ async fn malformed_bodies_bad_names_and_oversized_bodies_get_clear_4xx() {
             json!({"SCHED_TOKEN": "x"}),
         )
         .await;
-    assert_eq!(bad_name.status().as_u16(), 422);
-    assert_eq!(paths(&bad_name.json::<Value>().await.unwrap()), ["name"]);
+    assert_eq!(bad_name.status, 422);
+    assert_eq!(paths(&bad_name.json()), ["name"]);
 
     let huge = "x".repeat(3 * 1024 * 1024);
     let oversized = app
         .put_pool("p", json!({"description": huge}), json!({}))
         .await;
-    assert_eq!(oversized.status().as_u16(), 413);
-    assert_eq!(
-        oversized.json::<Value>().await.unwrap()["code"],
-        "payload_too_large"
-    );
+    assert_eq!(oversized.status, 413);
+    assert_eq!(oversized.json()["code"], "payload_too_large");
 
-    let (_, listed) = app.get_json("/v1/pools").await;
+    let Reply { body: listed, .. } = app.get("/v1/pools").await;
     assert_eq!(listed["pools"], json!([]));
 }
 
@@ -241,7 +236,7 @@ async fn deleting_a_pool_answers_204_then_404() {
         delete("/v1/pools/gone").await.unwrap().status().as_u16(),
         404
     );
-    let (status, body) = app.get_json("/v1/pools/gone").await;
+    let Reply { status, body, .. } = app.get("/v1/pools/gone").await;
     assert_eq!(
         (status, body["code"].as_str()),
         (404, Some("pool_not_found"))
@@ -259,11 +254,8 @@ async fn a_failure_log_operation_takes_only_request_expect_and_timeout() {
     let refused = app
         .put_pool("logs", manifest.clone(), json!({"SCHED_TOKEN": "x"}))
         .await;
-    assert_eq!(refused.status().as_u16(), 422);
-    assert_eq!(
-        paths(&refused.json::<Value>().await.unwrap()),
-        ["manifest.failureLog.map"]
-    );
+    assert_eq!(refused.status, 422);
+    assert_eq!(paths(&refused.json()), ["manifest.failureLog.map"]);
     manifest["failureLog"]
         .as_object_mut()
         .unwrap()
@@ -271,12 +263,7 @@ async fn a_failure_log_operation_takes_only_request_expect_and_timeout() {
     let accepted = app
         .put_pool("logs", manifest, json!({"SCHED_TOKEN": "x"}))
         .await;
-    assert_eq!(
-        accepted.status().as_u16(),
-        201,
-        "{}",
-        accepted.text().await.unwrap()
-    );
+    assert_eq!(accepted.status, 201, "{}", accepted.text);
 }
 
 #[actix_web::test]
@@ -288,8 +275,8 @@ async fn job_values_in_poll_or_release_are_refused_at_registration_instead_of_re
     let response = app
         .put_pool("jobvalues", manifest, json!({"SCHED_TOKEN": "x"}))
         .await;
-    assert_eq!(response.status().as_u16(), 422);
-    let body: Value = response.json().await.unwrap();
+    assert_eq!(response.status, 422);
+    let body: Value = response.json();
     let paths = paths(&body);
     assert!(
         paths
@@ -305,7 +292,7 @@ async fn job_values_in_poll_or_release_are_refused_at_registration_instead_of_re
     );
     let text = body.to_string();
     assert!(text.contains("exists only in dispatch"), "{text}");
-    let (status, _) = app.get_json("/v1/pools/jobvalues").await;
+    let Reply { status, .. } = app.get("/v1/pools/jobvalues").await;
     assert_eq!(status, 404);
 }
 
@@ -319,13 +306,13 @@ async fn a_pool_whose_client_cannot_be_built_is_refused_and_not_stored() {
     let response = app
         .put_pool("badtls", manifest, json!({"SCHED_TOKEN": "x"}))
         .await;
-    assert_eq!(response.status().as_u16(), 422);
-    let body: Value = response.json().await.unwrap();
+    assert_eq!(response.status, 422);
+    let body: Value = response.json();
     assert_eq!(paths(&body), ["manifest.tls.caCertPem"], "{body}");
     // Nothing was stored: no pool, and nothing that a restart would try (and fail) to load.
-    let (status, _) = app.get_json("/v1/pools/badtls").await;
+    let Reply { status, .. } = app.get("/v1/pools/badtls").await;
     assert_eq!(status, 404);
-    let (_, list) = app.get_json("/v1/pools").await;
+    let Reply { body: list, .. } = app.get("/v1/pools").await;
     assert!(
         !list.to_string().contains("badtls"),
         "a refused pool is listed: {list}"

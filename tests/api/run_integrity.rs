@@ -1,9 +1,10 @@
 //! A run never sends a job other than the one submitted, never repeats a call whose outcome it
 //! already has, and never keeps the job's values in the scheduler text it stores.
 
-use crate::security_support::{
-    Recorder, SecureApp, Seen, answer, spawn_secure_app, update_job_sealed,
-};
+use crate::support::app::{TestApp, spawn_app_prepared};
+use crate::support::client::Reply;
+use crate::support::stub::{Recorder, Seen, answer};
+use crate::support::wait::RUN_LIMIT;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
@@ -11,15 +12,15 @@ use std::time::{Duration, Instant};
 const JOB_TOKEN: &str = "plain-job-value-0123456789";
 
 fn manifest(base_url: &str, max_in_flight: u32) -> Value {
-    let mut manifest = crate::security_support::simple_manifest(base_url);
+    let mut manifest = crate::support::manifests::simple_manifest(base_url);
     manifest["limits"] = json!({"maxInFlight": max_in_flight});
     manifest
 }
 
 /// A gateway with one pool on `scheduler`, registered.
-async fn app_with_pool(pool: &str, scheduler: &Recorder, max_in_flight: u32) -> SecureApp {
-    let app = spawn_secure_app(|_| {}, |_| {}).await;
-    let (status, body) = app
+async fn app_with_pool(pool: &str, scheduler: &Recorder, max_in_flight: u32) -> TestApp {
+    let app = spawn_app_prepared(|_| {}, |_| {}).await;
+    let Reply { status, body, .. } = app
         .put_pool(
             pool,
             manifest(&scheduler.base_url, max_in_flight),
@@ -51,12 +52,17 @@ async fn a_job_body_that_cannot_be_decrypted_fails_the_run_and_nothing_is_sent()
     })
     .await;
     let app = app_with_pool("one", &scheduler, 1).await;
-    let (status, _) = app
+    let Reply { status, .. } = app
         .dispatch("one", json!({"jobId": "hold", "job": {"n": 1}}))
         .await;
     assert_eq!(status, 202);
-    app.wait_for("hold", |run| run["state"] == "running").await;
-    let (status, queued) = app
+    app.wait_for("hold", RUN_LIMIT, |run| run["state"] == "running")
+        .await;
+    let Reply {
+        status,
+        body: queued,
+        ..
+    } = app
         .dispatch(
             "one",
             json!({"jobId": "victim", "job": {"token": JOB_TOKEN}}),
@@ -65,16 +71,13 @@ async fn a_job_body_that_cannot_be_decrypted_fails_the_run_and_nothing_is_sent()
     assert_eq!((status, queued["state"].as_str()), (202, Some("queued")));
 
     // The body can no longer be opened (as when the key that sealed it is gone).
-    update_job_sealed(
-        &app.db,
-        "victim",
-        b"not an envelope sealed by any configured key",
-    );
-    let (status, _) = app.get_json("/v1/runs/hold").await;
+    app.db
+        .update_job_sealed("victim", b"not an envelope sealed by any configured key");
+    let Reply { status, .. } = app.get("/v1/runs/hold").await;
     assert_eq!(status, 200);
-    assert_eq!(app.cancel("hold").await.status().as_u16(), 202);
+    assert_eq!(app.cancel("hold").await.status, 202);
 
-    let run = app.wait_final("victim").await;
+    let run = app.wait_settled("victim").await;
     assert_eq!(run["state"], "failed", "{run}");
     assert_eq!(run["failureCause"], "job_unreadable", "{run}");
     assert!(
@@ -97,7 +100,7 @@ async fn a_failed_commit_is_retried_without_repeating_the_accepted_dispatch() {
     })
     .await;
     let app = app_with_pool("flaky-db", &scheduler, 4).await;
-    let (status, _) = app
+    let Reply { status, .. } = app
         .dispatch("flaky-db", json!({"jobId": "once", "job": {"n": 1}}))
         .await;
     assert_eq!(status, 202);
@@ -113,7 +116,7 @@ async fn a_failed_commit_is_retried_without_repeating_the_accepted_dispatch() {
     tokio::time::sleep(Duration::from_millis(2_000)).await;
     app.db.execute_sql("ALTER TABLE runs_away RENAME TO runs");
 
-    let run = app.wait_final("once").await;
+    let run = app.wait_settled("once").await;
     assert_eq!(run["state"], "done", "{run}");
     assert_eq!(run["attempts"]["dispatch"], 1, "{run}");
     assert_eq!(dispatched_names(&scheduler.seen()), ["once"]);
@@ -131,19 +134,19 @@ async fn job_values_echoed_in_a_poll_answer_are_redacted_before_they_are_stored(
     })
     .await;
     let app = app_with_pool("echo", &scheduler, 4).await;
-    let (status, _) = app
+    let Reply { status, .. } = app
         .dispatch(
             "echo",
             json!({"jobId": "leaky", "job": {"repo": {"token": JOB_TOKEN}}}),
         )
         .await;
     assert_eq!(status, 202);
-    let run = app.wait_final("leaky").await;
+    let run = app.wait_settled("leaky").await;
     assert_eq!(run["state"], "failed", "{run}");
     let error = run["error"].as_str().unwrap();
     assert!(error.contains("clone failed"), "{run}");
     assert!(error.contains("[redacted]"), "{run}");
     assert!(!run.to_string().contains(JOB_TOKEN), "{run}");
-    let (_, events) = app.get_json("/v1/runs/leaky/events").await;
+    let Reply { body: events, .. } = app.get("/v1/runs/leaky/events").await;
     assert!(!events.to_string().contains(JOB_TOKEN), "{events}");
 }

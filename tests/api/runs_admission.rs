@@ -1,8 +1,11 @@
 //! Admission of runs: what a pool takes (free slots first, then `maxQueued` waiting runs), the
 //! bounds on what a submission may carry, and what a waiting run costs.
 
-use crate::helpers::{SCHED_TOKEN, TestApp, scheduler_manifest, spawn_app};
-use crate::scheduler::{Answer, TestScheduler};
+use crate::scheduler::TestScheduler;
+use crate::support::app::{TestApp, spawn_app};
+use crate::support::client::Reply;
+use crate::support::manifests::{SCHED_TOKEN, scheduler_manifest};
+use crate::support::stub::Scripted;
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -11,18 +14,11 @@ const WAIT: Duration = Duration::from_secs(20);
 /// A pool on the scripted scheduler whose jobs run until the test ends, with these limits.
 async fn pool_with_limits(limits: Value) -> (TestApp, TestScheduler) {
     let app = spawn_app().await;
-    let scheduler = TestScheduler::start(vec![Answer::Json(json!({"status": "Running"}))]).await;
+    let scheduler = TestScheduler::start(vec![Scripted::Json(json!({"status": "Running"}))]).await;
     let mut manifest = scheduler_manifest(&scheduler.base_url);
     manifest["limits"] = limits;
-    let response = app
-        .put_pool("sched", manifest, json!({"SCHED_TOKEN": SCHED_TOKEN}))
+    app.register("sched", manifest, json!({"SCHED_TOKEN": SCHED_TOKEN}))
         .await;
-    assert_eq!(
-        response.status().as_u16(),
-        201,
-        "{}",
-        response.text().await.unwrap()
-    );
     (app, scheduler)
 }
 
@@ -31,38 +27,30 @@ async fn a_pool_with_max_queued_zero_takes_runs_while_it_has_free_slots() {
     let (app, _scheduler) = pool_with_limits(json!({"maxInFlight": 2, "maxQueued": 0})).await;
     for id in ["mq0-1", "mq0-2"] {
         let response = app.dispatch("sched", json!({"jobId": id})).await;
-        assert_eq!(
-            response.status().as_u16(),
-            202,
-            "{}",
-            response.text().await.unwrap()
-        );
+        assert_eq!(response.status, 202, "{}", response.text);
     }
     for id in ["mq0-1", "mq0-2"] {
         app.wait_for(id, WAIT, |r| r["state"] == "running").await;
     }
     // Both slots taken and no run may wait: the next one is refused, and not stored.
     let response = app.dispatch("sched", json!({"jobId": "mq0-3"})).await;
-    assert_eq!(response.status().as_u16(), 429);
-    assert_eq!(
-        response.json::<Value>().await.unwrap()["code"],
-        "pool_saturated"
-    );
-    let (status, _) = app.get_json("/v1/runs/mq0-3").await;
+    assert_eq!(response.status, 429);
+    assert_eq!(response.json()["code"], "pool_saturated");
+    let Reply { status, .. } = app.get("/v1/runs/mq0-3").await;
     assert_eq!(status, 404);
     // A slot freed is a slot offered again.
-    assert_eq!(app.cancel("mq0-1").await.status().as_u16(), 202);
+    assert_eq!(app.cancel("mq0-1").await.status, 202);
     app.wait_for("mq0-1", WAIT, |r| r["state"] == "cancelled")
         .await;
     let started = std::time::Instant::now();
     loop {
         let response = app.dispatch("sched", json!({"jobId": "mq0-4"})).await;
-        match response.status().as_u16() {
+        match response.status {
             202 => break,
             429 if started.elapsed() < WAIT => {
                 tokio::time::sleep(Duration::from_millis(25)).await;
             }
-            other => panic!("unexpected {other}: {}", response.text().await.unwrap()),
+            other => panic!("unexpected {other}: {}", response.text),
         }
     }
 }
@@ -101,13 +89,12 @@ async fn labels_beyond_their_bounds_are_refused_with_the_path_and_the_limit() {
         let response = app
             .dispatch("sched", json!({"jobId": job_id, "labels": labels}))
             .await;
-        assert_eq!(response.status().as_u16(), 422, "case {i}");
+        assert_eq!(response.status, 422, "case {i}");
         assert_eq!(
-            response.headers()["content-type"],
-            "application/problem+json",
+            response.headers["content-type"], "application/problem+json",
             "case {i}"
         );
-        let body: Value = response.json().await.unwrap();
+        let body: Value = response.json();
         let found = problems(&body);
         assert!(
             found
@@ -115,7 +102,7 @@ async fn labels_beyond_their_bounds_are_refused_with_the_path_and_the_limit() {
                 .any(|(p, message)| p == path && message.contains(limit)),
             "case {i}: expected {path} naming {limit} in {found:?}"
         );
-        let (status, _) = app.get_json(&format!("/v1/runs/{job_id}")).await;
+        let Reply { status, .. } = app.get(&format!("/v1/runs/{job_id}")).await;
         assert_eq!(status, 404, "case {i}: a refused run is not stored");
     }
 
@@ -126,18 +113,15 @@ async fn labels_beyond_their_bounds_are_refused_with_the_path_and_the_limit() {
     let response = app
         .dispatch("sched", json!({"jobId": "labels-ok", "labels": most}))
         .await;
-    assert_eq!(response.status().as_u16(), 202);
-    assert_eq!(
-        response.json::<Value>().await.unwrap()["labels"],
-        json!(most)
-    );
+    assert_eq!(response.status, 202);
+    assert_eq!(response.json()["labels"], json!(most));
 }
 
 #[actix_web::test]
 async fn a_waiting_run_starts_from_its_stored_record_not_from_a_copy_kept_in_the_queue() {
     let (app, _scheduler) = pool_with_limits(json!({"maxInFlight": 1, "maxQueued": 10})).await;
     let response = app.dispatch("sched", json!({"jobId": "held-1"})).await;
-    assert_eq!(response.status().as_u16(), 202);
+    assert_eq!(response.status, 202);
     app.wait_for("held-1", WAIT, |r| r["state"] == "running")
         .await;
     let response = app
@@ -146,7 +130,7 @@ async fn a_waiting_run_starts_from_its_stored_record_not_from_a_copy_kept_in_the
             json!({"jobId": "waiting-1", "labels": {"stage": "submitted"}}),
         )
         .await;
-    assert_eq!(response.status().as_u16(), 202);
+    assert_eq!(response.status, 202);
     assert_eq!(app.run("waiting-1").await["state"], "queued");
 
     // The stored record changes while the run waits (as another writer of the same database
@@ -161,7 +145,7 @@ async fn a_waiting_run_starts_from_its_stored_record_not_from_a_copy_kept_in_the
         .insert("stage".to_owned(), json!("changed while waiting"));
     store.commit(stored, Vec::new()).await.unwrap();
 
-    assert_eq!(app.cancel("held-1").await.status().as_u16(), 202);
+    assert_eq!(app.cancel("held-1").await.status, 202);
     let run = app
         .wait_for("waiting-1", WAIT, |r| r["state"] == "running")
         .await;
@@ -175,15 +159,12 @@ async fn a_waiting_run_is_cancelled_at_once_and_never_reaches_the_scheduler() {
     app.wait_for("busy-1", WAIT, |r| r["state"] == "running")
         .await;
     let response = app.dispatch("sched", json!({"jobId": "queued-1"})).await;
-    assert_eq!(response.status().as_u16(), 202);
+    assert_eq!(response.status, 202);
     let response = app.cancel("queued-1").await;
-    assert_eq!(response.status().as_u16(), 202);
-    assert_eq!(
-        response.json::<Value>().await.unwrap()["state"],
-        "cancelled"
-    );
+    assert_eq!(response.status, 202);
+    assert_eq!(response.json()["state"], "cancelled");
     // Its slot never comes: freeing the busy one grants nothing to the cancelled run.
-    assert_eq!(app.cancel("busy-1").await.status().as_u16(), 202);
+    assert_eq!(app.cancel("busy-1").await.status, 202);
     app.wait_for("busy-1", WAIT, |r| r["released"] == true)
         .await;
     assert_eq!(app.run("queued-1").await["state"], "cancelled");
@@ -195,7 +176,7 @@ async fn a_waiting_run_is_cancelled_at_once_and_never_reaches_the_scheduler() {
                 && !request.text().contains("queued-1")),
         "a cancelled waiting run is never sent"
     );
-    assert_eq!(app.cancel("queued-1").await.status().as_u16(), 409);
+    assert_eq!(app.cancel("queued-1").await.status, 409);
 }
 
 #[actix_web::test]
@@ -206,7 +187,7 @@ async fn identical_submissions_at_once_create_one_run_that_holds_one_slot() {
             let (client, url, token) = (
                 app.client.clone(),
                 app.url("/v1/pools/sched/runs"),
-                crate::helpers::DISPATCHER_TOKEN,
+                crate::support::DISPATCHER_TOKEN,
             );
             tokio::spawn(async move {
                 let response = client
@@ -234,5 +215,5 @@ async fn identical_submissions_at_once_create_one_run_that_holds_one_slot() {
     assert_eq!(scheduler.created("twin"), 1);
     // The one slot is the twin's: another run is refused, not started beside it.
     let response = app.dispatch("sched", json!({"jobId": "after-twin"})).await;
-    assert_eq!(response.status().as_u16(), 429);
+    assert_eq!(response.status, 429);
 }

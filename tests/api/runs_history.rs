@@ -1,16 +1,19 @@
 //! A run's persisted history, read a page at a time.
 
-use crate::helpers::{SCHED_TOKEN, scheduler_manifest, spawn_app};
-use crate::scheduler::{Answer, TestScheduler};
+use crate::scheduler::TestScheduler;
+use crate::support::app::spawn_app;
+use crate::support::client::Reply;
+use crate::support::manifests::{SCHED_TOKEN, scheduler_manifest};
+use crate::support::stub::Scripted;
 use serde_json::{Value, json};
 
 #[actix_web::test]
 async fn a_runs_history_is_paged_with_limit_and_after_and_says_where_to_continue() {
     let app = spawn_app().await;
     let scheduler = TestScheduler::start(vec![
-        Answer::Json(json!({"status": "Queued"})),
-        Answer::Json(json!({"status": "Running"})),
-        Answer::Json(json!({"status": "Complete"})),
+        Scripted::Json(json!({"status": "Queued"})),
+        Scripted::Json(json!({"status": "Running"})),
+        Scripted::Json(json!({"status": "Complete"})),
     ])
     .await;
     app.put_pool(
@@ -25,7 +28,11 @@ async fn a_runs_history_is_paged_with_limit_and_after_and_says_where_to_continue
     })
     .await;
 
-    let (status, whole) = app.get_json("/v1/runs/paged-1/events?limit=1000").await;
+    let Reply {
+        status,
+        body: whole,
+        ..
+    } = app.get("/v1/runs/paged-1/events?limit=1000").await;
     assert_eq!(status, 200);
     let whole = whole["events"].as_array().unwrap().clone();
     assert!(whole.len() >= 5, "{whole:?}");
@@ -34,7 +41,9 @@ async fn a_runs_history_is_paged_with_limit_and_after_and_says_where_to_continue
     let mut paged: Vec<Value> = Vec::new();
     let mut path = "/v1/runs/paged-1/events?limit=2".to_owned();
     loop {
-        let (status, page) = app.get_json(&path).await;
+        let Reply {
+            status, body: page, ..
+        } = app.get(&path).await;
         assert_eq!(status, 200, "{page}");
         let events = page["events"].as_array().unwrap();
         assert!(events.len() <= 2, "{page}");
@@ -51,20 +60,22 @@ async fn a_runs_history_is_paged_with_limit_and_after_and_says_where_to_continue
     assert_eq!(paged, whole);
 
     // The default page answers too, and says it is the last one.
-    let (status, first) = app.get_json("/v1/runs/paged-1/events").await;
+    let Reply {
+        status,
+        body: first,
+        ..
+    } = app.get("/v1/runs/paged-1/events").await;
     assert_eq!(status, 200);
     assert_eq!(first["events"].as_array().unwrap().len(), whole.len());
     assert!(first["next"].is_null());
 
     for bad in ["limit=0", "limit=1001", "after=-1", "limit=x", "other=1"] {
-        let (status, body) = app
-            .get_json(&format!("/v1/runs/paged-1/events?{bad}"))
-            .await;
+        let Reply { status, body, .. } = app.get(&format!("/v1/runs/paged-1/events?{bad}")).await;
         assert!(status == 400 || status == 422, "{bad}: {status} {body}");
     }
-    let (status, body) = app.get_json("/v1/runs/paged-1/events?limit=1001").await;
+    let Reply { status, body, .. } = app.get("/v1/runs/paged-1/events?limit=1001").await;
     assert_eq!(status, 422, "{body}");
     assert_eq!(body["errors"][0]["path"], "limit");
-    let (status, _) = app.get_json("/v1/runs/nobody/events?limit=5").await;
+    let Reply { status, .. } = app.get("/v1/runs/nobody/events?limit=5").await;
     assert_eq!(status, 404);
 }

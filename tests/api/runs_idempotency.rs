@@ -2,11 +2,12 @@
 //! of the database), digests of runs stored before keyed digests still match, and a master key
 //! rotation followed by removing the old key leaves every repeat answered as before.
 
-use crate::helpers::{
-    ADMIN_TOKEN, MASTER_KEY, SCHED_TOKEN, TestDatabase, cattery_bin, free_port, scheduler_manifest,
-    serve_command, spawn_gateway, wait_healthy,
-};
-use crate::scheduler::{Answer, TestScheduler};
+use crate::scheduler::TestScheduler;
+use crate::support::MASTER_KEY;
+use crate::support::database::TestDatabase;
+use crate::support::gateway::{Gateway, Launch, cattery_bin};
+use crate::support::manifests::{SCHED_TOKEN, scheduler_manifest};
+use crate::support::stub::Scripted;
 use cattery::domain::ids::JobId;
 use cattery::store::Store;
 use serde_json::{Value, json};
@@ -24,16 +25,9 @@ fn bare_digest(pool: &str, job: &Value) -> String {
     cattery::crypto::sha256_hex(cattery::service::canonical_json(&document).as_bytes())
 }
 
-async fn submit(client: &reqwest::Client, base: &str, body: &Value) -> u16 {
-    client
-        .post(format!("{base}/v1/pools/sched/runs"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(body)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
+/// Submits `body` to the pool `sched`; answers the status.
+async fn submit(gateway: &Gateway, body: &Value) -> u16 {
+    gateway.dispatch("sched", body.clone()).await.status
 }
 
 #[actix_web::test]
@@ -41,43 +35,24 @@ async fn idempotency_digests_are_keyed_old_ones_still_match_and_survive_key_rota
     // The real binary, as a process: the rotation below needs the first gateway gone.
     let db = TestDatabase::create().await;
     let first_dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let first = spawn_gateway(serve_command(&db, first_dir.path(), port), port);
-    let base = first.base_url.clone();
-    wait_healthy(&format!("{base}/healthz")).await;
-    let client = cattery::scheduler::http::plain_client().unwrap();
-    let scheduler = TestScheduler::start(vec![Answer::Json(json!({"status": "Complete"}))]).await;
-    let registered = client
-        .put(format!("{base}/v1/pools/sched"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"manifest": scheduler_manifest(&scheduler.base_url), "secrets": {"SCHED_TOKEN": SCHED_TOKEN}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(registered.status().as_u16(), 201);
+    let first = Gateway::start(Launch::new(&db, first_dir.path())).await;
+    let scheduler = TestScheduler::start(vec![Scripted::Json(json!({"status": "Complete"}))]).await;
+    first
+        .register(
+            "sched",
+            scheduler_manifest(&scheduler.base_url),
+            json!({"SCHED_TOKEN": SCHED_TOKEN}),
+        )
+        .await;
     let job = json!({"pin": "1234"});
     let keyed = json!({"jobId": "idem-keyed", "job": job});
     let legacy = json!({"jobId": "idem-legacy", "job": job});
-    assert_eq!(submit(&client, &base, &keyed).await, 202);
-    assert_eq!(submit(&client, &base, &legacy).await, 202);
+    assert_eq!(submit(&first, &keyed).await, 202);
+    assert_eq!(submit(&first, &legacy).await, 202);
     for id in ["idem-keyed", "idem-legacy"] {
-        let start = std::time::Instant::now();
-        loop {
-            let run: Value = client
-                .get(format!("{base}/v1/runs/{id}"))
-                .bearer_auth(ADMIN_TOKEN)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            if run["released"] == true {
-                break;
-            }
-            assert!(start.elapsed() < Duration::from_secs(20), "{run}");
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        first
+            .wait_for(id, Duration::from_secs(20), |run| run["released"] == true)
+            .await;
     }
 
     // What is stored is not the plain digest of the job: without the key, a guess of the job
@@ -105,10 +80,10 @@ async fn idempotency_digests_are_keyed_old_ones_still_match_and_survive_key_rota
     store.commit(old, Vec::new()).await.unwrap();
 
     let changed = |id: &str| json!({"jobId": id, "job": {"pin": "9999"}});
-    assert_eq!(submit(&client, &base, &keyed).await, 200);
-    assert_eq!(submit(&client, &base, &legacy).await, 200);
-    assert_eq!(submit(&client, &base, &changed("idem-keyed")).await, 409);
-    assert_eq!(submit(&client, &base, &changed("idem-legacy")).await, 409);
+    assert_eq!(submit(&first, &keyed).await, 200);
+    assert_eq!(submit(&first, &legacy).await, 200);
+    assert_eq!(submit(&first, &changed("idem-keyed")).await, 409);
+    assert_eq!(submit(&first, &changed("idem-legacy")).await, 409);
     drop(first);
 
     // Rotate to a new master key, then serve with the new key alone.
@@ -126,37 +101,14 @@ async fn idempotency_digests_are_keyed_old_ones_still_match_and_survive_key_rota
     assert!(output.status.success(), "{said}");
     assert!(said.contains("gateway keys: 1 re-sealed"), "{said}");
 
-    let port = free_port();
-    let mut command = serve_command(&db, data_dir.path(), port);
-    command
-        .env("CATTERY_MASTER_KEYS", NEXT_KEY)
-        .env_remove("CATTERY_MASTER_KEY");
-    let _gateway = spawn_gateway(command, port);
-    let rotated = format!("http://127.0.0.1:{port}");
-    wait_healthy(&format!("{rotated}/healthz")).await;
-    let admin = |body: &Value| {
-        client
-            .post(format!("{rotated}/v1/pools/sched/runs"))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(body)
-            .send()
-    };
-    assert_eq!(admin(&keyed).await.unwrap().status().as_u16(), 200);
-    assert_eq!(admin(&legacy).await.unwrap().status().as_u16(), 200);
-    assert_eq!(
-        admin(&changed("idem-keyed"))
-            .await
-            .unwrap()
-            .status()
-            .as_u16(),
-        409
-    );
-    assert_eq!(
-        admin(&changed("idem-legacy"))
-            .await
-            .unwrap()
-            .status()
-            .as_u16(),
-        409
-    );
+    let rotated = Gateway::start(
+        Launch::new(&db, data_dir.path())
+            .env("CATTERY_MASTER_KEYS", NEXT_KEY)
+            .env_remove("CATTERY_MASTER_KEY"),
+    )
+    .await;
+    assert_eq!(submit(&rotated, &keyed).await, 200);
+    assert_eq!(submit(&rotated, &legacy).await, 200);
+    assert_eq!(submit(&rotated, &changed("idem-keyed")).await, 409);
+    assert_eq!(submit(&rotated, &changed("idem-legacy")).await, 409);
 }

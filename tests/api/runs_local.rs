@@ -1,32 +1,28 @@
 //! Runs end to end through the shipped local manifest against `cattery local-pool`, a separate
 //! scheduler process that runs each job as a real local process.
 
-use crate::helpers::{TestApp, local_manifest, spawn_app, start_local_pool};
+use crate::support::app::{TestApp, spawn_app};
+use crate::support::client::Reply;
+use crate::support::gateway::LocalPool;
+use crate::support::manifests::local_manifest;
 use serde_json::{Value, json};
 use std::time::Duration;
 
 const TOKEN: &str = "local-pool-test-token";
 
-async fn app_with_local_pool() -> (TestApp, crate::helpers::ChildProcess) {
+async fn app_with_local_pool() -> (TestApp, LocalPool) {
     let app = spawn_app().await;
-    let pool = start_local_pool(TOKEN).await;
-    let response = app
-        .put_pool(
-            "local",
-            local_manifest(&pool.base_url),
-            json!({"LOCAL_POOL_TOKEN": TOKEN}),
-        )
-        .await;
-    assert_eq!(
-        response.status().as_u16(),
-        201,
-        "{}",
-        response.text().await.unwrap()
-    );
+    let pool = LocalPool::start(TOKEN).await;
+    app.register(
+        "local",
+        local_manifest(&pool.base_url),
+        json!({"LOCAL_POOL_TOKEN": TOKEN}),
+    )
+    .await;
     (app, pool)
 }
 
-async fn local_job(pool: &crate::helpers::ChildProcess, id: &str) -> u16 {
+async fn local_job(pool: &LocalPool, id: &str) -> u16 {
     cattery::scheduler::http::plain_client()
         .unwrap()
         .get(format!("{}/jobs/{id}", pool.base_url))
@@ -44,8 +40,8 @@ async fn a_sample_job_runs_to_done_with_progress_and_result_and_is_released() {
     let response = app
         .dispatch("local", json!({"jobId": "local-ok-1", "kind": "sample", "job": {"steps": 3, "stepMs": 20, "result": {"summary": "all good"}}}))
         .await;
-    assert_eq!(response.status().as_u16(), 202);
-    let accepted: Value = response.json().await.unwrap();
+    assert_eq!(response.status, 202);
+    let accepted: Value = response.json();
     // A slot was free: the run was stored already holding it, its acceptance and its slot in
     // its history (below).
     assert_eq!(accepted["state"], "dispatching");
@@ -141,8 +137,8 @@ async fn cancelling_a_running_job_kills_it_and_releases_it() {
     })
     .await;
     let response = app.cancel("local-cancel-1").await;
-    assert_eq!(response.status().as_u16(), 202);
-    let view: Value = response.json().await.unwrap();
+    assert_eq!(response.status, 202);
+    let view: Value = response.json();
     assert_eq!(view["cancelRequested"], true);
     let run = app
         .wait_for("local-cancel-1", Duration::from_secs(20), |r| {
@@ -153,8 +149,8 @@ async fn cancelling_a_running_job_kills_it_and_releases_it() {
     assert_eq!(local_job(&pool, "local-cancel-1").await, 404);
     // Cancelling a finished run is a conflict.
     let again = app.cancel("local-cancel-1").await;
-    assert_eq!(again.status().as_u16(), 409);
-    assert_eq!(again.json::<Value>().await.unwrap()["code"], "run_finished");
+    assert_eq!(again.status, 409);
+    assert_eq!(again.json()["code"], "run_finished");
 }
 
 #[actix_web::test]
@@ -162,27 +158,18 @@ async fn a_repeated_submission_is_idempotent_and_a_different_one_conflicts() {
     let (app, _pool) = app_with_local_pool().await;
     let body =
         json!({"jobId": "local-idem-1", "job": {"steps": 1, "stepMs": 0}, "labels": {"team": "a"}});
-    assert_eq!(
-        app.dispatch("local", body.clone()).await.status().as_u16(),
-        202
-    );
+    assert_eq!(app.dispatch("local", body.clone()).await.status, 202);
     let repeat = app.dispatch("local", body).await;
-    assert_eq!(repeat.status().as_u16(), 200);
-    assert_eq!(
-        repeat.json::<Value>().await.unwrap()["jobId"],
-        "local-idem-1"
-    );
+    assert_eq!(repeat.status, 200);
+    assert_eq!(repeat.json()["jobId"], "local-idem-1");
     let different = app
         .dispatch(
             "local",
             json!({"jobId": "local-idem-1", "job": {"steps": 2}}),
         )
         .await;
-    assert_eq!(different.status().as_u16(), 409);
-    assert_eq!(
-        different.json::<Value>().await.unwrap()["code"],
-        "job_id_conflict"
-    );
+    assert_eq!(different.status, 409);
+    assert_eq!(different.json()["code"], "job_id_conflict");
     app.wait_settled("local-idem-1").await;
 }
 
@@ -194,7 +181,7 @@ async fn max_in_flight_queues_runs_and_the_list_pages_newest_first() {
     let response = app
         .put_pool("local", manifest, json!({"LOCAL_POOL_TOKEN": TOKEN}))
         .await;
-    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(response.status, 200);
     for i in 0..4 {
         let response = app
             .dispatch(
@@ -202,11 +189,11 @@ async fn max_in_flight_queues_runs_and_the_list_pages_newest_first() {
                 json!({"jobId": format!("q-{i}"), "job": {"steps": 2, "stepMs": 30}}),
             )
             .await;
-        assert_eq!(response.status().as_u16(), 202);
+        assert_eq!(response.status, 202);
     }
     // Never more than one run holds a slot.
     for _ in 0..40 {
-        let (_, page) = app.get_json("/v1/runs?pool=local&limit=1000").await;
+        let Reply { body: page, .. } = app.get("/v1/runs?pool=local&limit=1000").await;
         let in_flight = page["runs"]
             .as_array()
             .unwrap()
@@ -225,7 +212,7 @@ async fn max_in_flight_queues_runs_and_the_list_pages_newest_first() {
         let run = app.wait_settled(&format!("q-{i}")).await;
         assert_eq!(run["state"], "done");
     }
-    let (_, first) = app.get_json("/v1/runs?pool=local&limit=3").await;
+    let Reply { body: first, .. } = app.get("/v1/runs?pool=local&limit=3").await;
     let ids: Vec<&str> = first["runs"]
         .as_array()
         .unwrap()
@@ -234,8 +221,8 @@ async fn max_in_flight_queues_runs_and_the_list_pages_newest_first() {
         .collect();
     assert_eq!(ids, ["q-3", "q-2", "q-1"]);
     let next = first["next"].as_str().unwrap();
-    let (_, second) = app
-        .get_json(&format!("/v1/runs?pool=local&limit=3&after={next}"))
+    let Reply { body: second, .. } = app
+        .get(&format!("/v1/runs?pool=local&limit=3&after={next}"))
         .await;
     let ids: Vec<&str> = second["runs"]
         .as_array()
@@ -245,7 +232,7 @@ async fn max_in_flight_queues_runs_and_the_list_pages_newest_first() {
         .collect();
     assert_eq!(ids, ["q-0"]);
     assert!(second["next"].is_null());
-    let (_, done) = app.get_json("/v1/runs?state=done&limit=1000").await;
+    let Reply { body: done, .. } = app.get("/v1/runs?state=done&limit=1000").await;
     assert_eq!(done["runs"].as_array().unwrap().len(), 4);
 }
 
@@ -253,27 +240,24 @@ async fn max_in_flight_queues_runs_and_the_list_pages_newest_first() {
 async fn bad_submissions_get_422_and_unknown_pools_404() {
     let (app, _pool) = app_with_local_pool().await;
     let bad_id = app.dispatch("local", json!({"jobId": "has space"})).await;
-    assert_eq!(bad_id.status().as_u16(), 422);
-    let body: Value = bad_id.json().await.unwrap();
+    assert_eq!(bad_id.status, 422);
+    let body: Value = bad_id.json();
     assert_eq!(body["errors"][0]["path"], "jobId");
     let not_object = app
         .dispatch("local", json!({"jobId": "x", "job": "text"}))
         .await;
-    assert_eq!(not_object.status().as_u16(), 422);
+    assert_eq!(not_object.status, 422);
     let unknown = app.dispatch("nosuchpool", json!({"jobId": "x"})).await;
-    assert_eq!(unknown.status().as_u16(), 404);
-    assert_eq!(
-        unknown.json::<Value>().await.unwrap()["code"],
-        "pool_not_found"
-    );
-    let (status, body) = app.get_json("/v1/runs/never-submitted").await;
+    assert_eq!(unknown.status, 404);
+    assert_eq!(unknown.json()["code"], "pool_not_found");
+    let Reply { status, body, .. } = app.get("/v1/runs/never-submitted").await;
     assert_eq!(
         (status, body["code"].as_str()),
         (404, Some("run_not_found"))
     );
-    let (status, _) = app.get_json("/v1/runs?state=bogus").await;
+    let Reply { status, .. } = app.get("/v1/runs?state=bogus").await;
     assert_eq!(status, 422);
-    let (status, _) = app.get_json("/v1/runs?after=garbage").await;
+    let Reply { status, .. } = app.get("/v1/runs?after=garbage").await;
     assert_eq!(status, 422);
 }
 
@@ -292,7 +276,7 @@ async fn a_pool_with_unfinished_runs_is_only_deleted_with_force() {
     let delete = |path: &str| {
         app.client
             .delete(app.url(path))
-            .bearer_auth(crate::helpers::ADMIN_TOKEN)
+            .bearer_auth(crate::support::ADMIN_TOKEN)
             .send()
     };
     let refused = delete("/v1/pools/local").await.unwrap();

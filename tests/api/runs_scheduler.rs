@@ -1,15 +1,17 @@
 //! Runs against the scripted test scheduler: what the scheduler receives, and how each kind of
 //! answer (captures, statusMap, 409, 404, non-JSON, OAuth2, rejections) shows in the RunView.
 
-use crate::helpers::{SCHED_TOKEN, TestApp, scheduler_manifest, spawn_app};
-use crate::scheduler::{Answer, TestScheduler};
+use crate::scheduler::TestScheduler;
+use crate::support::app::{TestApp, spawn_app};
+use crate::support::manifests::{SCHED_TOKEN, scheduler_manifest};
+use crate::support::stub::Scripted;
 use serde_json::{Value, json};
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(20);
 
 async fn setup(
-    script: Vec<Answer>,
+    script: Vec<Scripted>,
     adjust: impl FnOnce(&mut Value, &str),
 ) -> (TestApp, TestScheduler) {
     let app = spawn_app().await;
@@ -20,35 +22,27 @@ async fn setup(
     if manifest["auth"]["type"] == "oauth2_client_credentials" {
         secrets = json!({"CLIENT_ID": "client-one", "CLIENT_SECRET": "client-secret-value"});
     }
-    let response = app.put_pool("sched", manifest, secrets).await;
-    assert_eq!(
-        response.status().as_u16(),
-        201,
-        "{}",
-        response.text().await.unwrap()
-    );
+    app.register("sched", manifest, secrets).await;
     (app, scheduler)
 }
 
 #[actix_web::test]
 async fn the_scheduler_receives_the_rendered_requests_and_the_view_follows_its_answers() {
     let script = vec![
-        Answer::Json(json!({"status": "Queued"})),
-        Answer::Json(json!({"status": "Running", "done": 1, "total": 2})),
-        Answer::Json(
+        Scripted::Json(json!({"status": "Queued"})),
+        Scripted::Json(json!({"status": "Running", "done": 1, "total": 2})),
+        Scripted::Json(
             json!({"status": "Complete", "done": 2, "total": 2, "output": {"answer": 42}}),
         ),
     ];
     let (app, scheduler) = setup(script, |_, _| {}).await;
     let evil = "quote\" brace} newline\n {{input.jobId}} ../../etc?x=1#frag %2F";
     let job = json!({"prompt": evil, "nested": {"list": [1, "two", null]}});
-    let response = app
-        .dispatch(
-            "sched",
-            json!({"jobId": "sched-ok-1", "kind": "agent", "job": job}),
-        )
-        .await;
-    assert_eq!(response.status().as_u16(), 202);
+    app.submit(
+        "sched",
+        json!({"jobId": "sched-ok-1", "kind": "agent", "job": job}),
+    )
+    .await;
     let run = app
         .wait_for("sched-ok-1", WAIT, |r| r["released"] == true)
         .await;
@@ -104,8 +98,11 @@ async fn the_scheduler_receives_the_rendered_requests_and_the_view_follows_its_a
 
 #[actix_web::test]
 async fn an_existing_job_answering_409_is_reattached_not_duplicated() {
-    let (app, scheduler) =
-        setup(vec![Answer::Json(json!({"status": "Complete"}))], |_, _| {}).await;
+    let (app, scheduler) = setup(
+        vec![Scripted::Json(json!({"status": "Complete"}))],
+        |_, _| {},
+    )
+    .await;
     let created = cattery::scheduler::http::plain_client()
         .unwrap()
         .post(format!("{}/jobs", scheduler.base_url))
@@ -129,9 +126,12 @@ async fn an_existing_job_answering_409_is_reattached_not_duplicated() {
 
 #[actix_web::test]
 async fn a_job_the_scheduler_forgets_is_dispatched_again_then_fails_as_lost() {
-    let (app, scheduler) = setup(vec![Answer::Json(json!({"status": "Running"}))], |m, _| {
-        m["lost"] = json!({"redispatch": 1});
-    })
+    let (app, scheduler) = setup(
+        vec![Scripted::Json(json!({"status": "Running"}))],
+        |m, _| {
+            m["lost"] = json!({"redispatch": 1});
+        },
+    )
     .await;
     scheduler.forget_jobs();
     app.dispatch("sched", json!({"jobId": "lost-1"})).await;
@@ -151,7 +151,7 @@ async fn a_job_the_scheduler_forgets_is_dispatched_again_then_fails_as_lost() {
 #[actix_web::test]
 async fn unreadable_polls_fail_the_run_with_poll_errors_and_say_why() {
     let (app, _scheduler) = setup(
-        vec![Answer::Raw(200, "<html>gateway says hi</html>")],
+        vec![Scripted::Status(200, "<html>gateway says hi</html>")],
         |_, _| {},
     )
     .await;
@@ -197,7 +197,7 @@ async fn a_rejected_dispatch_fails_at_once_and_a_retryable_one_is_retried_then_f
 #[actix_web::test]
 async fn oauth2_tokens_are_fetched_once_and_sent_as_bearer() {
     let (app, scheduler) = setup(
-        vec![Answer::Json(json!({"status": "Complete"}))],
+        vec![Scripted::Json(json!({"status": "Complete"}))],
         |m, base| {
             m["auth"] = json!({
                 "type": "oauth2_client_credentials",
@@ -231,7 +231,11 @@ async fn oauth2_tokens_are_fetched_once_and_sent_as_bearer() {
 
 #[actix_web::test]
 async fn a_deadline_fails_and_releases_a_run_that_never_finishes() {
-    let (app, scheduler) = setup(vec![Answer::Json(json!({"status": "Running"}))], |_, _| {}).await;
+    let (app, scheduler) = setup(
+        vec![Scripted::Json(json!({"status": "Running"}))],
+        |_, _| {},
+    )
+    .await;
     app.dispatch("sched", json!({"jobId": "slow-1", "deadlineSeconds": 1}))
         .await;
     let run = app
@@ -245,9 +249,9 @@ async fn a_deadline_fails_and_releases_a_run_that_never_finishes() {
 #[actix_web::test]
 async fn an_unmapped_status_reads_as_running_and_is_recorded_once() {
     let script = vec![
-        Answer::Json(json!({"status": "Wibbling"})),
-        Answer::Json(json!({"status": "Wibbling"})),
-        Answer::Json(json!({"status": "Complete"})),
+        Scripted::Json(json!({"status": "Wibbling"})),
+        Scripted::Json(json!({"status": "Wibbling"})),
+        Scripted::Json(json!({"status": "Complete"})),
     ];
     let (app, _scheduler) = setup(script, |_, _| {}).await;
     app.dispatch("sched", json!({"jobId": "wibble-1"})).await;
@@ -265,11 +269,11 @@ async fn an_unmapped_status_reads_as_running_and_is_recorded_once() {
 #[actix_web::test]
 async fn replacing_the_manifest_keeps_runs_going_and_their_next_calls_use_the_new_revision() {
     let script = vec![
-        Answer::Json(json!({"status": "Running"})),
-        Answer::Json(json!({"status": "Running"})),
-        Answer::Json(json!({"status": "Running"})),
-        Answer::Json(json!({"status": "Running"})),
-        Answer::Json(json!({"status": "Finito", "output": {"ok": true}})),
+        Scripted::Json(json!({"status": "Running"})),
+        Scripted::Json(json!({"status": "Running"})),
+        Scripted::Json(json!({"status": "Running"})),
+        Scripted::Json(json!({"status": "Running"})),
+        Scripted::Json(json!({"status": "Finito", "output": {"ok": true}})),
     ];
     let (app, scheduler) = setup(script, |m, _| {
         m["polling"] = json!({"intervalMs": 150, "maxIntervalMs": 150, "maxConsecutiveErrors": 3});
@@ -286,8 +290,8 @@ async fn replacing_the_manifest_keeps_runs_going_and_their_next_calls_use_the_ne
     let replaced = app
         .put_pool("sched", manifest, json!({"SCHED_TOKEN": SCHED_TOKEN}))
         .await;
-    assert_eq!(replaced.status().as_u16(), 200);
-    assert_eq!(replaced.json::<Value>().await.unwrap()["revision"], 2);
+    assert_eq!(replaced.status, 200);
+    assert_eq!(replaced.json()["revision"], 2);
     let run = app.wait_settled("swap-1").await;
     assert_eq!(run["state"], "done", "{run}");
     assert_eq!(run["manifestRevision"], 2);
@@ -296,7 +300,7 @@ async fn replacing_the_manifest_keeps_runs_going_and_their_next_calls_use_the_ne
 
 #[actix_web::test]
 async fn a_failed_job_gets_the_tail_of_its_log_in_the_error() {
-    let script = vec![Answer::Json(
+    let script = vec![Scripted::Json(
         json!({"status": "Failed", "message": "exit code 3"}),
     )];
     let (app, scheduler) = setup(script, |m, _| {

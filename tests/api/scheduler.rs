@@ -1,73 +1,23 @@
-//! A test scheduler on loopback: a small job API whose answers each test scripts, and which
-//! records every request it receives (method, path, query, headers, body).
+//! A test scheduler on loopback: a small job API whose answers each test scripts, on a
+//! [`Recorder`] (which keeps every request it receives: method, path, query, headers, body).
 //!
 //! It behaves like a typical scheduler REST API: `POST /jobs` creates a job named in the body
 //! (201 with a uid, 409 when the name exists), `GET /jobs/{name}` reports it (404 when unknown),
 //! `DELETE /jobs/{name}` removes it, and `POST /oauth/token` issues client-credentials tokens.
 //! A job's poll answers follow the test's script, one entry per poll, the last one repeating.
 
-use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use crate::support::stub::{Recorder, Scripted, Seen, scripted};
+use actix_web::HttpResponse;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-/// One scripted poll answer.
-#[derive(Debug, Clone)]
-pub enum Answer {
-    /// 200 with this JSON body.
-    Json(Value),
-    /// This status with this raw body.
-    Raw(u16, &'static str),
-}
-
-/// A request the scheduler received.
-#[derive(Debug, Clone)]
-pub struct Seen {
-    pub method: String,
-    pub path: String,
-    pub query: String,
-    pub headers: HashMap<String, String>,
-    pub body: Vec<u8>,
-}
-
-impl Seen {
-    /// Records a request as a test scheduler received it.
-    pub fn of(req: &HttpRequest, body: &[u8]) -> Seen {
-        Seen {
-            method: req.method().to_string(),
-            path: req.path().to_owned(),
-            query: req.query_string().to_owned(),
-            headers: req
-                .headers()
-                .iter()
-                .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
-                .collect(),
-            body: body.to_vec(),
-        }
-    }
-
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).to_string()
-    }
-
-    pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
-    }
-
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .get(&name.to_ascii_lowercase())
-            .map(String::as_str)
-    }
-}
-
 #[derive(Debug, Default)]
 struct State {
-    seen: Vec<Seen>,
     /// job name → polls answered so far
     jobs: HashMap<String, usize>,
     created: HashMap<String, usize>,
-    script: Vec<Answer>,
+    script: Vec<Scripted>,
     /// Status of every dispatch answer (201 by default).
     dispatch_status: Option<u16>,
     tokens_issued: usize,
@@ -79,29 +29,22 @@ struct State {
 #[derive(Clone)]
 pub struct TestScheduler {
     pub base_url: String,
+    server: Recorder,
     state: Arc<Mutex<State>>,
 }
 
 impl TestScheduler {
     /// Starts a scheduler whose polls answer `script` in order.
-    pub async fn start(script: Vec<Answer>) -> TestScheduler {
+    pub async fn start(script: Vec<Scripted>) -> TestScheduler {
         let state = Arc::new(Mutex::new(State {
             script,
             ..State::default()
         }));
         let shared = state.clone();
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(web::Data::new(shared.clone()))
-                .default_service(web::to(handle))
-        })
-        .workers(1)
-        .bind(("127.0.0.1", 0))
-        .unwrap();
-        let port = server.addrs()[0].port();
-        actix_web::rt::spawn(server.run());
+        let server = Recorder::start(move |seen| answer(&shared, seen)).await;
         TestScheduler {
-            base_url: format!("http://127.0.0.1:{port}"),
+            base_url: server.base_url.clone(),
+            server,
             state,
         }
     }
@@ -115,7 +58,7 @@ impl TestScheduler {
     }
 
     pub fn seen(&self) -> Vec<Seen> {
-        self.state.lock().unwrap().seen.clone()
+        self.server.seen()
     }
 
     pub fn seen_with(&self, method: &str, path_prefix: &str) -> Vec<Seen> {
@@ -141,18 +84,12 @@ impl TestScheduler {
     }
 }
 
-async fn handle(
-    req: HttpRequest,
-    body: web::Bytes,
-    state: web::Data<Arc<Mutex<State>>>,
-) -> HttpResponse {
+fn answer(state: &Mutex<State>, seen: &Seen) -> HttpResponse {
     let mut state = state.lock().unwrap();
-    let path = req.path().to_owned();
-    state.seen.push(Seen::of(&req, &body));
-    let method = req.method().as_str().to_owned();
-    match (method.as_str(), path.as_str()) {
+    let body = &seen.body;
+    match (seen.method.as_str(), seen.path.as_str()) {
         ("POST", "/oauth/token") => {
-            let form = String::from_utf8_lossy(&body).to_string();
+            let form = seen.text();
             if !form.contains("grant_type=client_credentials") || !form.contains("client_secret=") {
                 return HttpResponse::BadRequest().json(json!({"error": "invalid_request"}));
             }
@@ -162,7 +99,7 @@ async fn handle(
                 .json(json!({"access_token": token, "token_type": "Bearer", "expires_in": 3600}))
         }
         ("POST", "/jobs") => {
-            let name = serde_json::from_slice::<Value>(&body)
+            let name = serde_json::from_slice::<Value>(body)
                 .ok()
                 .and_then(|v| v.get("name").and_then(Value::as_str).map(str::to_owned));
             let Some(name) = name else {
@@ -191,19 +128,13 @@ async fn handle(
             let Some(polls) = state.jobs.get_mut(&name) else {
                 return HttpResponse::NotFound().json(json!({"message": "not found"}));
             };
-            let answer = script
-                .get((*polls).min(script.len().saturating_sub(1)))
-                .cloned()
-                .unwrap_or(Answer::Json(json!({"status": "Running"})));
+            let answer = scripted(
+                &script,
+                *polls,
+                Scripted::Json(json!({"status": "Running"})),
+            );
             *polls += 1;
-            match answer {
-                Answer::Json(value) => HttpResponse::Ok().json(value),
-                Answer::Raw(status, text) => {
-                    HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
-                        .content_type("text/plain")
-                        .body(text)
-                }
-            }
+            answer.respond()
         }
         ("GET", p) if p.starts_with("/logs/") => {
             let name = p.trim_start_matches("/logs/");

@@ -2,10 +2,13 @@
 //! OAuth2 tokens are fetched once and renewed after a 401, malformed credentials are refused
 //! without being echoed, and `cattery keys rotate` re-seals every row under the newest key.
 
-use crate::helpers::{ADMIN_TOKEN, DISPATCHER_TOKEN, MASTER_KEY, cattery_bin};
-use crate::security_support::{
-    Recorder, answer, sealed_rows, simple_manifest, spawn_secure_app, update_job_sealed,
-};
+use crate::support::app::spawn_app_prepared;
+use crate::support::client::Reply;
+use crate::support::gateway::cattery_bin;
+use crate::support::manifests::simple_manifest;
+use crate::support::stub::{Recorder, answer};
+use crate::support::wait::RUN_LIMIT;
+use crate::support::{ADMIN_TOKEN, DISPATCHER_TOKEN, MASTER_KEY};
 use actix_web::HttpResponse;
 use cattery::crypto::{Sealer, binding};
 use serde_json::{Value, json};
@@ -22,13 +25,13 @@ fn code_of(body: &Value) -> &str {
 
 #[actix_web::test]
 async fn every_limit_is_a_clear_4xx_and_never_a_500() {
-    let app = spawn_secure_app(|s| s.server.max_body_bytes = 2 * 1024 * 1024, |_| {}).await;
+    let app = spawn_app_prepared(|s| s.server.max_body_bytes = 2 * 1024 * 1024, |_| {}).await;
     let scheduler = Recorder::start(|seen| match seen.method.as_str() {
         "POST" => answer(201, json!({})),
         _ => answer(200, json!({"status": "Running"})),
     })
     .await;
-    let (status, _) = app
+    let Reply { status, .. } = app
         .put_pool(
             "p",
             simple_manifest(&scheduler.base_url),
@@ -39,7 +42,7 @@ async fn every_limit_is_a_clear_4xx_and_never_a_500() {
 
     // A request body over server.maxBodyBytes: 413.
     let huge = "x".repeat(3 * 1024 * 1024);
-    let (status, body) = app
+    let Reply { status, body, .. } = app
         .dispatch("p", json!({"jobId": "big-1", "job": {"blob": huge}}))
         .await;
     assert_eq!(
@@ -50,7 +53,7 @@ async fn every_limit_is_a_clear_4xx_and_never_a_500() {
 
     // A job over 1 MiB inside an acceptable body: 422 naming the job.
     let big = "x".repeat(1024 * 1024 + 10);
-    let (status, body) = app
+    let Reply { status, body, .. } = app
         .dispatch("p", json!({"jobId": "big-2", "job": {"blob": big}}))
         .await;
     assert_eq!(
@@ -81,7 +84,7 @@ async fn every_limit_is_a_clear_4xx_and_never_a_500() {
     // A manifest over 256 KiB: 422 on the manifest.
     let mut large = simple_manifest(&scheduler.base_url);
     large["description"] = json!("d".repeat(300 * 1024));
-    let (status, body) = app
+    let Reply { status, body, .. } = app
         .put_pool("large", large, json!({"SCHED_TOKEN": "t0ken-value"}))
         .await;
     assert_eq!(status, 422, "{body}");
@@ -104,7 +107,7 @@ async fn every_limit_is_a_clear_4xx_and_never_a_500() {
     }
     let nested = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
     for text in [bomb, nested] {
-        let (status, body) = app.put_pool("hostile", json!(text), json!({})).await;
+        let Reply { status, body, .. } = app.put_pool("hostile", json!(text), json!({})).await;
         assert_eq!(
             (status, code_of(&body)),
             (422, "validation_failed"),
@@ -118,18 +121,18 @@ async fn every_limit_is_a_clear_4xx_and_never_a_500() {
         "a": "{{json input.job}}", "b": "{{json input.job}}", "c": "{{json input.job}}",
         "d": "{{json input.job}}", "e": "{{json input.job}}"
     });
-    let (status, body) = app
+    let Reply { status, body, .. } = app
         .put_pool("amplify", amplifying, json!({"SCHED_TOKEN": "t0ken-value"}))
         .await;
     assert_eq!(status, 201, "{body}");
-    let (status, _) = app
+    let Reply { status, .. } = app
         .dispatch(
             "amplify",
             json!({"jobId": "amplified-1", "job": {"blob": "y".repeat(900 * 1024)}}),
         )
         .await;
     assert_eq!(status, 202);
-    let run = app.wait_final("amplified-1").await;
+    let run = app.wait_settled("amplified-1").await;
     assert_eq!(run["state"], "failed");
     assert_eq!(run["failureCause"], "dispatch_rejected");
     assert!(
@@ -150,7 +153,7 @@ async fn every_limit_is_a_clear_4xx_and_never_a_500() {
         _ => answer(200, json!({})),
     })
     .await;
-    let (status, _) = app
+    let Reply { status, .. } = app
         .put_pool(
             "hostile",
             simple_manifest(&hostile.base_url),
@@ -160,12 +163,12 @@ async fn every_limit_is_a_clear_4xx_and_never_a_500() {
     assert_eq!(status, 201);
     for (job, reason) in [("huge-1", "larger than"), ("deep-2", "not JSON")] {
         app.dispatch("hostile", json!({"jobId": job})).await;
-        let run = app.wait_final(job).await;
+        let run = app.wait_settled(job).await;
         assert_eq!(run["state"], "failed", "{run}");
         assert_eq!(run["failureCause"], "poll_errors", "{run}");
         assert!(run["error"].as_str().unwrap().contains(reason), "{run}");
     }
-    let (status, _) = app.get_json("/readyz").await;
+    let Reply { status, .. } = app.get("/readyz").await;
     assert_eq!(status, 200, "the gateway is still healthy");
 }
 
@@ -194,7 +197,7 @@ async fn concurrent_runs_fetch_one_oauth_token_and_a_401_brings_a_new_one() {
         }
     })
     .await;
-    let app = spawn_secure_app(|_| {}, |_| {}).await;
+    let app = spawn_app_prepared(|_| {}, |_| {}).await;
     let mut manifest = simple_manifest(&scheduler.base_url);
     manifest["auth"] = json!({
         "type": "oauth2_client_credentials",
@@ -202,7 +205,7 @@ async fn concurrent_runs_fetch_one_oauth_token_and_a_401_brings_a_new_one() {
         "clientIdSecretRef": {"key": "CLIENT_ID"},
         "clientSecretSecretRef": {"key": "CLIENT_SECRET"}
     });
-    let (status, body) = app
+    let Reply { status, body, .. } = app
         .put_pool(
             "oauth",
             manifest,
@@ -211,11 +214,11 @@ async fn concurrent_runs_fetch_one_oauth_token_and_a_401_brings_a_new_one() {
         .await;
     assert_eq!(status, 201, "{body}");
     let dispatches = (0..5).map(|i| app.dispatch("oauth", json!({"jobId": format!("o-{i}")})));
-    for (status, body) in futures_util::future::join_all(dispatches).await {
+    for Reply { status, body, .. } in futures_util::future::join_all(dispatches).await {
         assert_eq!(status, 202, "{body}");
     }
     for i in 0..5 {
-        let run = app.wait_final(&format!("o-{i}")).await;
+        let run = app.wait_settled(&format!("o-{i}")).await;
         assert_eq!(run["state"], "done", "{run}");
     }
     assert_eq!(
@@ -249,7 +252,7 @@ async fn concurrent_runs_fetch_one_oauth_token_and_a_401_brings_a_new_one() {
 
 #[actix_web::test]
 async fn malformed_credentials_are_refused_and_never_echoed() {
-    let app = spawn_secure_app(|_| {}, |_| {}).await;
+    let app = spawn_app_prepared(|_| {}, |_| {}).await;
     let upper = ADMIN_TOKEN.to_uppercase();
     let longer = format!("{ADMIN_TOKEN}x");
     let basic = format!("Basic {ADMIN_TOKEN}");
@@ -321,8 +324,8 @@ async fn keys_rotate_reseals_every_row_online_and_resumes_where_it_stopped() {
     })
     .await;
     // The gateway runs with the old key only, and keeps running during the rotation.
-    let app = spawn_secure_app(|_| {}, |_| {}).await;
-    let (status, _) = app
+    let app = spawn_app_prepared(|_| {}, |_| {}).await;
+    let Reply { status, .. } = app
         .put_pool(
             "p",
             simple_manifest(&scheduler.base_url),
@@ -338,13 +341,15 @@ async fn keys_rotate_reseals_every_row_online_and_resumes_where_it_stopped() {
         .await;
     }
     for i in 0..3 {
-        app.wait_for(&format!("r-{i}"), |run| run["state"] == "running")
-            .await;
+        app.wait_for(&format!("r-{i}"), RUN_LIMIT, |run| {
+            run["state"] == "running"
+        })
+        .await;
     }
     let old = Sealer::from_base64_keys(&[MASTER_KEY]).unwrap();
     let both = Sealer::from_base64_keys(&[NEW_KEY, MASTER_KEY]).unwrap();
     let new_only = Sealer::from_base64_keys(&[NEW_KEY]).unwrap();
-    let (pools, jobs) = sealed_rows(&app.db);
+    let (pools, jobs) = app.db.sealed_rows();
     assert_eq!((pools.len(), jobs.len()), (1, 3));
     assert!(
         jobs.iter()
@@ -356,7 +361,7 @@ async fn keys_rotate_reseals_every_row_online_and_resumes_where_it_stopped() {
     let resealed = both
         .reseal(first_sealed, &binding::run_job(first_id))
         .unwrap();
-    update_job_sealed(&app.db, first_id, &resealed);
+    app.db.update_job_sealed(first_id, &resealed);
 
     let keys = format!("{NEW_KEY},{MASTER_KEY}");
     let (ok, output) = rotate(app.db.url(), app.data_dir.path(), &keys);
@@ -372,7 +377,7 @@ async fn keys_rotate_reseals_every_row_online_and_resumes_where_it_stopped() {
     assert!(!output.contains("rotated-secret-value") && !output.contains("ghs_rotation"));
 
     // Every row opens with the new key alone, bound to its row, with the original content.
-    let (pools, jobs) = sealed_rows(&app.db);
+    let (pools, jobs) = app.db.sealed_rows();
     for (name, sealed) in &pools {
         let clear = new_only.open(sealed, &binding::pool_secrets(name)).unwrap();
         assert!(
@@ -430,7 +435,7 @@ async fn keys_rotate_reseals_every_row_online_and_resumes_where_it_stopped() {
     // The gateway was never interrupted: its runs finish and are released.
     complete.store(1, Ordering::SeqCst);
     for i in 0..3 {
-        let run = app.wait_final(&format!("r-{i}")).await;
+        let run = app.wait_settled(&format!("r-{i}")).await;
         assert_eq!(run["state"], "done", "{run}");
     }
 }

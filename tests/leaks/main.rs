@@ -12,25 +12,20 @@
     reason = "test helpers fail the test on any setup error"
 )]
 
-#[expect(
-    dead_code,
-    reason = "shared with the api tests; this binary uses a part"
-)]
-#[path = "../api/helpers.rs"]
-mod helpers;
-#[expect(
-    dead_code,
-    reason = "shared with the api tests; this binary uses a part"
-)]
-#[path = "../api/security_support.rs"]
-mod security_support;
+#[expect(dead_code, reason = "the shared test support; this binary uses a part")]
+#[path = "../support/mod.rs"]
+mod support;
 
-use helpers::{ADMIN_TOKEN, DISPATCHER_TOKEN, MASTER_KEY, READER_TOKEN, TestDatabase};
-use security_support::{Recorder, SecureApp, Seen, answer, simple_manifest, spawn_secure_app};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
+use support::app::{TestApp, spawn_app};
+use support::client::Reply;
+use support::manifests::simple_manifest;
+use support::stub::{Recorder, Seen, answer};
+use support::wait::{self, CHECK_EVERY, RUN_LIMIT};
+use support::{ADMIN_TOKEN, DISPATCHER_TOKEN, MASTER_KEY, READER_TOKEN};
 
 const SCHED_TOKEN: &str = "leak-sched-token-7Hq2";
 const API_KEY: &str = "leak-api-key-9Zx";
@@ -203,49 +198,7 @@ fn job(n: usize) -> Value {
     json!({"ghToken": JOB_TOKEN, "note": JOB_CREDENTIAL, "n": n})
 }
 
-/// The raw database: the SQLite file with its WAL and shared memory, or every row of every
-/// PostgreSQL table rendered as text (bytea as hex).
-fn raw_database(db: &TestDatabase) -> Vec<u8> {
-    if let Some(path) = db.sqlite_path() {
-        let mut bytes = Vec::new();
-        for suffix in ["", "-wal", "-shm"] {
-            let file = format!("{}{suffix}", path.display());
-            if let Ok(content) = std::fs::read(&file) {
-                bytes.extend(content);
-            }
-        }
-        assert!(bytes.len() > 4096, "the database file was read");
-        return bytes;
-    }
-    use diesel::RunQueryDsl as _;
-    #[derive(diesel::QueryableByName)]
-    struct Text {
-        #[diesel(sql_type = diesel::sql_types::Text)]
-        text: String,
-    }
-    let mut conn = db.pg();
-    let tables: Vec<Text> = diesel::sql_query(
-        "SELECT table_name::text AS text FROM information_schema.tables WHERE table_schema = 'public'",
-    )
-    .load(&mut conn)
-    .unwrap();
-    assert!(tables.len() >= 3, "the tables were listed");
-    let mut dump = Vec::new();
-    for table in tables {
-        let rows: Vec<Text> = diesel::sql_query(format!(
-            "SELECT coalesce(string_agg(t::text, E'\\n'), '') AS text FROM public.\"{}\" t",
-            table.text
-        ))
-        .load(&mut conn)
-        .unwrap();
-        for row in rows {
-            dump.extend(row.text.into_bytes());
-        }
-    }
-    dump
-}
-
-async fn api_answers(app: &SecureApp, job_ids: &[&str]) -> Vec<u8> {
+async fn api_answers(app: &TestApp, job_ids: &[&str]) -> Vec<u8> {
     let mut all = Vec::new();
     let mut paths = vec![
         "/v1/pools".to_owned(),
@@ -258,7 +211,7 @@ async fn api_answers(app: &SecureApp, job_ids: &[&str]) -> Vec<u8> {
         paths.push(format!("/v1/runs/{id}/events"));
     }
     for path in paths {
-        let (status, body) = app.get_json(&path).await;
+        let Reply { status, body, .. } = app.get(&path).await;
         assert_eq!(status, 200, "{path}");
         all.extend(body.to_string().into_bytes());
     }
@@ -278,7 +231,7 @@ async fn no_secret_and_no_job_token_reaches_logs_api_answers_or_the_database() {
     let state = Arc::new(Mutex::new((0, 0, HashMap::new())));
     let shared = state.clone();
     let scheduler = Recorder::start(move |seen| hostile(&shared, seen)).await;
-    let app = spawn_secure_app(|_| {}, |_| {}).await;
+    let app = spawn_app().await;
 
     let mut bearer = simple_manifest(&scheduler.base_url);
     bearer["retry"] = json!({"maxAttempts": 5, "initialBackoffMs": 10, "maxBackoffMs": 50});
@@ -286,7 +239,7 @@ async fn no_secret_and_no_job_token_reaches_logs_api_answers_or_the_database() {
     for op in ["dispatch", "poll", "release"] {
         bearer[op]["request"]["headers"] = json!({"X-Api-Key": "{{secret \"API_KEY\"}}"});
     }
-    let (status, body) = app
+    let Reply { status, body, .. } = app
         .put_pool(
             "bearer",
             bearer.clone(),
@@ -301,7 +254,7 @@ async fn no_secret_and_no_job_token_reaches_logs_api_answers_or_the_database() {
         "clientIdSecretRef": {"key": "CLIENT_ID"},
         "clientSecretSecretRef": {"key": "CLIENT_SECRET"}
     });
-    let (status, body) = app
+    let Reply { status, body, .. } = app
         .put_pool(
             "oauth",
             oauth,
@@ -318,7 +271,7 @@ async fn no_secret_and_no_job_token_reaches_logs_api_answers_or_the_database() {
         ("oauth", "oauth-ok-1"),
     ];
     for (n, (pool, id)) in runs.iter().enumerate() {
-        let (status, body) = app
+        let Reply { status, body, .. } = app
             .dispatch(pool, json!({"jobId": id, "job": job(n)}))
             .await;
         assert_eq!(status, 202, "{body}");
@@ -330,62 +283,59 @@ async fn no_secret_and_no_job_token_reaches_logs_api_answers_or_the_database() {
         ("oauth-ok-1", "done"),
     ];
     for (id, state) in expected {
-        let run = app.wait_final(id).await;
+        let run = app.wait_settled(id).await;
         assert_eq!(run["state"], state, "{run}");
     }
-    app.wait_for("slow-1", |run| run["state"] == "running")
+    app.wait_for("slow-1", RUN_LIMIT, |run| run["state"] == "running")
         .await;
 
     // While slow-1 runs its job body is stored (sealed): the raw database holds no secret.
-    let (_, jobs) = security_support::sealed_rows(&app.db);
+    let (_, jobs) = app.db.sealed_rows();
     assert!(
         jobs.iter().any(|(id, _)| id == "slow-1"),
         "a job body is stored"
     );
     assert_clean(
         "the database while a run is in flight",
-        &raw_database(&app.db),
+        &app.db.raw_contents(),
     );
 
-    let cancel = app
-        .client
-        .post(app.url("/v1/runs/slow-1/cancel"))
-        .bearer_auth(DISPATCHER_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(cancel.status().as_u16(), 202);
+    assert_eq!(app.cancel("slow-1").await.status, 202);
     for id in ["ok-1", "fail-1", "slow-1", "oauth-ok-1"] {
-        let run = app.wait_for(id, |run| run["released"] == true).await;
+        let run = app
+            .wait_for(id, RUN_LIMIT, |run| run["released"] == true)
+            .await;
         assert!(run["state"] != "running", "{run}");
     }
 
     // The hostile echoes did happen, and were redacted.
-    let failed = app.wait_final("fail-1").await;
+    let failed = app.wait_settled("fail-1").await;
     assert!(
         failed["error"].as_str().unwrap().contains("[redacted]"),
         "{failed}"
     );
-    let ok_events = app.get_json("/v1/runs/ok-1/events").await.1.to_string();
+    let ok_events = app.get("/v1/runs/ok-1/events").await.body.to_string();
     assert!(ok_events.contains("[redacted]"), "{ok_events}");
     let tokens_issued = state.lock().unwrap().1;
     assert_eq!(tokens_issued, 2, "the 401 brought a second token");
 
     // Job bodies are dropped once their runs are finished and released.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let (_, jobs) = security_support::sealed_rows(&app.db);
-        if jobs.is_empty() {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "job bodies still stored: {:?}",
-            jobs.iter().map(|(id, _)| id).collect::<Vec<_>>()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-    assert_clean("the database at the end", &raw_database(&app.db));
+    wait::until(
+        "the job bodies to be dropped",
+        std::time::Duration::from_secs(10),
+        CHECK_EVERY,
+        async || {
+            let (_, jobs) = app.db.sealed_rows();
+            let stored: Vec<&String> = jobs.iter().map(|(id, _)| id).collect();
+            if stored.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("job bodies still stored: {stored:?}"))
+            }
+        },
+    )
+    .await;
+    assert_clean("the database at the end", &app.db.raw_contents());
     let ids: Vec<&str> = runs.iter().map(|(_, id)| *id).collect();
     assert_clean("the API answers", &api_answers(&app, &ids).await);
 

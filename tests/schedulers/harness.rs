@@ -13,8 +13,12 @@
 //!
 //! The tests play the agent inside the harness: they move each job's view on.
 
-use crate::support::{Seen, StubServer, TestApp, fast, shipped_manifest, spawn_app, unique};
-use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use crate::setup::{fast, spawn_app, unique};
+use crate::support::app::TestApp;
+use crate::support::client::event_types;
+use crate::support::manifests::shipped_manifest;
+use crate::support::stub::{Recorder, Seen};
+use actix_web::HttpResponse;
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -28,11 +32,10 @@ const CAPABILITIES: [&str; 4] = ["mcpServers", "skills", "designImages", "genera
 struct State {
     /// job id → (the spec received, the job view)
     jobs: HashMap<String, (Value, Map<String, Value>)>,
-    seen: Vec<Seen>,
 }
 
 struct Harness {
-    server: StubServer,
+    server: Recorder,
     state: Arc<Mutex<State>>,
 }
 
@@ -41,21 +44,10 @@ fn now_ms() -> i64 {
 }
 
 impl Harness {
-    fn start() -> Harness {
+    async fn start() -> Harness {
         let state = Arc::new(Mutex::new(State::default()));
         let shared = state.clone();
-        let server = StubServer::start(move |listener| {
-            let shared = shared.clone();
-            HttpServer::new(move || {
-                App::new()
-                    .app_data(web::Data::new(shared.clone()))
-                    .default_service(web::to(handle))
-            })
-            .workers(1)
-            .listen(listener)
-            .unwrap()
-            .run()
-        });
+        let server = Recorder::start(move |seen| answer(&shared, seen)).await;
         Harness { server, state }
     }
 
@@ -83,31 +75,24 @@ impl Harness {
     }
 
     fn seen(&self, method: &str) -> Vec<Seen> {
-        let state = self.state.lock().unwrap();
-        state
-            .seen
-            .iter()
+        self.server
+            .seen()
+            .into_iter()
             .filter(|s| s.method == method)
-            .cloned()
             .collect()
     }
 }
 
-async fn handle(
-    req: HttpRequest,
-    body: web::Bytes,
-    state: web::Data<Arc<Mutex<State>>>,
-) -> HttpResponse {
-    let seen = Seen::of(&req, &body);
+fn answer(state: &Mutex<State>, seen: &Seen) -> HttpResponse {
     let mut state = state.lock().unwrap();
-    state.seen.push(seen.clone());
-    if seen.method == "GET" && seen.path == "/health" {
+    let path = seen.decoded_path();
+    if seen.method == "GET" && path == "/health" {
         return HttpResponse::Ok().json(json!({"status": "ok", "capabilities": CAPABILITIES}));
     }
     if seen.header("x-harness-secret") != Some(SECRET) {
         return HttpResponse::Unauthorized().json(json!({"error": "unauthorized"}));
     }
-    match (seen.method.as_str(), seen.path.strip_prefix("/jobs")) {
+    match (seen.method.as_str(), path.strip_prefix("/jobs")) {
         ("POST", Some("")) => {
             let spec = seen.json();
             let Some(id) = spec.get("jobId").and_then(Value::as_str).map(str::to_owned) else {
@@ -173,10 +158,10 @@ fn spec(job_id: &str) -> Value {
 
 #[actix_web::test]
 async fn every_job_view_field_reaches_the_run_view() {
-    let harness = Harness::start();
+    let harness = Harness::start().await;
     let (app, pool) = setup(&harness, SECRET).await;
     let job_id = unique("harness-ok");
-    app.dispatch(
+    app.submit(
         &pool,
         json!({"jobId": job_id, "kind": "agent", "job": spec(&job_id)}),
     )
@@ -223,10 +208,10 @@ async fn every_job_view_field_reaches_the_run_view() {
 
 #[actix_web::test]
 async fn a_failed_job_brings_its_error_cause_and_detail() {
-    let harness = Harness::start();
+    let harness = Harness::start().await;
     let (app, pool) = setup(&harness, SECRET).await;
     let job_id = unique("harness-fail");
-    app.dispatch(&pool, json!({"jobId": job_id, "job": spec(&job_id)}))
+    app.submit(&pool, json!({"jobId": job_id, "job": spec(&job_id)}))
         .await;
     app.wait_for(&job_id, WAIT, |run| run["state"] == "running")
         .await;
@@ -246,19 +231,19 @@ async fn a_failed_job_brings_its_error_cause_and_detail() {
 
 #[actix_web::test]
 async fn cancelling_aborts_the_job_in_the_harness() {
-    let harness = Harness::start();
+    let harness = Harness::start().await;
     let (app, pool) = setup(&harness, SECRET).await;
     let job_id = unique("harness-cancel");
-    app.dispatch(&pool, json!({"jobId": job_id, "job": spec(&job_id)}))
+    app.submit(&pool, json!({"jobId": job_id, "job": spec(&job_id)}))
         .await;
     app.wait_for(&job_id, WAIT, |run| run["state"] == "running")
         .await;
 
-    app.cancel(&job_id).await;
+    assert_eq!(app.cancel(&job_id).await.status, 202);
     app.wait_released(&job_id, "cancelled", WAIT).await;
     let deletes = harness.seen("DELETE");
     assert_eq!(deletes.len(), 1);
-    assert_eq!(deletes[0].path, format!("/jobs/{job_id}"));
+    assert_eq!(deletes[0].decoded_path(), format!("/jobs/{job_id}"));
     let state = harness.state.lock().unwrap();
     assert_eq!(
         state.jobs[&job_id].1["state"], "failed",
@@ -268,10 +253,10 @@ async fn cancelling_aborts_the_job_in_the_harness() {
 
 #[actix_web::test]
 async fn a_wrong_secret_is_refused_and_fails_the_dispatch() {
-    let harness = Harness::start();
+    let harness = Harness::start().await;
     let (app, pool) = setup(&harness, "not-the-secret").await;
     let job_id = unique("harness-401");
-    app.dispatch(&pool, json!({"jobId": job_id, "job": spec(&job_id)}))
+    app.submit(&pool, json!({"jobId": job_id, "job": spec(&job_id)}))
         .await;
 
     let run = app
@@ -284,10 +269,10 @@ async fn a_wrong_secret_is_refused_and_fails_the_dispatch() {
 
 #[actix_web::test]
 async fn a_job_the_harness_forgot_reads_as_lost() {
-    let harness = Harness::start();
+    let harness = Harness::start().await;
     let (app, pool) = setup(&harness, SECRET).await;
     let job_id = unique("harness-lost");
-    app.dispatch(&pool, json!({"jobId": job_id, "job": spec(&job_id)}))
+    app.submit(&pool, json!({"jobId": job_id, "job": spec(&job_id)}))
         .await;
     app.wait_for(&job_id, WAIT, |run| run["state"] == "running")
         .await;
@@ -301,10 +286,10 @@ async fn a_job_the_harness_forgot_reads_as_lost() {
 
 #[actix_web::test]
 async fn a_run_survives_a_restart_of_the_harness_gateway() {
-    let mut harness = Harness::start();
+    let harness = Harness::start().await;
     let (app, pool) = setup(&harness, SECRET).await;
     let job_id = unique("harness-restart");
-    app.dispatch(&pool, json!({"jobId": job_id, "job": spec(&job_id)}))
+    app.submit(&pool, json!({"jobId": job_id, "job": spec(&job_id)}))
         .await;
     app.wait_for(&job_id, WAIT, |run| run["state"] == "running")
         .await;
@@ -316,7 +301,7 @@ async fn a_run_survives_a_restart_of_the_harness_gateway() {
     );
     let run = app.wait_released(&job_id, "done", WAIT).await;
     assert_eq!(run["result"], json!({"summary": "ok"}));
-    let types = crate::support::event_types(&app.events(&job_id).await);
+    let types = event_types(&app.events(&job_id).await);
     assert!(
         types.iter().any(|t| t == "poll_error" || t == "retry"),
         "{types:?}"

@@ -2,10 +2,10 @@
 //! and garbage collector. There is no kubelet, so the tests play it: they set the phase of the
 //! Pod the job controller created, and the real controller moves the Job.
 
-use crate::support::{
-    KUBE_LOCK, SchedulerEnv, TestApp, eventually, fast, scheduler_script, shipped_manifest,
-    spawn_app, unique,
-};
+use crate::setup::{KUBE_LOCK, SchedulerEnv, fast, scheduler_script, spawn_app, unique};
+use crate::support::app::TestApp;
+use crate::support::manifests::shipped_manifest;
+use crate::support::wait::eventually;
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -196,7 +196,7 @@ async fn a_job_completes_when_its_pod_succeeds() {
     let (app, pool) = kube.start().await;
     let job_id = awkward_job_id("Kube");
     let job = json!({"prompt": "it's \"quoted\"\nline two", "n": [1, null]});
-    app.dispatch(&pool, json!({"jobId": job_id, "kind": "agent", "job": job}))
+    app.submit(&pool, json!({"jobId": job_id, "kind": "agent", "job": job}))
         .await;
 
     let name = dns1123(&job_id);
@@ -247,8 +247,7 @@ async fn a_job_fails_when_its_pod_fails() {
     let _shared = KUBE_LOCK.read().await;
     let (app, pool) = kube.start().await;
     let job_id = unique("kube-fail");
-    app.dispatch(&pool, json!({"jobId": job_id, "job": {}}))
-        .await;
+    app.submit(&pool, json!({"jobId": job_id, "job": {}})).await;
     let name = dns1123(&job_id);
     assert_eq!(name, job_id, "a valid label is kept as it is");
     kube.kubelet(&name, "Failed", 3).await;
@@ -287,8 +286,7 @@ async fn an_existing_job_of_the_same_name_is_adopted_on_409() {
         .await;
     assert_eq!(status, 201, "{existing}");
 
-    app.dispatch(&pool, json!({"jobId": job_id, "job": {}}))
-        .await;
+    app.submit(&pool, json!({"jobId": job_id, "job": {}})).await;
     let run = app
         .wait_for(&job_id, WAIT, |run| run["externalId"].is_string())
         .await;
@@ -308,14 +306,13 @@ async fn cancelling_deletes_the_job_and_its_pods() {
     let _shared = KUBE_LOCK.read().await;
     let (app, pool) = kube.start().await;
     let job_id = unique("kube-cancel");
-    app.dispatch(&pool, json!({"jobId": job_id, "job": {}}))
-        .await;
+    app.submit(&pool, json!({"jobId": job_id, "job": {}})).await;
     app.wait_for(&job_id, WAIT, |run| run["schedulerState"] == "Running")
         .await;
     kube.kubelet(&job_id, "Running", 0).await;
     assert_eq!(kube.pods_of(&job_id).await.len(), 1);
 
-    app.cancel(&job_id).await;
+    assert_eq!(app.cancel(&job_id).await.status, 202);
     let run = app.wait_released(&job_id, "cancelled", WAIT).await;
     assert_eq!(run["cancelRequested"], true);
     kube.wait_deleted(&job_id).await;
@@ -327,8 +324,7 @@ async fn a_job_deleted_behind_the_gateways_back_reads_as_lost() {
     let _shared = KUBE_LOCK.read().await;
     let (app, pool) = kube.start().await;
     let job_id = unique("kube-lost");
-    app.dispatch(&pool, json!({"jobId": job_id, "job": {}}))
-        .await;
+    app.submit(&pool, json!({"jobId": job_id, "job": {}})).await;
     app.wait_for(&job_id, WAIT, |run| run["schedulerState"] == "Running")
         .await;
     let (status, body) = kube
@@ -352,8 +348,7 @@ async fn a_run_survives_a_restart_of_the_api_server() {
     let _exclusive = KUBE_LOCK.write().await;
     let (app, pool) = kube.start().await;
     let job_id = unique("kube-restart");
-    app.dispatch(&pool, json!({"jobId": job_id, "job": {}}))
-        .await;
+    app.submit(&pool, json!({"jobId": job_id, "job": {}})).await;
     app.wait_for(&job_id, WAIT, |run| run["schedulerState"] == "Running")
         .await;
 

@@ -13,14 +13,12 @@
     reason = "test helpers fail the test on any setup error"
 )]
 
-#[expect(
-    dead_code,
-    reason = "shared with the api tests; this binary uses a part"
-)]
-#[path = "../api/helpers.rs"]
-mod helpers;
-mod lossy;
+#[expect(dead_code, reason = "the shared test support; this binary uses a part")]
+#[path = "../support/mod.rs"]
 mod support;
+
+mod lossy;
+mod setup;
 
 mod harness;
 mod kube;

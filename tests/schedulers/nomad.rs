@@ -21,10 +21,13 @@
 //! id's `/` travels as `%2F`. The tests play Nomad's client: they move allocations through
 //! pending, running and complete, failed or lost.
 
-use crate::support::{
-    Seen, StubServer, TestApp, eventually, fast, shipped_manifest, spawn_app, unique,
-};
-use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use crate::setup::{fast, spawn_app, unique};
+use crate::support::app::TestApp;
+use crate::support::client::event_types;
+use crate::support::manifests::shipped_manifest;
+use crate::support::stub::{Recorder, Seen};
+use crate::support::wait::eventually;
+use actix_web::HttpResponse;
 use base64::Engine as _;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -68,7 +71,6 @@ struct State {
     index: u64,
     parameterized: BTreeMap<String, ParameterizedJob>,
     jobs: BTreeMap<String, Job>,
-    seen: Vec<Seen>,
     /// The next dispatch is committed but its answer is lost (a 500, as a leader change mid-call).
     lose_next_answer: bool,
 }
@@ -82,12 +84,12 @@ impl State {
 
 /// The Nomad test scheduler.
 struct Nomad {
-    server: StubServer,
+    server: Recorder,
     state: Arc<Mutex<State>>,
 }
 
 impl Nomad {
-    fn start() -> Nomad {
+    async fn start() -> Nomad {
         let mut state = State::default();
         state.parameterized.insert(
             PARENT.to_owned(),
@@ -99,29 +101,15 @@ impl Nomad {
         );
         let state = Arc::new(Mutex::new(state));
         let shared = state.clone();
-        let server = StubServer::start(move |listener| {
-            let shared = shared.clone();
-            HttpServer::new(move || {
-                App::new()
-                    .app_data(web::Data::new(shared.clone()))
-                    .default_service(web::to(handle))
-            })
-            .workers(1)
-            .listen(listener)
-            .unwrap()
-            .run()
-        });
+        let server = Recorder::start(move |seen| answer(&shared, seen)).await;
         Nomad { server, state }
     }
 
     fn seen(&self, method: &str, suffix: &str) -> Vec<Seen> {
-        self.state
-            .lock()
-            .unwrap()
-            .seen
-            .iter()
-            .filter(|s| s.method == method && s.path.ends_with(suffix))
-            .cloned()
+        self.server
+            .seen()
+            .into_iter()
+            .filter(|s| s.method == method && s.decoded_path().ends_with(suffix))
             .collect()
     }
 
@@ -252,30 +240,25 @@ fn text(status: u16, body: &str) -> HttpResponse {
         .body(body.to_owned())
 }
 
-async fn handle(
-    req: HttpRequest,
-    body: web::Bytes,
-    state: web::Data<Arc<Mutex<State>>>,
-) -> HttpResponse {
-    let seen = Seen::of(&req, &body);
+fn answer(state: &Mutex<State>, seen: &Seen) -> HttpResponse {
     let mut state = state.lock().unwrap();
-    state.seen.push(seen.clone());
     if seen.header("x-nomad-token") != Some(TOKEN) {
         return text(403, "Permission denied");
     }
-    let namespace = seen
-        .query
+    let query = seen.query_params();
+    let namespace = query
         .get("namespace")
         .cloned()
         .unwrap_or_else(|| "default".to_owned());
-    let Some(rest) = seen.path.strip_prefix("/v1/job/") else {
+    let path = seen.decoded_path();
+    let Some(rest) = path.strip_prefix("/v1/job/") else {
         return text(404, "Invalid URL");
     };
     if let Some(parent) = rest.strip_suffix("/dispatch") {
         if seen.method != "POST" && seen.method != "PUT" {
             return text(405, "Invalid method");
         }
-        return dispatch(&mut state, parent, &namespace, &seen);
+        return dispatch(&mut state, parent, &namespace, seen);
     }
     if let Some(job) = rest.strip_suffix("/allocations") {
         if seen.method != "GET" {
@@ -296,7 +279,7 @@ async fn handle(
     }
     match seen.method.as_str() {
         "DELETE" => {
-            let purge = seen.query.get("purge").is_some_and(|v| v == "true");
+            let purge = query.get("purge").is_some_and(|v| v == "true");
             let index = state.next_index();
             let Some(job) = state
                 .jobs
@@ -391,7 +374,7 @@ fn dispatch(state: &mut State, parent: &str, namespace: &str, seen: &Seen) -> Ht
         );
     }
     let token = seen
-        .query
+        .query_params()
         .get("idempotency_token")
         .cloned()
         .unwrap_or_default();
@@ -458,20 +441,20 @@ async fn setup(nomad: &Nomad, adjust: impl FnOnce(&mut Value)) -> (TestApp, Stri
 
 #[actix_web::test]
 async fn a_dispatched_job_runs_to_completion_and_is_purged() {
-    let nomad = Nomad::start();
+    let nomad = Nomad::start().await;
     let (app, pool) = setup(&nomad, |_| {}).await;
     let job_id = unique("nomad-ok");
     let job = json!({"prompt": "it's \"quoted\"\nline two", "n": [1, null], "ü": "✓"});
-    app.dispatch(&pool, json!({"jobId": job_id, "kind": "agent", "job": job}))
+    app.submit(&pool, json!({"jobId": job_id, "kind": "agent", "job": job}))
         .await;
 
     let dispatched = nomad.wait_dispatched(&job_id).await;
     let calls = nomad.seen("POST", "/dispatch");
     assert_eq!(calls.len(), 1);
     let call = &calls[0];
-    assert_eq!(call.path, format!("/v1/job/{PARENT}/dispatch"));
-    assert_eq!(call.query["namespace"], "default");
-    assert_eq!(call.query["idempotency_token"], job_id.as_str());
+    assert_eq!(call.decoded_path(), format!("/v1/job/{PARENT}/dispatch"));
+    assert_eq!(call.query_params()["namespace"], "default");
+    assert_eq!(call.query_params()["idempotency_token"], job_id.as_str());
     {
         let state = nomad.state.lock().unwrap();
         let stored = &state.jobs[&dispatched];
@@ -504,19 +487,18 @@ async fn a_dispatched_job_runs_to_completion_and_is_purged() {
     assert!(
         polls
             .iter()
-            .all(|s| s.path == format!("/v1/job/{dispatched}/allocations"))
+            .all(|s| s.decoded_path() == format!("/v1/job/{dispatched}/allocations"))
     );
     let deletes = nomad.seen("DELETE", &dispatched);
-    assert_eq!(deletes[0].query["purge"], "true");
+    assert_eq!(deletes[0].query_params()["purge"], "true");
 }
 
 #[actix_web::test]
 async fn a_failed_allocation_fails_the_run_with_the_task_event() {
-    let nomad = Nomad::start();
+    let nomad = Nomad::start().await;
     let (app, pool) = setup(&nomad, |_| {}).await;
     let job_id = unique("nomad-fail");
-    app.dispatch(&pool, json!({"jobId": job_id, "job": {}}))
-        .await;
+    app.submit(&pool, json!({"jobId": job_id, "job": {}})).await;
     let dispatched = nomad.wait_dispatched(&job_id).await;
     nomad.run_task(&dispatched);
     nomad.finish_task(&dispatched, 3, "boom");
@@ -533,12 +515,11 @@ async fn a_failed_allocation_fails_the_run_with_the_task_event() {
 
 #[actix_web::test]
 async fn a_lost_dispatch_answer_is_retried_under_the_same_idempotency_token() {
-    let nomad = Nomad::start();
+    let nomad = Nomad::start().await;
     nomad.state.lock().unwrap().lose_next_answer = true;
     let (app, pool) = setup(&nomad, |_| {}).await;
     let job_id = unique("nomad-idem");
-    app.dispatch(&pool, json!({"jobId": job_id, "job": {}}))
-        .await;
+    app.submit(&pool, json!({"jobId": job_id, "job": {}})).await;
 
     let run = app
         .wait_for(&job_id, WAIT, |run| run["schedulerState"] == "pending")
@@ -562,10 +543,10 @@ async fn a_lost_dispatch_answer_is_retried_under_the_same_idempotency_token() {
 
 #[actix_web::test]
 async fn a_lost_allocation_is_dispatched_again_under_a_new_token() {
-    let nomad = Nomad::start();
+    let nomad = Nomad::start().await;
     let (app, pool) = setup(&nomad, |m| m["lost"] = json!({"redispatch": 1})).await;
     let job_id = unique("nomad-lost");
-    app.dispatch(&pool, json!({"jobId": job_id, "job": {"x": 1}}))
+    app.submit(&pool, json!({"jobId": job_id, "job": {"x": 1}}))
         .await;
     let first = nomad.wait_dispatched(&job_id).await;
     nomad.run_task(&first);
@@ -588,17 +569,16 @@ async fn a_lost_allocation_is_dispatched_again_under_a_new_token() {
 
 #[actix_web::test]
 async fn cancelling_stops_and_purges_the_dispatched_job() {
-    let nomad = Nomad::start();
+    let nomad = Nomad::start().await;
     let (app, pool) = setup(&nomad, |_| {}).await;
     let job_id = unique("nomad-cancel");
-    app.dispatch(&pool, json!({"jobId": job_id, "job": {}}))
-        .await;
+    app.submit(&pool, json!({"jobId": job_id, "job": {}})).await;
     let dispatched = nomad.wait_dispatched(&job_id).await;
     nomad.run_task(&dispatched);
     app.wait_for(&job_id, WAIT, |run| run["state"] == "running")
         .await;
 
-    app.cancel(&job_id).await;
+    assert_eq!(app.cancel(&job_id).await.status, 202);
     app.wait_released(&job_id, "cancelled", WAIT).await;
     assert!(nomad.is_purged(&dispatched));
     assert_eq!(nomad.seen("DELETE", &dispatched).len(), 1);
@@ -606,11 +586,10 @@ async fn cancelling_stops_and_purges_the_dispatched_job() {
 
 #[actix_web::test]
 async fn a_run_survives_a_restart_of_the_scheduler() {
-    let mut nomad = Nomad::start();
+    let nomad = Nomad::start().await;
     let (app, pool) = setup(&nomad, |_| {}).await;
     let job_id = unique("nomad-restart");
-    app.dispatch(&pool, json!({"jobId": job_id, "job": {}}))
-        .await;
+    app.submit(&pool, json!({"jobId": job_id, "job": {}})).await;
     let dispatched = nomad.wait_dispatched(&job_id).await;
     nomad.run_task(&dispatched);
     app.wait_for(&job_id, WAIT, |run| run["state"] == "running")
@@ -622,7 +601,7 @@ async fn a_run_survives_a_restart_of_the_scheduler() {
     let run = app.wait_released(&job_id, "done", WAIT).await;
     assert_eq!(run["schedulerState"], "complete");
     assert!(nomad.seen("GET", "/allocations").len() > polls_before);
-    let types = crate::support::event_types(&app.events(&job_id).await);
+    let types = event_types(&app.events(&job_id).await);
     assert!(
         types.iter().any(|t| t == "poll_error" || t == "retry"),
         "{types:?}"
@@ -631,7 +610,7 @@ async fn a_run_survives_a_restart_of_the_scheduler() {
 
 #[actix_web::test]
 async fn a_wrong_token_is_refused_and_fails_the_dispatch() {
-    let nomad = Nomad::start();
+    let nomad = Nomad::start().await;
     let app = spawn_app().await;
     let pool = unique("nomad-acl");
     let mut manifest = shipped_manifest("nomad.yaml");
@@ -640,8 +619,7 @@ async fn a_wrong_token_is_refused_and_fails_the_dispatch() {
     app.register(&pool, manifest, json!({"NOMAD_TOKEN": "not-the-token"}))
         .await;
     let job_id = unique("nomad-acl");
-    app.dispatch(&pool, json!({"jobId": job_id, "job": {}}))
-        .await;
+    app.submit(&pool, json!({"jobId": job_id, "job": {}})).await;
 
     let run = app
         .wait_for(&job_id, WAIT, |run| run["state"] == "failed")

@@ -2,10 +2,10 @@
 //! containers from the locally imported `localhost/busybox:ci` image.
 
 use crate::lossy::LossyProxy;
-use crate::support::{
-    PODMAN_LOCK, SchedulerEnv, TestApp, eventually, fast, scheduler_script, shipped_manifest,
-    spawn_app, unique,
-};
+use crate::setup::{PODMAN_LOCK, SchedulerEnv, fast, scheduler_script, spawn_app, unique};
+use crate::support::app::TestApp;
+use crate::support::manifests::shipped_manifest;
+use crate::support::wait::eventually;
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -96,7 +96,7 @@ async fn a_container_runs_with_the_job_in_its_environment_and_completes() {
     );
     let (app, pool) = podman.start(&script).await;
     let job_id = unique("podman-ok");
-    app.dispatch(&pool, json!({"jobId": job_id, "kind": "agent", "job": job}))
+    app.submit(&pool, json!({"jobId": job_id, "kind": "agent", "job": job}))
         .await;
 
     let run = app.wait_released(&job_id, "done", WAIT).await;
@@ -113,8 +113,7 @@ async fn a_failing_container_reports_its_exit_code() {
     let _shared = PODMAN_LOCK.read().await;
     let (app, pool) = podman.start("echo boom >&2; exit 3").await;
     let job_id = unique("podman-fail");
-    app.dispatch(&pool, json!({"jobId": job_id, "job": {}}))
-        .await;
+    app.submit(&pool, json!({"jobId": job_id, "job": {}})).await;
 
     let run = app.wait_released(&job_id, "failed", WAIT).await;
     assert_eq!(run["schedulerState"], "failed");
@@ -133,8 +132,7 @@ async fn cancelling_a_running_container_kills_and_removes_it() {
     let _shared = PODMAN_LOCK.read().await;
     let (app, pool) = podman.start("sleep 600").await;
     let job_id = unique("podman-cancel");
-    app.dispatch(&pool, json!({"jobId": job_id, "job": {}}))
-        .await;
+    app.submit(&pool, json!({"jobId": job_id, "job": {}})).await;
     let run = app
         .wait_for(&job_id, WAIT, |run| run["schedulerState"] == "running")
         .await;
@@ -144,7 +142,7 @@ async fn cancelling_a_running_container_kills_and_removes_it() {
     assert_eq!(status, 200);
     assert_eq!(inspect["State"]["Running"], true);
 
-    app.cancel(&job_id).await;
+    assert_eq!(app.cancel(&job_id).await.status, 202);
     app.wait_released(&job_id, "cancelled", WAIT).await;
     podman.wait_pod_gone(&pod_name(&job_id)).await;
     let (status, _) = podman.get(&format!("/containers/{container}/json")).await;
@@ -162,8 +160,7 @@ async fn a_container_removed_behind_the_gateways_back_reads_as_lost() {
     manifest["polling"] = json!({"intervalMs": 4000, "maxIntervalMs": 4000});
     app.register(&pool, manifest, json!({})).await;
     let job_id = unique("podman-lost");
-    app.dispatch(&pool, json!({"jobId": job_id, "job": {}}))
-        .await;
+    app.submit(&pool, json!({"jobId": job_id, "job": {}})).await;
     // `running` is committed by the poll that saw it (read here within milliseconds): the next
     // poll is seconds away. (Later polls that see nothing new are not written, so they cannot
     // be watched for.)
@@ -194,8 +191,7 @@ async fn a_run_survives_a_restart_of_the_podman_service() {
     let _exclusive = PODMAN_LOCK.write().await;
     let (app, pool) = podman.start("sleep 6; exit 0").await;
     let job_id = unique("podman-restart");
-    app.dispatch(&pool, json!({"jobId": job_id, "job": {}}))
-        .await;
+    app.submit(&pool, json!({"jobId": job_id, "job": {}})).await;
     app.wait_for(&job_id, WAIT, |run| run["schedulerState"] == "running")
         .await;
 
@@ -228,8 +224,7 @@ async fn a_play_kube_whose_answer_was_lost_is_found_by_its_pod_not_sent_again() 
     manifest["baseUrl"] = json!(proxy.base_url);
     app.register(&pool, manifest, json!({})).await;
     let job_id = unique("podman-lost-answer");
-    app.dispatch(&pool, json!({"jobId": job_id, "job": {}}))
-        .await;
+    app.submit(&pool, json!({"jobId": job_id, "job": {}})).await;
 
     let run = app.wait_released(&job_id, "done", WAIT).await;
     assert_eq!(run["result"]["exitCode"], 0, "{run}");
@@ -280,8 +275,7 @@ async fn a_pod_that_exists_already_answers_500_and_is_reattached_not_failed() {
         .await
         .unwrap();
     assert_eq!(created.status().as_u16(), 200);
-    app.dispatch(&pool, json!({"jobId": job_id, "job": {}}))
-        .await;
+    app.submit(&pool, json!({"jobId": job_id, "job": {}})).await;
 
     let run = app.wait_released(&job_id, "done", WAIT).await;
     assert_eq!(run["attempts"]["dispatch"], 1, "re-attached at once: {run}");

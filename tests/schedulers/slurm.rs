@@ -2,9 +2,10 @@
 //! on this machine.
 
 use crate::lossy::LossyProxy;
-use crate::support::{
-    SLURM_LOCK, SchedulerEnv, TestApp, fast, scheduler_script, shipped_manifest, spawn_app, unique,
-};
+use crate::setup::{SLURM_LOCK, SchedulerEnv, fast, scheduler_script, spawn_app, unique};
+use crate::support::app::TestApp;
+use crate::support::manifests::shipped_manifest;
+use crate::support::wait::eventually;
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -84,7 +85,7 @@ async fn a_job_runs_with_its_body_and_completes() {
         .await;
     let job_id = unique("slurm-ok");
     let job = json!({"prompt": "it's \"quoted\" $(not run) `nor this` \\ back", "n": [1, 2.5, null], "ü": "✓"});
-    app.dispatch(&pool, json!({"jobId": job_id, "kind": "agent", "job": job}))
+    app.submit(&pool, json!({"jobId": job_id, "kind": "agent", "job": job}))
         .await;
 
     let run = app.wait_released(&job_id, "done", WAIT).await;
@@ -118,8 +119,7 @@ async fn a_failing_job_reports_its_state_reason_and_exit_status() {
     let _shared = SLURM_LOCK.read().await;
     let (app, pool) = slurm.start("#!/bin/sh\necho boom >&2\nexit 3\n").await;
     let job_id = unique("slurm-fail");
-    app.dispatch(&pool, json!({"jobId": job_id, "job": {}}))
-        .await;
+    app.submit(&pool, json!({"jobId": job_id, "job": {}})).await;
 
     let run = app.wait_released(&job_id, "failed", WAIT).await;
     assert_eq!(run["schedulerState"], "FAILED");
@@ -136,20 +136,19 @@ async fn cancelling_a_running_job_cancels_it_in_slurm() {
     let _shared = SLURM_LOCK.read().await;
     let (app, pool) = slurm.start("#!/bin/sh\nsleep 600\n").await;
     let job_id = unique("slurm-cancel");
-    app.dispatch(&pool, json!({"jobId": job_id, "job": {}}))
-        .await;
+    app.submit(&pool, json!({"jobId": job_id, "job": {}})).await;
     let run = app
         .wait_for(&job_id, WAIT, |run| run["schedulerState"] == "RUNNING")
         .await;
     assert_eq!(run["state"], "running");
     let slurm_id = run["externalId"].as_str().unwrap().to_owned();
 
-    app.cancel(&job_id).await;
+    assert_eq!(app.cancel(&job_id).await.status, 202);
     let run = app.wait_released(&job_id, "cancelled", WAIT).await;
     assert_eq!(run["cancelRequested"], true);
 
     // The DELETE reached Slurm: the job is cancelled there, not left sleeping.
-    crate::support::eventually("Slurm to cancel the job", WAIT, || async {
+    eventually("Slurm to cancel the job", WAIT, || async {
         let record = slurm.job(&slurm_id).await;
         (record["job_state"] == "CANCELLED").then_some(())
     })
@@ -168,8 +167,7 @@ async fn slurms_invalid_job_id_answer_reads_as_lost() {
     manifest["dispatch"]["capture"] = json!({"jobId": "`999999999`"});
     app.register(&pool, manifest, slurm.secrets()).await;
     let job_id = unique("slurm-lost");
-    app.dispatch(&pool, json!({"jobId": job_id, "job": {}}))
-        .await;
+    app.submit(&pool, json!({"jobId": job_id, "job": {}})).await;
 
     let run = app
         .wait_for(&job_id, WAIT, |run| run["state"] == "failed")
@@ -198,7 +196,7 @@ async fn a_run_survives_a_restart_of_slurmctld_and_slurmrestd() {
         .start(&recording_script(dir.path(), "sleep 8\necho finished"))
         .await;
     let job_id = unique("slurm-restart");
-    app.dispatch(&pool, json!({"jobId": job_id, "job": {"restart": true}}))
+    app.submit(&pool, json!({"jobId": job_id, "job": {"restart": true}}))
         .await;
     app.wait_for(&job_id, WAIT, |run| run["schedulerState"] == "RUNNING")
         .await;
@@ -236,8 +234,7 @@ async fn a_submit_whose_answer_was_lost_is_found_by_name_not_submitted_again() {
     manifest["baseUrl"] = json!(proxy.base_url);
     app.register(&pool, manifest, slurm.secrets()).await;
     let job_id = unique("slurm-lost-answer");
-    app.dispatch(&pool, json!({"jobId": job_id, "job": {}}))
-        .await;
+    app.submit(&pool, json!({"jobId": job_id, "job": {}})).await;
 
     let run = app.wait_released(&job_id, "done", WAIT).await;
     let lost = proxy.lost();
