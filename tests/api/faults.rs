@@ -570,3 +570,30 @@ async fn replaced_oauth2_secrets_leave_no_cached_token_behind() {
         );
     }
 }
+
+#[actix_web::test]
+async fn a_burst_of_runs_shares_at_most_max_connections_requests_to_the_scheduler() {
+    // Forty runs take a slot at once, and every answer takes 80 ms: without the cap each run
+    // would have its own request (and connection) open at the same moment.
+    let (app, scheduler) = setup(
+        1,
+        json!({"limits": {"maxInFlight": 40, "maxConnections": 4, "timeoutMs": 5_000}}),
+    )
+    .await;
+    scheduler.set_default_fault(Fault::Slow(Duration::from_millis(80)));
+    let runs = ids("burst", 40);
+    dispatch_all(&app, &runs).await;
+    for id in &runs {
+        let run = app
+            .wait_for(id, WAIT, |r| {
+                r["released"] == true || r["state"] == "failed"
+            })
+            .await;
+        assert_eq!(run["state"], "done", "{run}");
+        assert_eq!(scheduler.created(id), 1, "{id} was created once");
+    }
+    let peak = scheduler.slow_peak();
+    assert!(peak <= 4, "{peak} requests were open at once; the cap is 4");
+    // The cap is what held them back, not a lack of work: the four were used together.
+    assert!(peak >= 2, "requests went one by one ({peak} at most)");
+}

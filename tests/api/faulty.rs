@@ -66,6 +66,10 @@ struct State {
     arrivals: Vec<Arrival>,
     /// The answer to a create whose name exists.
     exists_answer: (u16, Value),
+    /// Slow requests being worked on now (from their arrival until just before their answer
+    /// is written), and the most there ever were at once.
+    slow_now: usize,
+    slow_peak: usize,
 }
 
 /// A running fault-injecting scheduler.
@@ -96,6 +100,8 @@ impl FaultyScheduler {
                 forget_jobs: false,
                 arrivals: Vec::new(),
                 exists_answer: (409, json!({"message": "exists"})),
+                slow_now: 0,
+                slow_peak: 0,
             })),
             stop: Arc::new(Mutex::new(None)),
         };
@@ -165,6 +171,11 @@ impl FaultyScheduler {
             }
         };
         self.serve(listener);
+    }
+
+    /// The most slow requests (see [`Fault::Slow`]) ever worked on at once.
+    pub fn slow_peak(&self) -> usize {
+        self.state.lock().unwrap().slow_peak
     }
 
     pub fn arrivals(&self) -> Vec<Arrival> {
@@ -258,7 +269,15 @@ async fn handle(mut stream: TcpStream, state: Arc<Mutex<State>>) {
             .await;
         }
         Fault::Slow(delay) => {
+            {
+                let mut state = state.lock().unwrap();
+                state.slow_now += 1;
+                state.slow_peak = state.slow_peak.max(state.slow_now);
+            }
             tokio::time::sleep(delay).await;
+            // Counted out before the answer is written: a client that waits for this answer to
+            // send its next request can never be counted twice.
+            state.lock().unwrap().slow_now -= 1;
             let (status, answer) = behave(&state, &method, &path, &body);
             respond(
                 &mut stream,
