@@ -208,11 +208,21 @@ where
     F: FnOnce(&mut DbConn) -> Result<T, E>,
     E: From<diesel::result::Error>,
 {
+    write_tx_beginning(conn, "BEGIN", f)
+}
+
+/// [`write_tx`], beginning the transaction on PostgreSQL with `pg_begin` (`BEGIN` and what
+/// must come first, sent in one round trip).
+pub(crate) fn write_tx_beginning<T, E, F>(conn: &mut DbConn, pg_begin: &str, f: F) -> Result<T, E>
+where
+    F: FnOnce(&mut DbConn) -> Result<T, E>,
+    E: From<diesel::result::Error>,
+{
     match conn {
         DbConn::Sqlite(sqlite) => {
             AnsiTransactionManager::begin_transaction_sql(sqlite, "BEGIN IMMEDIATE")?;
         }
-        DbConn::Pg(_) => <DbConn as TransactionManager<DbConn>>::begin_transaction(conn)?,
+        DbConn::Pg(pg) => AnsiTransactionManager::begin_transaction_sql(pg, pg_begin)?,
     }
     match f(conn) {
         Ok(value) => {

@@ -11,19 +11,14 @@ use diesel::prelude::*;
 /// Advisory lock key taken by every event-writing transaction on PostgreSQL, so that sequence
 /// numbers become visible in the order they were drawn even with several replicas (a `BIGSERIAL`
 /// value is drawn at insert time, not at commit time).
-const EVENT_LOCK: i64 = 0x6361_7474_0000_0002; // "catt" + 2
+pub(crate) const EVENT_LOCK: i64 = 0x6361_7474_0000_0002; // "catt" + 2
 
-/// Takes [`EVENT_LOCK`] for the rest of the transaction.
-const LOCK: &str = "SELECT pg_advisory_xact_lock(?)";
-
-/// Serialises event writers across processes (PostgreSQL); a no-op on SQLite, whose
-/// `BEGIN IMMEDIATE` already holds the database's single write lock.
-pub(crate) fn lock_for_append(conn: &mut DbConn) -> Result<(), StoreError> {
-    if let DbConn::Pg(_) = conn {
-        cached!(LOCK, vec![Bind::BigInt(EVENT_LOCK)]).execute(conn)?;
-    }
-    Ok(())
-}
+/// The beginning of an event-writing transaction on PostgreSQL: `BEGIN` and [`EVENT_LOCK`],
+/// held for the rest of the transaction, in one round trip. It serialises event writers across
+/// processes; SQLite needs nothing more than its `BEGIN IMMEDIATE`, which already holds the
+/// database's single write lock.
+pub(crate) static BEGIN_APPENDING: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("BEGIN; SELECT pg_advisory_xact_lock({EVENT_LOCK})"));
 
 /// Appends one event, returning its sequence number in the same statement on both backends
 /// (SQLite has `RETURNING` since 3.35; the bundled one is newer). `seq` stays `AUTOINCREMENT`

@@ -12,7 +12,7 @@
 //! never changes with the batch size and each is prepared once per connection.
 //!
 //! Event sequence numbers are drawn from the table's sequence first, in one statement, while the
-//! transaction holds the event lock (`events::lock_for_append`), then given to the events in
+//! transaction holds the event lock (`events::BEGIN_APPENDING`), then given to the events in
 //! request order: the number each event gets is known without relying on any row order in
 //! `RETURNING`, and the numbers still increase in commit order.
 //!

@@ -973,6 +973,59 @@ async fn runs_are_read_in_one_go_with_their_bodies(backend: TestBackend) {
     );
 }
 
+async fn every_write_transaction_holds_the_event_lock_on_postgres(backend: TestBackend) {
+    if backend != TestBackend::Postgres {
+        // SQLite's BEGIN IMMEDIATE is the lock: one writer at a time by construction.
+        return;
+    }
+    use diesel::Connection as _;
+    let (db, store) = open(backend).await;
+    let run = bare_run("locked", "p", 1);
+    insert(&store, &run).await;
+
+    // Another session holds the event lock in an open transaction.
+    let url = db.url().to_owned();
+    let (held_tx, held_rx) = std::sync::mpsc::channel::<()>();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        let mut other = diesel::PgConnection::establish(&url).unwrap();
+        diesel::connection::SimpleConnection::batch_execute(
+            &mut other,
+            &format!(
+                "BEGIN; SELECT pg_advisory_xact_lock({})",
+                super::events::EVENT_LOCK
+            ),
+        )
+        .unwrap();
+        held_tx.send(()).unwrap();
+        release_rx.recv().unwrap();
+        diesel::connection::SimpleConnection::batch_execute(&mut other, "COMMIT").unwrap();
+    });
+    held_rx.recv().unwrap();
+
+    let mut running = run.clone();
+    running.state = RunState::Running;
+    let commit = tokio::spawn({
+        let store = store.clone();
+        let event = transition(&run, RunState::Queued, RunState::Running, "go");
+        async move { store.commit(running, vec![event]).await }
+    });
+    // While the lock is held elsewhere, the commit waits (it is never written beside it).
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !commit.is_finished(),
+        "a commit went ahead of the event lock"
+    );
+    assert_eq!(
+        store.get_run(&run.job_id).await.unwrap().unwrap().state,
+        RunState::Queued
+    );
+    release_tx.send(()).unwrap();
+    let events = commit.await.unwrap().unwrap();
+    assert_eq!(events.len(), 1);
+    holder.join().unwrap();
+}
+
 async fn committed_data_survives_a_new_connection(backend: TestBackend) {
     let (db, store) = open(backend).await;
     let run = full_run("durable", "p");
@@ -1721,6 +1774,7 @@ on_both_backends!(
     pools_are_listed_by_name_updated_and_deleted,
     job_bodies_can_be_cleared_and_resealed,
     runs_are_read_in_one_go_with_their_bodies,
+    every_write_transaction_holds_the_event_lock_on_postgres,
     committed_data_survives_a_new_connection,
     a_corrupt_row_is_reported_without_its_contents,
     a_commit_derived_from_an_older_version_is_refused_and_changes_nothing,

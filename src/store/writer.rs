@@ -10,7 +10,7 @@
 //! request by request. When the batch transaction fails, each request is retried alone, so one bad
 //! request cannot fail the others.
 
-use super::conn::{Backend, DbConn, DbPool, PooledConn, write_tx};
+use super::conn::{Backend, DbConn, DbPool, PooledConn, write_tx_beginning};
 use super::{InsertOutcome, StoreError, events, runs, setwise};
 use crate::domain::run::{EventRecord, NewEvent, RunRecord};
 use std::sync::Arc;
@@ -139,7 +139,6 @@ impl Writer {
 
     fn write_batch(&mut self, batch: &[WriteRequest]) -> Result<Vec<Outcome>, StoreError> {
         self.in_transaction(|c| {
-            events::lock_for_append(c)?;
             if let Some(outcomes) = setwise::write(c, batch)? {
                 return Ok(outcomes);
             }
@@ -148,14 +147,12 @@ impl Writer {
     }
 
     fn write_one(&mut self, request: &WriteRequest) -> Result<Outcome, StoreError> {
-        self.in_transaction(|c| {
-            events::lock_for_append(c)?;
-            apply(c, request)
-        })
+        self.in_transaction(|c| apply(c, request))
     }
 
     /// Runs `f` in one write transaction on the writer's connection (checked out when it has
-    /// none); a failure drops the connection.
+    /// none), holding the event lock from its start (`events::BEGIN_APPENDING`; on SQLite,
+    /// `BEGIN IMMEDIATE` is the lock); a failure drops the connection.
     fn in_transaction<T>(
         &mut self,
         f: impl FnOnce(&mut DbConn) -> Result<T, StoreError>,
@@ -164,7 +161,7 @@ impl Writer {
             Some(conn) => conn,
             None => super::checkout(&self.pool, self.backend)?,
         };
-        let result = write_tx(&mut conn, f);
+        let result = write_tx_beginning(&mut conn, &events::BEGIN_APPENDING, f);
         if result.is_ok() {
             self.conn = Some(conn);
         }
