@@ -121,6 +121,10 @@ impl Application {
                 "dropped the job bodies that {dropped} finished runs still held"
             );
         }
+        actix_web::rt::spawn(crate::retention::sweep_forever(
+            store.clone(),
+            settings.retention.clone(),
+        ));
         let key_file = (!settings.security.master_key_file.is_empty())
             .then(|| PathBuf::from(&settings.security.master_key_file));
         let (sealer, source) = Sealer::load_or_create(

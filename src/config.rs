@@ -62,6 +62,8 @@ pub struct Settings {
     pub webhooks: WebhookSettings,
     /// Graceful shutdown.
     pub shutdown: ShutdownSettings,
+    /// How long finished runs are kept.
+    pub retention: RetentionSettings,
     /// Logs.
     pub logging: LoggingSettings,
 }
@@ -278,6 +280,18 @@ pub struct ShutdownSettings {
     pub grace_seconds: u64,
 }
 
+/// `retention.*`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// Days a finished run (with its events and job body) is kept after it finished; 0 keeps
+    /// every run for good.
+    pub finished_runs_days: u32,
+    /// Seconds between two sweeps for finished runs past their retention (the first sweep
+    /// comes at most 30 s after start).
+    pub sweep_interval_seconds: u64,
+}
+
 /// `logging.*`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -344,6 +358,10 @@ impl Default for Settings {
                 secret: String::new(),
             },
             shutdown: ShutdownSettings { grace_seconds: 10 },
+            retention: RetentionSettings {
+                finished_runs_days: 30,
+                sweep_interval_seconds: 3600,
+            },
             logging: LoggingSettings {
                 format: "pretty".to_owned(),
                 level: "info".to_owned(),

@@ -28,6 +28,7 @@ pub mod lifecycle;
 pub mod localpool;
 pub mod manifest;
 pub mod redact;
+pub mod retention;
 pub mod routes;
 pub mod scheduler;
 pub mod service;

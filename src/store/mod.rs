@@ -564,6 +564,22 @@ impl Store {
         self.with_conn(runs::clear_finished_job_bodies).await
     }
 
+    /// Deletes at most `limit` finished runs (done, failed or cancelled, their release over)
+    /// that finished before `finished_before`, with their events and job bodies, in one
+    /// statement; returns how many.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn delete_expired_runs(
+        &self,
+        finished_before: Millis,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with_conn(move |conn| runs::delete_expired(conn, finished_before, limit))
+            .await
+    }
+
     /// Drops a run's job body once nothing needs it (no further dispatch can happen).
     ///
     /// # Errors

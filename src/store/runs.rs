@@ -469,6 +469,35 @@ pub(crate) fn clear_finished_job_bodies(conn: &mut DbConn) -> Result<usize, Stor
     .execute(conn)?)
 }
 
+/// Deletes up to `?` finished runs (final, no release pending) that finished before `?`; their
+/// events and job bodies go with them (`ON DELETE CASCADE`).
+static DELETE_EXPIRED: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "DELETE FROM runs WHERE job_id IN (SELECT job_id FROM runs \
+         WHERE state IN ({}) AND release_state <> ? AND finished_at IS NOT NULL \
+         AND finished_at < ? LIMIT ?)",
+        *FINAL_STATES
+    )
+});
+
+/// Deletes at most `limit` finished runs (final, their release over) that finished before
+/// `finished_before`, with their events and job bodies; returns how many.
+pub(crate) fn delete_expired(
+    conn: &mut DbConn,
+    finished_before: i64,
+    limit: i64,
+) -> Result<usize, StoreError> {
+    Ok(cached!(
+        &DELETE_EXPIRED,
+        vec![
+            text(ReleaseState::Pending.as_str()),
+            Bind::BigInt(finished_before),
+            Bind::BigInt(limit),
+        ],
+    )
+    .execute(conn)?)
+}
+
 /// Replaces a run's job body only if it still is `old` (so a body dropped meanwhile stays dropped).
 pub(crate) fn replace_job_sealed(
     conn: &mut DbConn,

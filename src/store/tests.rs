@@ -1026,6 +1026,98 @@ async fn every_write_transaction_holds_the_event_lock_on_postgres(backend: TestB
     holder.join().unwrap();
 }
 
+async fn finished_runs_past_their_retention_are_deleted_with_their_events_and_bodies(
+    backend: TestBackend,
+) {
+    const DAY: Millis = 86_400_000;
+    let now: Millis = 1_000 * DAY;
+    let (_db, store) = open(backend).await;
+    let finished = |id: &str, state: RunState, release: ReleaseState, at: Option<Millis>| {
+        let mut run = bare_run(id, "p", 1);
+        run.state = state;
+        run.release = release;
+        run.finished_at = at;
+        run
+    };
+    let expired = [
+        finished(
+            "old-done",
+            RunState::Done,
+            ReleaseState::Done,
+            Some(now - 31 * DAY),
+        ),
+        finished(
+            "old-failed",
+            RunState::Failed,
+            ReleaseState::GaveUp,
+            Some(now - 40 * DAY),
+        ),
+        finished(
+            "old-cancelled",
+            RunState::Cancelled,
+            ReleaseState::NotNeeded,
+            Some(now - 365 * DAY),
+        ),
+    ];
+    let kept = [
+        // Finished within the retention.
+        finished(
+            "recent-done",
+            RunState::Done,
+            ReleaseState::Done,
+            Some(now - 29 * DAY),
+        ),
+        // Old, but its release is still to be made.
+        finished(
+            "old-releasing",
+            RunState::Done,
+            ReleaseState::Pending,
+            Some(now - 90 * DAY),
+        ),
+        // Never finished, however old.
+        finished("old-running", RunState::Running, ReleaseState::NotYet, None),
+    ];
+    for run in expired.iter().chain(&kept) {
+        insert(&store, run).await;
+    }
+
+    assert_eq!(crate::retention::sweep(&store, 30, now).await.unwrap(), 3);
+    for run in &expired {
+        assert_eq!(store.get_run(&run.job_id).await.unwrap(), None);
+        assert!(store.run_events(&run.job_id).await.unwrap().is_empty());
+        assert_eq!(store.get_job_sealed(&run.job_id).await.unwrap(), None);
+    }
+    for run in &kept {
+        assert!(
+            store.get_run(&run.job_id).await.unwrap().is_some(),
+            "{}",
+            run.job_id
+        );
+        assert_eq!(store.run_events(&run.job_id).await.unwrap().len(), 1);
+        assert!(store.get_job_sealed(&run.job_id).await.unwrap().is_some());
+    }
+    // Nothing left to delete; more than a batch goes in several statements.
+    assert_eq!(crate::retention::sweep(&store, 30, now).await.unwrap(), 0);
+    let many = crate::retention::BATCH + 7;
+    for i in 0..many {
+        let run = finished(
+            &format!("bulk-{i}"),
+            RunState::Done,
+            ReleaseState::Done,
+            Some(now - 60 * DAY),
+        );
+        store
+            .insert_run(run.clone(), None, vec![created_event(&run)])
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        crate::retention::sweep(&store, 30, now).await.unwrap(),
+        many
+    );
+    assert_eq!(store.load_unfinished().await.unwrap().len(), 2);
+}
+
 async fn committed_data_survives_a_new_connection(backend: TestBackend) {
     let (db, store) = open(backend).await;
     let run = full_run("durable", "p");
@@ -1775,6 +1867,7 @@ on_both_backends!(
     job_bodies_can_be_cleared_and_resealed,
     runs_are_read_in_one_go_with_their_bodies,
     every_write_transaction_holds_the_event_lock_on_postgres,
+    finished_runs_past_their_retention_are_deleted_with_their_events_and_bodies,
     committed_data_survives_a_new_connection,
     a_corrupt_row_is_reported_without_its_contents,
     a_commit_derived_from_an_older_version_is_refused_and_changes_nothing,

@@ -79,3 +79,47 @@ async fn a_runs_history_is_paged_with_limit_and_after_and_says_where_to_continue
     let Reply { status, .. } = app.get("/v1/runs/nobody/events?limit=5").await;
     assert_eq!(status, 404);
 }
+
+#[actix_web::test]
+async fn finished_runs_past_their_retention_are_swept_by_the_gateway() {
+    let app = crate::support::app::spawn_app_with(|s| {
+        s.retention.finished_runs_days = 30;
+        s.retention.sweep_interval_seconds = 1;
+    })
+    .await;
+    let scheduler = TestScheduler::start(vec![Scripted::Json(json!({"status": "Complete"}))]).await;
+    app.put_pool(
+        "sched",
+        scheduler_manifest(&scheduler.base_url),
+        json!({"SCHED_TOKEN": SCHED_TOKEN}),
+    )
+    .await;
+    for id in ["aged-1", "fresh-1"] {
+        app.dispatch("sched", json!({"jobId": id})).await;
+        app.wait_for(id, std::time::Duration::from_secs(20), |r| {
+            r["released"] == true
+        })
+        .await;
+    }
+    // One of them finished 31 days ago, as far as the database knows.
+    let aged = app.db.execute_sql(
+        "UPDATE runs SET finished_at = finished_at - 2678400000 WHERE job_id = 'aged-1'",
+    );
+    assert_eq!(aged, 1);
+
+    crate::support::wait::until(
+        "the aged run to be deleted",
+        std::time::Duration::from_secs(20),
+        std::time::Duration::from_millis(50),
+        async || match app.get("/v1/runs/aged-1").await.status {
+            404 => Ok(()),
+            status => Err(format!("GET answers {status}")),
+        },
+    )
+    .await;
+    let Reply { status, .. } = app.get("/v1/runs/aged-1/events").await;
+    assert_eq!(status, 404);
+    // The run that finished just now is kept, with its history.
+    assert_eq!(app.run("fresh-1").await["state"], "done");
+    assert!(app.events("fresh-1").await.len() >= 3);
+}
