@@ -383,22 +383,33 @@ static ALL_STATES: LazyLock<(String, String)> = LazyLock::new(|| {
     )
 });
 
-/// The `WHERE` condition of [`load_unfinished`] (one `?`: the pending release state): runs that
-/// still need work, and rows whose state words are unknown.
-static NEEDS_WORK: LazyLock<String> = LazyLock::new(|| {
+/// The `WHERE` condition of [`load_unfinished`]: runs that still need work, and rows whose
+/// state words are unknown. It is also the condition of the partial index `runs_needing_work`
+/// (migration `2026-12-05-000000_runs_needing_work`), word for word and with no bound value, so
+/// that both databases read those runs from that index alone.
+pub(crate) static NEEDS_WORK: LazyLock<String> = LazyLock::new(|| {
     let (states, releases) = &*ALL_STATES;
     format!(
-        "(state IN ({}) OR release_state = ? OR state NOT IN ({states}) \
-         OR release_state NOT IN ({releases})) ORDER BY created_at ASC, job_id ASC",
-        *UNFINISHED_STATES
+        "(state IN ({}) OR release_state = '{}' OR state NOT IN ({states}) \
+         OR release_state NOT IN ({releases}))",
+        *UNFINISHED_STATES,
+        ReleaseState::Pending.as_str()
     )
 });
 
-static UNFINISHED: LazyLock<String> =
-    LazyLock::new(|| format!("{} WHERE {}", *SELECT, *NEEDS_WORK));
+pub(crate) static UNFINISHED: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "{} WHERE {} ORDER BY created_at ASC, job_id ASC",
+        *SELECT, *NEEDS_WORK
+    )
+});
 
-static UNFINISHED_OF_POOL: LazyLock<String> =
-    LazyLock::new(|| format!("{} WHERE pool = ? AND {}", *SELECT, *NEEDS_WORK));
+static UNFINISHED_OF_POOL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "{} WHERE pool = ? AND {} ORDER BY created_at ASC, job_id ASC",
+        *SELECT, *NEEDS_WORK
+    )
+});
 
 /// Runs that still need work (unfinished, or finished with a release pending), oldest first,
 /// and apart from them the rows among those, or among rows whose state words are unknown,
@@ -407,12 +418,9 @@ pub(crate) fn load_unfinished(
     conn: &mut DbConn,
     pool: Option<&PoolName>,
 ) -> Result<(Vec<RunRecord>, Vec<RunRow>), StoreError> {
-    let pending = text(ReleaseState::Pending.as_str());
     let rows: Vec<RunRow> = match pool {
-        Some(pool) => {
-            cached!(&UNFINISHED_OF_POOL, vec![text(pool.as_str()), pending]).load(conn)?
-        }
-        None => cached!(&UNFINISHED, vec![pending]).load(conn)?,
+        Some(pool) => cached!(&UNFINISHED_OF_POOL, vec![text(pool.as_str())]).load(conn)?,
+        None => cached!(&UNFINISHED, Vec::new()).load(conn)?,
     };
     let mut runs = Vec::with_capacity(rows.len());
     let mut corrupt = Vec::new();

@@ -1118,6 +1118,64 @@ async fn finished_runs_past_their_retention_are_deleted_with_their_events_and_bo
     assert_eq!(store.load_unfinished().await.unwrap().len(), 2);
 }
 
+#[derive(diesel::QueryableByName)]
+struct SqlitePlanRow {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    detail: String,
+}
+
+#[derive(diesel::QueryableByName)]
+struct PgPlanRow {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    #[diesel(column_name = "QUERY PLAN")]
+    plan: String,
+}
+
+async fn a_start_reads_the_runs_needing_work_from_their_partial_index(backend: TestBackend) {
+    use diesel::RunQueryDsl as _;
+    let (_db, store) = open(backend).await;
+    let plan = store
+        .with_conn(move |conn| {
+            let lines = match conn {
+                DbConn::Sqlite(c) => {
+                    let rows: Vec<SqlitePlanRow> =
+                        diesel::sql_query(format!("EXPLAIN QUERY PLAN {}", *runs::UNFINISHED))
+                            .load(c)?;
+                    rows.into_iter().map(|r| r.detail).collect::<Vec<_>>()
+                }
+                DbConn::Pg(c) => {
+                    // An empty table is read whole when allowed: ask for the index's plan.
+                    diesel::connection::SimpleConnection::batch_execute(
+                        c,
+                        "SET enable_seqscan = off",
+                    )?;
+                    let rows: Vec<PgPlanRow> =
+                        diesel::sql_query(format!("EXPLAIN {}", *runs::UNFINISHED)).load(c)?;
+                    diesel::connection::SimpleConnection::batch_execute(c, "RESET enable_seqscan")?;
+                    rows.into_iter().map(|r| r.plan).collect::<Vec<_>>()
+                }
+            };
+            Ok(lines.join("\n"))
+        })
+        .await
+        .unwrap();
+    assert!(plan.contains("runs_needing_work"), "{plan}");
+    assert!(!plan.contains("TEMP B-TREE"), "the load sorts: {plan}");
+
+    // The index's condition is the load's, word for word.
+    for migration in [
+        include_str!("../../migrations/sqlite/2026-12-05-000000_runs_needing_work/up.sql"),
+        include_str!("../../migrations/postgres/2026-12-05-000000_runs_needing_work/up.sql"),
+    ] {
+        let condition = migration
+            .split_once("\nWHERE ")
+            .and_then(|(_, rest)| rest.trim().strip_suffix(';'))
+            .unwrap();
+        let words = |text: &str| text.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert_eq!(words(condition), words(&runs::NEEDS_WORK));
+    }
+}
+
 async fn committed_data_survives_a_new_connection(backend: TestBackend) {
     let (db, store) = open(backend).await;
     let run = full_run("durable", "p");
@@ -1868,6 +1926,7 @@ on_both_backends!(
     runs_are_read_in_one_go_with_their_bodies,
     every_write_transaction_holds_the_event_lock_on_postgres,
     finished_runs_past_their_retention_are_deleted_with_their_events_and_bodies,
+    a_start_reads_the_runs_needing_work_from_their_partial_index,
     committed_data_survives_a_new_connection,
     a_corrupt_row_is_reported_without_its_contents,
     a_commit_derived_from_an_older_version_is_refused_and_changes_nothing,
