@@ -458,10 +458,13 @@ pub(crate) fn clear_job_sealed(conn: &mut DbConn, job_id: &JobId) -> Result<(), 
 }
 
 /// Deletes the bodies of the runs that no longer need one (one `?`: the pending release state).
+/// It reads the bodies kept (few: those of runs still needing work) and looks each run up by its
+/// key, never the finished runs, however many the database keeps.
 static DELETE_FINISHED_BODIES: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "DELETE FROM run_jobs WHERE job_id IN (SELECT job_id FROM runs \
-         WHERE state IN ({}) AND release_state <> ?)",
+        "DELETE FROM run_jobs WHERE EXISTS (SELECT 1 FROM runs \
+         WHERE runs.job_id = run_jobs.job_id AND runs.state IN ({}) \
+         AND runs.release_state <> ?)",
         *FINAL_STATES
     )
 });
