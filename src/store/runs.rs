@@ -146,7 +146,7 @@ const BODIES_PG: &str = "SELECT job_id, job_sealed FROM run_jobs WHERE job_id = 
 
 static INSERT: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "INSERT INTO runs ({}) VALUES ({})",
+        "INSERT INTO runs ({}) VALUES ({}) ON CONFLICT (job_id) DO NOTHING",
         RUN_COLUMNS.join(", "),
         vec!["?"; RUN_COLUMNS.len()].join(", ")
     )
@@ -213,8 +213,12 @@ pub(crate) fn insert(
     conn: &mut DbConn,
     run: &RunRecord,
     job_sealed: Option<Vec<u8>>,
-) -> Result<(), StoreError> {
-    cached!(&INSERT, run_binds(RunRow::from_record(run))).execute(conn)?;
+) -> Result<Inserted, StoreError> {
+    let rows = cached!(&INSERT, run_binds(RunRow::from_record(run))).execute(conn)?;
+    if rows == 0 {
+        // A run with this id exists: nothing of this one is written.
+        return Ok(Inserted::Exists);
+    }
     if let Some(body) = job_sealed {
         cached!(
             INSERT_BODY,
@@ -222,7 +226,16 @@ pub(crate) fn insert(
         )
         .execute(conn)?;
     }
-    Ok(())
+    Ok(Inserted::New)
+}
+
+/// What [`insert`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Inserted {
+    /// The run was written.
+    New,
+    /// A run with this id already exists; nothing was written.
+    Exists,
 }
 
 /// What [`update`] did.

@@ -202,10 +202,14 @@ fn apply(conn: &mut DbConn, request: &WriteRequest) -> Result<Outcome, StoreErro
             for event in events {
                 check_event_owner(run, event)?;
             }
-            if let Some(existing) = runs::get(conn, &run.job_id)? {
+            if runs::insert(conn, run, job_sealed.clone())? == runs::Inserted::Exists {
+                // Read only on a conflict: a new run costs one statement, not a read first.
+                let existing =
+                    runs::get(conn, &run.job_id)?.ok_or_else(|| StoreError::NotFound {
+                        what: format!("run {}", run.job_id),
+                    })?;
                 return Ok(Outcome::Insert(InsertOutcome::Existing(existing)));
             }
-            runs::insert(conn, run, job_sealed.clone())?;
             let stored = events
                 .iter()
                 .map(|event| events::append(conn, &run.pool, event.clone()))
