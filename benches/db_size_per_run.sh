@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # Database bytes per finished run (SQLite): N sample jobs on the built-in local pool, run to the
-# end and
-# released, then the file's size after VACUUM divided by N. Needs sqlite3 and curl.
+# end and released, then the file's size after VACUUM divided by N. Needs sqlite3 and curl.
 # usage: benches/db_size_per_run.sh BIN N
 set -euo pipefail
 bin=$1; n=$2
