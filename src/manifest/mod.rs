@@ -17,7 +17,7 @@ mod model;
 mod operation;
 mod source;
 mod validate;
-mod vocabulary;
+pub(crate) mod vocabulary;
 mod walk;
 
 pub use catfactory::{Converted, convert_catfactory};

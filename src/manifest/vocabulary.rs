@@ -31,7 +31,9 @@ pub(crate) const FAILED_WORDS: &[&str] = &[
 /// Built-in words for `cancelled`.
 pub(crate) const CANCELLED_WORDS: &[&str] = &["cancelled", "canceled"];
 
-/// Built-in words for `lost` (the job was evicted or its node went away).
+/// Built-in words for `lost` (the job was evicted or its node went away). They are also
+/// Cat-Factory's eviction vocabulary (CATFACTORY.md §1.8): the facade answers a lost run with
+/// one of them, and a Cat-Factory manifest's eviction words map onto them.
 pub(crate) const LOST_WORDS: &[&str] = &[
     "evicted",
     "eviction",

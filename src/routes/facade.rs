@@ -29,6 +29,7 @@ use crate::domain::ids::{InvalidId, JobId, PoolName};
 use crate::domain::run::RunRecord;
 use crate::domain::state::RunState;
 use crate::manifest::catfactory_coerce::FAILURE_CAUSES;
+use crate::manifest::vocabulary::LOST_WORDS;
 use crate::service::runs::Submission;
 use crate::service::{Gateway, ServiceError};
 use actix_web::http::{Method, StatusCode};
@@ -44,24 +45,6 @@ const CANCEL_SETTLE: Duration = Duration::from_secs(6);
 
 /// The text Cat-Factory looks for in an eviction's error.
 const EVICTION_SENTINEL: &str = "(container evicted or crashed)";
-
-/// Cat-Factory's eviction vocabulary (CATFACTORY.md §1.8): a failed job whose status word is one
-/// of these gets its eviction recovery.
-const EVICTION_WORDS: &[&str] = &[
-    "evicted",
-    "eviction",
-    "preempted",
-    "preemption",
-    "lost",
-    "nodelost",
-    "node_lost",
-    "node-lost",
-    "nodefailure",
-    "node_failure",
-    "oomkilled",
-    "oom_killed",
-    "oom-killed",
-];
 
 /// The largest `facade.maxJobBytes` accepted (64 MiB): the rendered dispatch body, which holds
 /// the job, is capped a little above it.
@@ -473,7 +456,7 @@ fn eviction_word(run: &RunRecord) -> String {
     run.scheduler_state
         .as_deref()
         .map(|word| word.trim().to_lowercase())
-        .filter(|word| EVICTION_WORDS.contains(&word.as_str()))
+        .filter(|word| LOST_WORDS.contains(&word.as_str()))
         .unwrap_or_else(|| "lost".to_owned())
 }
 
