@@ -521,7 +521,7 @@ impl Store {
         self.with_conn(move |conn| runs::get(conn, &job_id)).await
     }
 
-    /// Several runs by id, in one read per few hundred ids (unknown ids are left out).
+    /// Several runs by id, in one read (unknown ids are left out).
     ///
     /// # Errors
     /// [`StoreError::Query`] or [`StoreError::Corrupt`].

@@ -282,61 +282,62 @@ pub(crate) fn get(conn: &mut DbConn, job_id: &JobId) -> Result<Option<RunRecord>
     rows.into_iter().next().map(RunRow::into_record).transpose()
 }
 
-/// Runs by id, in no particular order (unknown ids are left out). Reads in chunks, so that a
-/// long list stays within every backend's limit on bound parameters.
+/// Runs by id, in no particular order (unknown ids are left out), in one prepared statement
+/// whatever the number of ids: they are bound as one value (a JSON array on SQLite, an array on
+/// PostgreSQL), so no list meets a backend's limit on bound parameters.
 pub(crate) fn get_many(conn: &mut DbConn, job_ids: &[JobId]) -> Result<Vec<RunRecord>, StoreError> {
-    const CHUNK: usize = 500;
-    let mut runs = Vec::with_capacity(job_ids.len());
-    for chunk in job_ids.chunks(CHUNK) {
-        let marks = vec!["?"; chunk.len()].join(", ");
-        let sql = format!("{} WHERE job_id IN ({marks})", *SELECT);
-        let binds = chunk
-            .iter()
-            .map(|id| Bind::Text(id.as_str().to_owned()))
-            .collect();
-        runs.extend(load(conn, &sql, binds)?);
+    if job_ids.is_empty() {
+        return Ok(Vec::new());
     }
-    Ok(runs)
+    let rows: Vec<RunRow> = match conn {
+        DbConn::Pg(pg) => {
+            cached!(&GET_MANY_PG, vec![PgBind::Texts(id_strings(job_ids))]).load(pg)?
+        }
+        DbConn::Sqlite(_) => {
+            cached!(&GET_MANY_SQLITE, vec![Bind::Text(id_json(job_ids)?)]).load(conn)?
+        }
+    };
+    rows.into_iter().map(RunRow::into_record).collect()
 }
 
 /// Runs by id with their sealed job bodies, in no particular order (unknown ids are left out;
-/// a run without a body comes with `None`). Two reads on one connection, the runs then their
-/// bodies, each one prepared statement whatever the number of ids: the ids are bound as one
-/// value (a JSON array on SQLite, an array on PostgreSQL).
+/// a run without a body comes with `None`): [`get_many`], then the bodies the same way.
 pub(crate) fn get_many_with_bodies(
     conn: &mut DbConn,
     job_ids: &[JobId],
 ) -> Result<Vec<RunWithBody>, StoreError> {
-    if job_ids.is_empty() {
+    let runs = get_many(conn, job_ids)?;
+    if runs.is_empty() {
         return Ok(Vec::new());
     }
-    let ids: Vec<String> = job_ids.iter().map(|id| id.as_str().to_owned()).collect();
-    let (rows, bodies): (Vec<RunRow>, Vec<JobBodyRow>) = match conn {
-        DbConn::Pg(pg) => (
-            cached!(&GET_MANY_PG, vec![PgBind::Texts(ids.clone())]).load(pg)?,
-            cached!(BODIES_PG, vec![PgBind::Texts(ids)]).load(pg)?,
-        ),
+    let bodies: Vec<JobBodyRow> = match conn {
+        DbConn::Pg(pg) => cached!(BODIES_PG, vec![PgBind::Texts(id_strings(job_ids))]).load(pg)?,
         DbConn::Sqlite(_) => {
-            let list = serde_json::to_string(&ids).map_err(|e| StoreError::Invalid {
-                what: format!("a list of run ids: {e}"),
-            })?;
-            (
-                cached!(&GET_MANY_SQLITE, vec![Bind::Text(list.clone())]).load(conn)?,
-                cached!(BODIES_SQLITE, vec![Bind::Text(list)]).load(conn)?,
-            )
+            cached!(BODIES_SQLITE, vec![Bind::Text(id_json(job_ids)?)]).load(conn)?
         }
     };
     let mut bodies: HashMap<String, Vec<u8>> = bodies
         .into_iter()
         .map(|row| (row.job_id, row.job_sealed))
         .collect();
-    rows.into_iter()
-        .map(|row| {
-            let run = row.into_record()?;
+    Ok(runs
+        .into_iter()
+        .map(|run| {
             let body = bodies.remove(run.job_id.as_str());
-            Ok((run, body))
+            (run, body)
         })
-        .collect()
+        .collect())
+}
+
+fn id_strings(job_ids: &[JobId]) -> Vec<String> {
+    job_ids.iter().map(|id| id.as_str().to_owned()).collect()
+}
+
+/// The ids as one JSON array, for `json_each(?)`.
+fn id_json(job_ids: &[JobId]) -> Result<String, StoreError> {
+    serde_json::to_string(&id_strings(job_ids)).map_err(|e| StoreError::Invalid {
+        what: format!("a list of run ids: {e}"),
+    })
 }
 
 /// A page of runs, newest first.
