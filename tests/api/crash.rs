@@ -9,7 +9,6 @@
 use crate::faulty::{Fault, FaultyScheduler};
 use crate::support::database::TestDatabase;
 use crate::support::gateway::{Gateway, Launch, LocalPool};
-use crate::support::manifests::local_manifest;
 use crate::support::stub::{Recorder, Seen, answer};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -280,13 +279,7 @@ async fn kill_9_of_the_gateway_with_the_local_pool_as_scheduler_loses_nothing() 
     let db = TestDatabase::create().await;
     let data_dir = tempfile::tempdir().unwrap();
     let mut gateway = start_gateway(&db, data_dir.path()).await;
-    gateway
-        .register(
-            "local",
-            local_manifest(&local.base_url),
-            json!({"LOCAL_POOL_TOKEN": token}),
-        )
-        .await;
+    local.register_on(&gateway).await;
     let mut rng = fastrand::Rng::with_seed(9);
     let ids: Vec<String> = (0..40).map(|i| format!("local-crash-{i:02}")).collect();
     for (i, id) in ids.iter().enumerate() {

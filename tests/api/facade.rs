@@ -6,7 +6,6 @@ use crate::catfactory::{job_view, register, spec};
 use crate::catfactory_scheduler::CfScheduler;
 use crate::support::app::{TestApp, spawn_app, spawn_app_with};
 use crate::support::gateway::LocalPool;
-use crate::support::manifests::local_manifest;
 use crate::support::stub::Scripted;
 use crate::support::{DISPATCHER_TOKEN, READER_TOKEN};
 use serde_json::{Value, json};
@@ -287,13 +286,7 @@ async fn a_job_goes_through_two_catteries_one_the_runner_pool_of_the_other() {
     let token = "local-pool-token-0123456789";
     let local = LocalPool::start(token).await;
     let inner = facade_app("local", vec![]).await;
-    inner
-        .register(
-            "local",
-            local_manifest(&local.base_url),
-            json!({"LOCAL_POOL_TOKEN": token}),
-        )
-        .await;
+    local.register_on(&inner).await;
 
     // Outer: a cattery with the inner one registered as a Cat-Factory pool.
     let outer = spawn_app().await;

@@ -4,7 +4,6 @@
 use crate::support::app::spawn_app;
 use crate::support::database::TestDatabase;
 use crate::support::gateway::{Gateway, Launch, LocalPool};
-use crate::support::manifests::local_manifest;
 use crate::support::wait;
 use cattery::domain::ids::{JobId, PoolName};
 use cattery::domain::run::{NewEvent, ReleaseState, RunRecord};
@@ -25,13 +24,7 @@ async fn a_running_run_resumes_after_the_gateway_is_killed_and_restarted() {
     let data_dir = tempfile::tempdir().unwrap();
     let pool = LocalPool::start(TOKEN).await;
     let mut gateway = Gateway::start(Launch::new(&db, data_dir.path())).await;
-    gateway
-        .register(
-            "local",
-            local_manifest(&pool.base_url),
-            json!({"LOCAL_POOL_TOKEN": TOKEN}),
-        )
-        .await;
+    pool.register_on(&gateway).await;
     let secret_job = json!({"steps": 20, "stepMs": 100, "ghToken": "ghs_supersecretjobtoken"});
     gateway
         .submit("local", json!({"jobId": "survivor-1", "job": secret_job}))
@@ -189,12 +182,7 @@ const INSTANCE_LOCK_KEY: i64 = 7_161_132_924_060_827_651;
 async fn a_finished_runs_job_body_is_gone_from_the_database_once_it_reads_final() {
     let app = spawn_app().await;
     let pool = LocalPool::start(TOKEN).await;
-    app.register(
-        "local",
-        local_manifest(&pool.base_url),
-        json!({"LOCAL_POOL_TOKEN": TOKEN}),
-    )
-    .await;
+    pool.register_on(&app).await;
     app.submit(
         "local",
         json!({"jobId": "body-1", "job": {"steps": 1, "stepMs": 10, "ghToken": "ghs_body"}}),
@@ -334,12 +322,7 @@ async fn a_corrupt_run_row_is_quarantined_at_start_and_the_gateway_serves_the_ot
 async fn a_run_changed_in_the_database_behind_its_actor_is_reloaded_not_overwritten() {
     let app = spawn_app().await;
     let pool = LocalPool::start(TOKEN).await;
-    app.register(
-        "local",
-        local_manifest(&pool.base_url),
-        json!({"LOCAL_POOL_TOKEN": TOKEN}),
-    )
-    .await;
+    pool.register_on(&app).await;
     app.submit(
         "local",
         json!({"jobId": "raced-1", "job": {"steps": 30, "stepMs": 100}}),

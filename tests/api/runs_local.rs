@@ -13,12 +13,7 @@ const TOKEN: &str = "local-pool-test-token";
 async fn app_with_local_pool() -> (TestApp, LocalPool) {
     let app = spawn_app().await;
     let pool = LocalPool::start(TOKEN).await;
-    app.register(
-        "local",
-        local_manifest(&pool.base_url),
-        json!({"LOCAL_POOL_TOKEN": TOKEN}),
-    )
-    .await;
+    pool.register_on(&app).await;
     (app, pool)
 }
 

@@ -247,6 +247,7 @@ impl Gateway {
 pub struct LocalPool {
     child: Child,
     pub base_url: String,
+    token: String,
 }
 
 impl Drop for LocalPool {
@@ -257,6 +258,16 @@ impl Drop for LocalPool {
 }
 
 impl LocalPool {
+    /// Registers it as pool `local` on `api` (its manifest and its token); asserts 201.
+    pub async fn register_on(&self, api: &super::client::Api) {
+        api.register(
+            "local",
+            super::manifests::local_manifest(&self.base_url),
+            serde_json::json!({"LOCAL_POOL_TOKEN": self.token}),
+        )
+        .await;
+    }
+
     /// Starts it on a free loopback port and waits until `/health` answers.
     pub async fn start(token: &str) -> LocalPool {
         let port = free_port();
@@ -276,6 +287,7 @@ impl LocalPool {
         let pool = LocalPool {
             child,
             base_url: format!("http://127.0.0.1:{port}"),
+            token: token.to_owned(),
         };
         let client = cattery::scheduler::http::plain_client().unwrap();
         let health = format!("{}/health", pool.base_url);
