@@ -143,8 +143,9 @@ impl Application {
         let deps = Deps {
             store,
             sealer: Arc::new(sealer),
-            adapter: Arc::new(Adapter::with_egress(Egress::new(
+            adapter: Arc::new(Adapter::with_egress(Egress::with_proxy(
                 EgressPolicy::from_settings(&settings.egress)?,
+                crate::proxy::from_settings(&settings.egress, |name| std::env::var(name).ok())?,
             ))),
             bus: EventBus::new(),
             activity: Arc::new(crate::actors::Activity::default()),

@@ -119,7 +119,7 @@ pub struct ApiToken {
 }
 
 /// `egress.*`
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EgressSettings {
     /// Allow plain `http` (to any host the rest of the policy allows).
@@ -128,6 +128,23 @@ pub struct EgressSettings {
     /// (matched against every address connected to) that may be called although the policy
     /// refuses them by default. Cloud metadata and unspecified addresses are never allowed.
     pub allow_hosts: Vec<String>,
+    /// A forward proxy for every scheduler call (a manifest may override it): see
+    /// [`crate::proxy`]. Off by default.
+    pub proxy: Option<ProxySettings>,
+    /// Take the proxy from `HTTPS_PROXY` / `HTTP_PROXY` / `NO_PROXY` (off by default: a
+    /// variable set by accident never redirects scheduler traffic).
+    pub use_env_proxy: bool,
+}
+
+/// `egress.proxy`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProxySettings {
+    /// `http://[user:password@]host:port` (or https): the proxy.
+    pub url: String,
+    /// Targets reached directly, in `NO_PROXY` syntax: host names, `.suffix`, IPs, CIDRs.
+    #[serde(default)]
+    pub no_proxy: Vec<String>,
 }
 
 /// `defaults.*`
@@ -321,6 +338,8 @@ impl Default for Settings {
             egress: EgressSettings {
                 allow_http: false,
                 allow_hosts: Vec::new(),
+                proxy: None,
+                use_env_proxy: false,
             },
             defaults: PoolDefaults {
                 limits: LimitDefaults {

@@ -614,6 +614,8 @@ pub struct Egress {
     policy: Arc<EgressPolicy>,
     exempt: RwLock<HashMap<String, url::Origin>>,
     pins: Arc<RwLock<HashMap<String, Vec<IpAddr>>>>,
+    /// The operator's proxy (`egress.proxy` or the environment), if any.
+    proxy: Option<crate::proxy::ProxyRoute>,
 }
 
 impl Egress {
@@ -625,9 +627,48 @@ impl Egress {
         }
     }
 
+    /// The shared egress state for a policy and the operator's proxy route.
+    pub fn with_proxy(policy: EgressPolicy, proxy: Option<crate::proxy::ProxyRoute>) -> Egress {
+        Egress {
+            proxy,
+            ..Egress::new(policy)
+        }
+    }
+
     /// The policy.
     pub fn policy(&self) -> &EgressPolicy {
         &self.policy
+    }
+
+    /// The guard and the proxy route of one pool: the pool's own `proxy` choice over the
+    /// operator's; never a proxy for an exempt pool (cattery's own listener). The resolver of a
+    /// pool that goes through the operator's proxy lets that proxy's name through unjudged; a
+    /// proxy a manifest names is judged like a scheduler.
+    pub fn route(
+        &self,
+        pool: &str,
+        choice: &crate::proxy::ProxyChoice,
+    ) -> (Arc<EgressGuard>, Option<crate::proxy::ProxyRoute>) {
+        let guard = self.guard(pool);
+        if guard.exempt.is_some() {
+            return (guard, None);
+        }
+        let route = choice.route(self.proxy.as_ref());
+        let trusted_hosts = route
+            .as_ref()
+            .filter(|route| route.trusted)
+            .map(crate::proxy::ProxyRoute::host_names)
+            .unwrap_or_default();
+        if trusted_hosts.is_empty() {
+            return (guard, route);
+        }
+        let guard = Arc::new(EgressGuard {
+            policy: guard.policy.clone(),
+            exempt: None,
+            pins: guard.pins.clone(),
+            trusted_hosts,
+        });
+        (guard, route)
     }
 
     /// Exempts one origin of one pool from the policy: used by cattery for its own built-in
@@ -661,6 +702,7 @@ impl Egress {
             policy: self.policy.clone(),
             exempt,
             pins: self.pins.clone(),
+            trusted_hosts: Vec::new(),
         })
     }
 
@@ -676,6 +718,9 @@ impl Egress {
         let mut urls = vec![("baseUrl", &manifest.base_url)];
         if let crate::manifest::Auth::OAuth2ClientCredentials { token_url, .. } = &manifest.auth {
             urls.push(("auth.tokenUrl", token_url));
+        }
+        if let crate::proxy::ProxyChoice::Via { url, .. } = &manifest.proxy {
+            urls.push(("proxy.url", url));
         }
         let mut problems = Vec::new();
         for (path, url) in urls {
@@ -707,6 +752,8 @@ pub struct EgressGuard {
     policy: Arc<EgressPolicy>,
     exempt: Option<url::Origin>,
     pins: Arc<RwLock<HashMap<String, Vec<IpAddr>>>>,
+    /// The names of the operator's proxies this pool goes through: resolved, not judged.
+    trusted_hosts: Vec<String>,
 }
 
 impl EgressGuard {
@@ -794,7 +841,7 @@ impl EgressGuard {
         if addrs.is_empty() {
             return Err(unresolved());
         }
-        if self.exempt_host(&host) {
+        if self.exempt_host(&host) || self.trusted_hosts.contains(&host) {
             return Ok(addrs);
         }
         self.policy
@@ -881,6 +928,7 @@ mod tests {
         EgressPolicy::from_settings(&EgressSettings {
             allow_http,
             allow_hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
+            ..EgressSettings::default()
         })
         .unwrap()
     }
@@ -1364,6 +1412,7 @@ mod tests {
             let settings = EgressSettings {
                 allow_http: false,
                 allow_hosts: vec![entry.to_owned()],
+                ..EgressSettings::default()
             };
             let err = EgressPolicy::from_settings(&settings).unwrap_err();
             assert_eq!(err.entry, entry);
@@ -1380,6 +1429,7 @@ mod tests {
             let settings = EgressSettings {
                 allow_http: false,
                 allow_hosts: vec![entry.to_owned()],
+                ..EgressSettings::default()
             };
             assert!(EgressPolicy::from_settings(&settings).is_ok(), "{entry}");
         }

@@ -8,7 +8,8 @@
 //! - [`lifecycle`], [`backoff`]: the pure run state machine and its timing;
 //! - [`actors`]: Supervisor → PoolActor → RunActor;
 //! - [`store`], [`crypto`], [`keys`]: persistence (SQLite, PostgreSQL), encryption at rest, key rotation;
-//! - [`egress`], [`redact`]: which addresses may be called; credentials cut out of scheduler text;
+//! - [`egress`], [`proxy`], [`redact`]: which addresses may be called and through which proxy;
+//!   credentials cut out of scheduler text;
 //! - [`service`]: the use cases; [`routes`], [`error`]: the HTTP API; [`bus`]: live changes;
 //! - [`localpool`]: the built-in local scheduler.
 
@@ -27,6 +28,7 @@ pub mod keys;
 pub mod lifecycle;
 pub mod localpool;
 pub mod manifest;
+pub mod proxy;
 pub mod redact;
 pub mod retention;
 pub mod routes;

@@ -45,6 +45,7 @@ fn loopback_egress() -> Egress {
     let settings = EgressSettings {
         allow_http: true,
         allow_hosts: vec!["127.0.0.1".to_owned()],
+        ..EgressSettings::default()
     };
     Egress::new(EgressPolicy::from_settings(&settings).unwrap())
 }

@@ -74,6 +74,9 @@ pub struct Manifest {
     /// `followRedirects` (default false): follow up to 5 redirects, each target checked by the
     /// egress policy; a hop to another origin drops every credential header.
     pub follow_redirects: bool,
+    /// `proxy`: `direct`, a proxy of the pool's own, or (absent) the gateway's
+    /// `egress.proxy` choice.
+    pub proxy: crate::proxy::ProxyChoice,
     /// `auth`.
     pub auth: Auth,
     /// `limits`, with defaults applied.

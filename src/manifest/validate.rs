@@ -18,6 +18,7 @@ const TOP_FIELDS: &[&str] = &[
     "description",
     "baseUrl",
     "followRedirects",
+    "proxy",
     "tls",
     "auth",
     "vars",
@@ -32,6 +33,69 @@ const TOP_FIELDS: &[&str] = &[
     "failureLog",
     "pollMany",
 ];
+
+/// `proxy`: the string `direct`, or `{url, noProxy}` (a proxy without credentials: the manifest's
+/// text is not sealed).
+fn proxy(root: &Fields<'_>, problems: &mut Problems) -> crate::proxy::ProxyChoice {
+    use crate::proxy::ProxyChoice;
+    let path = root.child("proxy");
+    match root.get("proxy") {
+        None | Some(Value::Null) => ProxyChoice::Inherit,
+        Some(Value::String(word)) if word == "direct" => ProxyChoice::Direct,
+        Some(value @ Value::Object(_)) => {
+            let Some(fields) = Fields::new(value, &path, problems) else {
+                return ProxyChoice::Inherit;
+            };
+            fields.deny_unknown(&["url", "noProxy"], problems);
+            let url = fields.required_str("url", problems).and_then(|text| {
+                crate::proxy::parse_proxy_url(text, &fields.child("url"), false)
+                    .map_err(|error| match error {
+                        crate::proxy::ProxyError::BadUrl { key, problem } => {
+                            problems.add(key, problem);
+                        }
+                        crate::proxy::ProxyError::Both => {}
+                    })
+                    .ok()
+            });
+            let no_proxy = match fields.get("noProxy") {
+                None => Vec::new(),
+                Some(Value::Array(items)) => items
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, item)| match item.as_str() {
+                        Some(text) if !text.trim().is_empty() => Some(text.trim().to_owned()),
+                        _ => {
+                            problems.add(
+                                format!("{}[{i}]", fields.child("noProxy")),
+                                "write a host name, .suffix, IP address or CIDR",
+                            );
+                            None
+                        }
+                    })
+                    .collect(),
+                Some(_) => {
+                    problems.add(
+                        fields.child("noProxy"),
+                        "write a list of host names, .suffixes, IP addresses or CIDRs",
+                    );
+                    Vec::new()
+                }
+            };
+            url.map_or(ProxyChoice::Inherit, |url| ProxyChoice::Via {
+                url,
+                no_proxy,
+            })
+        }
+        Some(_) => {
+            problems.add(
+                path,
+                "write `direct` (never through a proxy) or {url, noProxy} (a proxy of this \
+                 pool's own); leave it out to use the gateway's egress.proxy",
+            );
+            ProxyChoice::Inherit
+        }
+    }
+}
 
 /// A day in milliseconds: the ceiling for intervals and backoffs.
 const DAY_MS: u64 = 86_400_000;
@@ -57,6 +121,7 @@ pub(crate) fn build(doc: &Value, defaults: &Defaults) -> Result<Manifest, Manife
         .and_then(|text| base_url(text, &mut problems));
     let (ca_cert_pem, insecure_skip_verify) = tls(&root, &mut problems);
     let follow_redirects = root.bool("followRedirects", &mut problems).unwrap_or(false);
+    let proxy = proxy(&root, &mut problems);
     let auth = auth::parse(root.get("auth"), &mut problems);
     let vars = root
         .object("vars", &mut problems)
@@ -150,6 +215,7 @@ pub(crate) fn build(doc: &Value, defaults: &Defaults) -> Result<Manifest, Manife
         ca_cert_pem,
         insecure_skip_verify,
         follow_redirects,
+        proxy,
         auth,
         limits,
         retry,

@@ -316,6 +316,7 @@ mod tests {
             EgressPolicy::from_settings(&EgressSettings {
                 allow_http: true,
                 allow_hosts: vec!["127.0.0.1".to_owned()],
+                ..EgressSettings::default()
             })
             .unwrap(),
         )

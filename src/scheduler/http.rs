@@ -43,14 +43,16 @@ pub fn install_crypto_provider() {
 }
 
 /// Builds the client of one pool: the manifest's extra trust root, the pool's egress resolver
-/// (every resolved address is checked), no proxy (the connection must go where the policy
-/// checked), no automatic redirects ([`send`] follows them when allowed), a user agent.
+/// (every resolved address is checked), no automatic redirects ([`send`] follows them when
+/// allowed), a user agent, and no proxy but the pool's `proxy` route (never one from the
+/// environment that the operator did not opt into: see [`crate::proxy`]).
 ///
 /// # Errors
 /// When the CA certificate does not parse.
 pub fn build_client(
     manifest: &Manifest,
     guard: &Arc<EgressGuard>,
+    proxy: Option<&crate::proxy::ProxyRoute>,
 ) -> Result<reqwest::Client, ClientError> {
     install_crypto_provider();
     let mut builder = reqwest::Client::builder()
@@ -62,6 +64,11 @@ pub fn build_client(
         .pool_max_idle_per_host(
             usize::try_from(manifest.limits.max_connections).unwrap_or(usize::MAX),
         );
+    if let Some(route) = proxy {
+        for proxy in route.proxies().map_err(ClientError::Build)? {
+            builder = builder.proxy(proxy);
+        }
+    }
     if let Some(pem) = &manifest.ca_cert_pem {
         let cert =
             reqwest::Certificate::from_pem(pem.as_bytes()).map_err(|_| ClientError::BadCaCert)?;
@@ -370,6 +377,7 @@ mod tests {
             EgressPolicy::from_settings(&EgressSettings {
                 allow_http: true,
                 allow_hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
+                ..EgressSettings::default()
             })
             .unwrap(),
         );
@@ -415,7 +423,7 @@ poll: { request: { method: GET, path: "/jobs/{{run.dispatchId}}" }, map: { state
         let (target, landed) = server(landing_route, 0);
         let (origin, seen) = server(origin_route, target);
         let (_egress, guard) = guard(&["127.0.0.1"]);
-        let client = build_client(&manifest(), &guard).unwrap();
+        let client = build_client(&manifest(), &guard, None).unwrap();
         let base = format!("http://127.0.0.1:{origin}");
 
         // Not allowed by the manifest: the redirect itself is the answer.
@@ -483,7 +491,7 @@ poll: { request: { method: GET, path: "/jobs/{{run.dispatchId}}" }, map: { state
         let (target, landed) = server(landing_route, 0);
         let (origin, seen) = server(origin_route, target);
         let (_egress, guard) = guard(&["127.0.0.1"]);
-        let client = build_client(&manifest(), &guard).unwrap();
+        let client = build_client(&manifest(), &guard, None).unwrap();
         let base = format!("http://127.0.0.1:{origin}");
         let post = |path: &str| {
             client
@@ -514,7 +522,7 @@ poll: { request: { method: GET, path: "/jobs/{{run.dispatchId}}" }, map: { state
         let (target, landed) = server(landing_route, 0);
         // pinned.test resolves to 127.0.0.1; only the IP literal is allowed.
         let (_egress, strict) = guard(&["127.0.0.1"]);
-        let client = build_client(&manifest(), &strict).unwrap();
+        let client = build_client(&manifest(), &strict, None).unwrap();
         match get(
             &client,
             &strict,
@@ -554,7 +562,7 @@ poll: { request: { method: GET, path: "/jobs/{{run.dispatchId}}" }, map: { state
 
         // The same name allowed by name: the pinned address is really connected to.
         let (_egress, allowing) = guard(&["pinned.test"]);
-        let client = build_client(&manifest(), &allowing).unwrap();
+        let client = build_client(&manifest(), &allowing, None).unwrap();
         let response = get(
             &client,
             &allowing,

@@ -57,8 +57,8 @@ impl PoolRuntime {
         secrets: SecretBundle,
         egress: &crate::egress::Egress,
     ) -> Result<Self, http::ClientError> {
-        let guard = egress.guard(name.as_str());
-        let client = http::build_client(&manifest, &guard)?;
+        let (guard, proxy) = egress.route(name.as_str(), &manifest.proxy);
+        let client = http::build_client(&manifest, &guard, proxy.as_ref())?;
         let permits = usize::try_from(manifest.limits.max_connections).unwrap_or(usize::MAX);
         Ok(Self {
             name,

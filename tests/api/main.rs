@@ -33,6 +33,7 @@ mod faults;
 mod ops;
 mod persistence;
 mod pools;
+mod proxy;
 mod run_integrity;
 mod runs_admission;
 mod runs_history;

@@ -263,9 +263,14 @@ impl LocalPool {
         api.register(
             "local",
             super::manifests::local_manifest(&self.base_url),
-            serde_json::json!({"LOCAL_POOL_TOKEN": self.token}),
+            self.secrets(),
         )
         .await;
+    }
+
+    /// The secret bundle of its manifest: its token.
+    pub fn secrets(&self) -> serde_json::Value {
+        serde_json::json!({"LOCAL_POOL_TOKEN": self.token})
     }
 
     /// Starts it on a free loopback port and waits until `/health` answers.

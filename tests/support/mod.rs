@@ -10,6 +10,7 @@
 //! - [`client`]: the gateway's API, every answer read whole as status, headers and body;
 //! - [`stub`]: recording loopback servers that play a scheduler;
 //! - [`manifests`]: the shipped manifests and the test schedulers' ones;
+//! - [`proxy`]: a forward HTTP proxy on loopback that records what it is asked for;
 //! - [`wait`]: checking again until something holds, up to a limit.
 
 pub mod app;
@@ -17,6 +18,7 @@ pub mod client;
 pub mod database;
 pub mod gateway;
 pub mod manifests;
+pub mod proxy;
 pub mod stub;
 pub mod wait;
 
