@@ -4,6 +4,7 @@
 //! decision about a run to [`crate::lifecycle`], every scheduler call to [`crate::scheduler`]
 //! and every write to [`crate::store`]. A change is committed before anything is told about it.
 
+pub mod fair;
 pub mod pool;
 pub mod run;
 pub mod supervisor;

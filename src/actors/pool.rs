@@ -1,17 +1,18 @@
 //! PoolActor: one per pool; owns the pool's queue and its `maxInFlight` slots, and starts a
 //! RunActor for every run that holds a slot or still has a release to make.
 
+use super::fair::{FairQueue, Slots, Waiting};
 use super::run::{CancelRun, RunActor, Start};
 use super::{Deps, SharedRuntime, policy_of};
 use crate::domain::ids::JobId;
-use crate::domain::run::{Millis, NewEvent, RunRecord, now_millis};
+use crate::domain::run::{NewEvent, RunRecord, now_millis};
 use crate::domain::state::RunState;
 use crate::lifecycle::{self, Env, Input};
 use crate::scheduler::PoolRuntime;
 use crate::store::RunWithBody;
 use actix::prelude::*;
 use serde_json::Value;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use tokio::sync::oneshot;
 
@@ -143,30 +144,6 @@ pub struct GetStats;
 #[rtype(result = "()")]
 pub struct Retire;
 
-/// A committed `queued` run as the queue keeps it: only what ordering, granting and expiring
-/// need. The record itself (labels, captures, ...) stays in the store until a slot is granted,
-/// so a long queue costs a few bytes per run, not a copy of each run.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Waiting {
-    job_id: JobId,
-    /// When the run's deadline passes, if it has one.
-    deadline_at: Option<Millis>,
-}
-
-impl Waiting {
-    fn of(run: &RunRecord) -> Self {
-        Self {
-            job_id: run.job_id.clone(),
-            deadline_at: run.deadline_at,
-        }
-    }
-
-    /// Whether its deadline has passed at `now`.
-    fn expired(&self, now: Millis) -> bool {
-        self.deadline_at.is_some_and(|deadline| deadline <= now)
-    }
-}
-
 /// Why a run leaves the queue without reaching the scheduler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Unqueue {
@@ -198,8 +175,9 @@ enum Begin {
 pub struct PoolActor {
     runtime: SharedRuntime,
     deps: Deps,
-    /// Committed `queued` runs, oldest first.
-    queue: VecDeque<Waiting>,
+    /// Committed `queued` runs, in the order slots go to them (fair share across tenants,
+    /// then priority, then arrival).
+    queue: FairQueue,
     /// Runs granted a slot whose record is being loaded (or, for a new run that starts at
     /// once, stored) to start their actor.
     granting: HashSet<JobId>,
@@ -207,9 +185,9 @@ pub struct PoolActor {
     admitting: HashSet<JobId>,
     /// Live run actors.
     runs: HashMap<JobId, Addr<RunActor>>,
-    /// Runs holding a slot (a finished run that still releases holds none). A set, not a
-    /// counter, so that restarting a run's actor can never leak or double a slot.
-    slots: HashSet<JobId>,
+    /// Runs holding a slot, with their tenants (a finished run that still releases holds
+    /// none).
+    slots: Slots,
     /// A [`Pump`] is on its way to this actor.
     pump_due: bool,
     retired: bool,
@@ -226,11 +204,11 @@ impl PoolActor {
         Self {
             runtime: SharedRuntime::new(runtime),
             deps,
-            queue: VecDeque::new(),
+            queue: FairQueue::default(),
             granting: HashSet::new(),
             admitting: HashSet::new(),
             runs: HashMap::new(),
-            slots: HashSet::new(),
+            slots: Slots::default(),
             pump_due: false,
             retired: false,
         }
@@ -248,17 +226,34 @@ impl PoolActor {
         }
     }
 
+    /// How the queue keeps `run`: its tenant (by the pool's tenant label) and priority.
+    fn waiting_of(&self, run: &RunRecord) -> Waiting {
+        Waiting {
+            job_id: run.job_id.clone(),
+            deadline_at: run.deadline_at,
+            tenant: self
+                .runtime
+                .current()
+                .manifest
+                .fair_share
+                .tenant_of(&run.labels),
+            priority: run.priority,
+        }
+    }
+
     fn max_in_flight(&self) -> usize {
         usize::try_from(self.runtime.current().manifest.limits.max_in_flight).unwrap_or(usize::MAX)
     }
 
-    /// Grants free slots to queued runs, oldest first (none while the gateway drains). The slots
-    /// are taken at once; the granted runs' records and sealed job bodies are loaded from the
-    /// store in one read, and their actors started when it arrives.
+    /// Grants free slots to queued runs in fair-share order (none while the gateway drains).
+    /// The slots are taken at once; the granted runs' records and sealed job bodies are loaded
+    /// from the store in one read, and their actors started when it arrives.
     fn pump(&mut self, ctx: &mut Context<Self>) {
         let mut batch = Vec::new();
+        let runtime = self.runtime.current();
+        let share = &runtime.manifest.fair_share;
         while self.slots.len() < self.max_in_flight() && !self.deps.activity.is_draining() {
-            let Some(waiting) = self.queue.pop_front() else {
+            let Some(waiting) = self.queue.next(share, &self.slots) else {
                 break;
             };
             if waiting.expired(now_millis()) {
@@ -266,7 +261,8 @@ impl PoolActor {
                 self.end_waiting(waiting, Unqueue::Deadline, None, ctx);
                 continue;
             }
-            self.slots.insert(waiting.job_id.clone());
+            self.slots
+                .insert(waiting.job_id.clone(), waiting.tenant.clone());
             self.granting.insert(waiting.job_id.clone());
             batch.push(waiting);
         }
@@ -317,13 +313,10 @@ impl PoolActor {
     /// forever.
     fn expire_queued(&mut self, ctx: &mut Context<Self>) {
         let now = now_millis();
-        if self.deps.activity.is_draining() || !self.queue.iter().any(|w| w.expired(now)) {
+        if self.deps.activity.is_draining() || !self.queue.any_expired(now) {
             return;
         }
-        let (expired, waiting): (VecDeque<Waiting>, VecDeque<Waiting>) =
-            self.queue.drain(..).partition(|w| w.expired(now));
-        self.queue = waiting;
-        for waiting in expired {
+        for waiting in self.queue.take_expired(now) {
             self.end_waiting(waiting, Unqueue::Deadline, None, ctx);
         }
     }
@@ -353,7 +346,7 @@ impl PoolActor {
     fn is_waiting(&self, job_id: &JobId) -> bool {
         self.granting.contains(job_id)
             || self.admitting.contains(job_id)
-            || self.queue.iter().any(|w| &w.job_id == job_id)
+            || self.queue.contains(job_id)
     }
 
     /// Starts the actor of a run. `job` is the clear job body of a new run that starts at once
@@ -376,7 +369,8 @@ impl PoolActor {
         };
         let granted = matches!(begin, Begin::Granted(_));
         if granted || run.state.holds_slot() {
-            self.slots.insert(run.job_id.clone());
+            let tenant = self.waiting_of(&run).tenant;
+            self.slots.insert(run.job_id.clone(), tenant);
         } else {
             self.slots.remove(&run.job_id);
         }
@@ -427,7 +421,7 @@ impl PoolActor {
         match loaded {
             Ok((_, Some(run))) if run.state == RunState::Queued => {
                 if !self.is_waiting(&run.job_id) {
-                    self.queue.push_back(Waiting::of(&run));
+                    self.queue.push_back(self.waiting_of(&run));
                 }
                 self.pump(ctx);
             }
@@ -553,7 +547,12 @@ impl Handler<Admit> for PoolActor {
             to: Some(RunState::Queued),
             detail: Some(format!("accepted for pool {}", run.pool)),
         }];
+        let tenant = runtime.manifest.fair_share.tenant_of(&run.labels);
         let starts = self.slots.len() < self.max_in_flight()
+            && runtime
+                .manifest
+                .fair_share
+                .admits(self.slots.held_by(&tenant))
             && self.queue.is_empty()
             && self.admitting.is_empty()
             && !self.deps.activity.is_draining();
@@ -571,7 +570,7 @@ impl Handler<Admit> for PoolActor {
             );
             run = granted.run;
             events.extend(granted.events);
-            self.slots.insert(job_id.clone());
+            self.slots.insert(job_id.clone(), tenant);
             self.granting.insert(job_id.clone());
         } else {
             self.admitting.insert(job_id.clone());
@@ -590,7 +589,7 @@ impl Handler<Admit> for PoolActor {
                     if starts {
                         actor.start_run(run.clone(), Some(job), ctx);
                     } else {
-                        actor.queue.push_back(Waiting::of(&run));
+                        actor.queue.push_back(actor.waiting_of(&run));
                     }
                     Ok(Admitted::Created(run))
                 }
@@ -625,7 +624,7 @@ impl Handler<Resume> for PoolActor {
                 continue;
             }
             if run.state == RunState::Queued {
-                self.queue.push_back(Waiting::of(&run));
+                self.queue.push_back(self.waiting_of(&run));
             } else {
                 // Dispatching, pending, running: they hold a slot already (recomputed here from
                 // the store); finished runs with a release due hold none.
@@ -707,11 +706,7 @@ impl Handler<Cancel> for PoolActor {
             ctx.notify_later(msg, CANCEL_RETRY);
             return;
         }
-        if let Some(position) = self.queue.iter().position(|w| w.job_id == msg.job_id) {
-            let Some(waiting) = self.queue.remove(position) else {
-                let _ = msg.reply.send(Err(CancelError::NotLive));
-                return;
-            };
+        if let Some(waiting) = self.queue.remove(&msg.job_id) {
             self.end_waiting(waiting, Unqueue::Cancel, Some(msg.reply), ctx);
             return;
         }

@@ -133,6 +133,9 @@ pub struct RunRecord {
     pub unmapped_seen: bool,
     /// The manifest revision of the last call.
     pub manifest_revision: i64,
+    /// Its place among the queued runs of its tenant: higher first (`priority` at submission,
+    /// -1000 to 1000, default 0).
+    pub priority: i32,
     /// Creation time.
     pub created_at: Millis,
     /// When the scheduler accepted the job.
@@ -179,6 +182,7 @@ impl RunRecord {
             next_at: None,
             unmapped_seen: false,
             manifest_revision: 1,
+            priority: 0,
             created_at: now,
             dispatched_at: None,
             finished_at: None,

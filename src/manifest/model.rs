@@ -81,6 +81,8 @@ pub struct Manifest {
     pub auth: Auth,
     /// `limits`, with defaults applied.
     pub limits: Limits,
+    /// `fairShare`: how the pool's slots are shared among tenants when runs wait.
+    pub fair_share: crate::actors::fair::FairShare,
     /// `retry`, with defaults applied.
     pub retry: RetryPolicy,
     /// `polling`, with defaults applied.

@@ -23,6 +23,7 @@ const TOP_FIELDS: &[&str] = &[
     "auth",
     "vars",
     "limits",
+    "fairShare",
     "retry",
     "polling",
     "lost",
@@ -128,6 +129,7 @@ pub(crate) fn build(doc: &Value, defaults: &Defaults) -> Result<Manifest, Manife
         .and_then(|(_, v)| v.as_object().cloned())
         .unwrap_or_default();
     let limits = limits(&root, defaults, &mut problems);
+    let fair_share = fair_share(&root, &mut problems);
     let retry = retry(&root, defaults, &mut problems);
     let polling = polling(&root, defaults, &mut problems);
     let lost_redispatch = root
@@ -218,6 +220,7 @@ pub(crate) fn build(doc: &Value, defaults: &Defaults) -> Result<Manifest, Manife
         proxy,
         auth,
         limits,
+        fair_share,
         retry,
         polling,
         lost_redispatch,
@@ -353,6 +356,62 @@ fn u32_of(n: u64) -> u32 {
 pub const MIN_REQUESTS_PER_SECOND: f64 = 0.001;
 /// The fastest rate budget.
 pub const MAX_REQUESTS_PER_SECOND: f64 = 1_000_000.0;
+
+/// The largest tenant weight.
+const MAX_WEIGHT: u64 = 1_000;
+
+/// `fairShare`: `tenantLabel`, `weights` (tenant → 1..1000), `defaultWeight`,
+/// `maxInFlightPerTenant`.
+fn fair_share(root: &Fields<'_>, problems: &mut Problems) -> crate::actors::fair::FairShare {
+    let mut share = crate::actors::fair::FairShare::default();
+    let allowed = [
+        "tenantLabel",
+        "weights",
+        "defaultWeight",
+        "maxInFlightPerTenant",
+    ];
+    let Some((path, value)) = section(root, "fairShare", &allowed, problems) else {
+        return share;
+    };
+    let Some(f) = Fields::new(value, &path, problems) else {
+        return share;
+    };
+    if let Some(label) = f.str("tenantLabel", problems) {
+        if label.is_empty() || label.len() > 63 {
+            problems.add(
+                f.child("tenantLabel"),
+                "must be a label key of 1 to 63 characters",
+            );
+        } else {
+            label.clone_into(&mut share.tenant_label);
+        }
+    }
+    if let Some((weights_path, weights)) = f.object("weights", problems)
+        && let Some(map) = weights.as_object()
+    {
+        for (tenant, weight) in map {
+            match weight.as_u64().filter(|w| (1..=MAX_WEIGHT).contains(w)) {
+                Some(w) => {
+                    share.weights.insert(tenant.clone(), u32_of(w));
+                }
+                None => problems.add(
+                    super::walk::join(&weights_path, tenant),
+                    format!(
+                        "must be a whole number from 1 to {MAX_WEIGHT}; got {}",
+                        super::walk::show(weight)
+                    ),
+                ),
+            }
+        }
+    }
+    if let Some(n) = f.int("defaultWeight", 1, MAX_WEIGHT, problems) {
+        share.default_weight = u32_of(n);
+    }
+    if let Some(n) = f.int("maxInFlightPerTenant", 1, 1_000_000, problems) {
+        share.max_in_flight_per_tenant = Some(u32_of(n));
+    }
+    share
+}
 
 fn limits(root: &Fields<'_>, defaults: &Defaults, problems: &mut Problems) -> Limits {
     let mut limits = defaults.limits.clone();

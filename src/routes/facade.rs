@@ -793,6 +793,7 @@ pub async fn submit(
         job: Some(spec),
         labels: Map::new(),
         deadline_seconds: None,
+        priority: 0,
     };
     match gateway.submit_run(pool, submission).await {
         Ok((run, _)) => submitted(facade, &run, route),

@@ -24,6 +24,8 @@ pub const MAX_LABEL_VALUE_BYTES: usize = 256;
 /// stored before it carry a bare SHA-256 hex digest, which [`Submission::has_digest`] still
 /// recognises.
 pub const DIGEST_PREFIX: &str = "v2:";
+/// The largest priority, and minus the smallest.
+const MAX_PRIORITY: i64 = 1_000;
 /// Longest accepted deadline (30 days).
 const MAX_DEADLINE_SECONDS: u64 = 30 * 24 * 3600;
 
@@ -40,6 +42,8 @@ pub struct Submission {
     pub labels: Map<String, Value>,
     /// The run's deadline.
     pub deadline_seconds: Option<u64>,
+    /// Its place among its tenant's queued runs (higher first; 0 by default).
+    pub priority: i32,
 }
 
 impl Submission {
@@ -59,13 +63,14 @@ impl Submission {
                 "job",
                 "labels",
                 "deadlineSeconds",
+                "priority",
                 "callbackUrl",
             ]
             .contains(&key.as_str())
             {
                 problems.push(problem(
                     key,
-                    "unknown field; expected jobId, kind, job, labels, deadlineSeconds",
+                    "unknown field; expected jobId, kind, job, labels, deadlineSeconds, priority",
                 ));
             }
         }
@@ -140,6 +145,26 @@ impl Submission {
                 }
             },
         };
+        let priority = match object.get("priority") {
+            None | Some(Value::Null) => 0,
+            Some(value) => match value
+                .as_i64()
+                .filter(|p| (-MAX_PRIORITY..=MAX_PRIORITY).contains(p))
+                .and_then(|p| i32::try_from(p).ok())
+            {
+                Some(priority) => priority,
+                None => {
+                    problems.push(problem(
+                        "priority",
+                        format!(
+                            "must be a whole number from -{MAX_PRIORITY} to {MAX_PRIORITY} \
+                             (higher is granted a slot first within its tenant)"
+                        ),
+                    ));
+                    0
+                }
+            },
+        };
         if object.get("callbackUrl").is_some_and(|v| !v.is_null()) {
             problems.push(problem(
                 "callbackUrl",
@@ -153,6 +178,7 @@ impl Submission {
                 job,
                 labels,
                 deadline_seconds,
+                priority,
             }),
             _ => Err(problems),
         }
@@ -161,13 +187,18 @@ impl Submission {
     /// What the idempotency digest covers, as canonical JSON: equal submissions to the same
     /// pool give equal documents whatever the order of their keys.
     fn document(&self, pool: &PoolName) -> String {
-        let document = serde_json::json!({
+        let mut document = serde_json::json!({
             "pool": pool.as_str(),
             "kind": self.kind,
             "job": self.job,
             "labels": self.labels,
             "deadlineSeconds": self.deadline_seconds,
         });
+        // Only when set, so that the digests of runs stored before priorities existed still
+        // match their repeats.
+        if self.priority != 0 {
+            document["priority"] = Value::from(self.priority);
+        }
         canonical_json(&document)
     }
 
@@ -271,6 +302,7 @@ impl Gateway {
         let run = RunRecord {
             kind: submission.kind.clone(),
             labels: submission.labels.clone(),
+            priority: submission.priority,
             request_digest: submission.digest(pool, key)?,
             ..RunRecord::queued(submission.job_id.clone(), pool.clone(), now)
         };

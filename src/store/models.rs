@@ -195,6 +195,8 @@ pub(crate) struct RunRow {
     pub fields: String,
     #[diesel(sql_type = BigInt)]
     pub version: i64,
+    #[diesel(sql_type = BigInt)]
+    pub priority: i64,
 }
 
 fn json_object(text: &str, what: &str) -> Result<Map<String, Value>, StoreError> {
@@ -244,6 +246,7 @@ impl RunRow {
             updated_at: run.updated_at,
             fields: to_json(&run.fields),
             version: run.version,
+            priority: i64::from(run.priority),
         }
     }
 
@@ -302,6 +305,8 @@ impl RunRow {
             finished_at: self.finished_at,
             updated_at: self.updated_at,
             version: self.version,
+            priority: i32::try_from(self.priority)
+                .map_err(|_| corrupt(field(&format!("priority {}", self.priority))))?,
         })
     }
 }

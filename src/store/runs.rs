@@ -20,7 +20,7 @@ use std::sync::LazyLock;
 
 /// Every column of `runs`, in the order of [`RunRow`]'s fields and of
 /// [`run_binds`]. Keep it in step with `migrations/*/…/up.sql`.
-pub(crate) const RUN_COLUMNS: [&str; 35] = [
+pub(crate) const RUN_COLUMNS: [&str; 36] = [
     "job_id",
     "pool",
     "kind",
@@ -56,6 +56,7 @@ pub(crate) const RUN_COLUMNS: [&str; 35] = [
     "updated_at",
     "fields",
     "version",
+    "priority",
 ];
 
 /// Columns a commit never changes, left out of the `UPDATE`'s `SET` list.
@@ -67,13 +68,14 @@ pub(crate) const RUN_COLUMNS: [&str; 35] = [
 /// either). What a commit passes for these columns is ignored: the stored value stays. Leaving
 /// them out matters most for indexed columns (`pool`, `created_at`, the key), whose index
 /// entries SQLite rewrites whenever they appear in a `SET` list, changed or not.
-pub(crate) const IMMUTABLE: [&str; 6] = [
+pub(crate) const IMMUTABLE: [&str; 7] = [
     "job_id",
     "pool",
     "kind",
     "deadline_at",
     "callback_url",
     "created_at",
+    "priority",
 ];
 
 /// The row version: a commit moves it up by one, and only from the version the caller read.
@@ -117,6 +119,7 @@ pub(crate) fn run_binds(row: RunRow) -> Vec<Bind> {
         Bind::BigInt(row.updated_at),
         Bind::Text(row.fields),
         Bind::BigInt(row.version),
+        Bind::BigInt(row.priority),
     ]
 }
 

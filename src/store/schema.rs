@@ -1,6 +1,6 @@
 //! The diesel table definitions, written by hand to match `migrations/` (there is no diesel CLI here).
 //!
-//! `runs` is not declared: it has 35 columns, and diesel without its `64-column-tables` feature
+//! `runs` is not declared: it has 36 columns, and diesel without its `64-column-tables` feature
 //! declares at most 16 per `table!`. `store/runs.rs` reaches it with raw SQL whose column list
 //! lives in one constant there, checked on both backends by the round-trip tests.
 

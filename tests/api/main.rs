@@ -29,6 +29,7 @@ mod dispatch_lookup;
 mod egress;
 mod events;
 mod facade;
+mod fair_share;
 mod faults;
 mod ops;
 mod persistence;
