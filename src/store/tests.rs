@@ -261,6 +261,7 @@ async fn a_commit_overwrites_the_run_and_appends_its_events(backend: TestBackend
     expected.kind = None;
     expected.deadline_at = None;
     expected.callback_url = None;
+    expected.priority = 0;
     assert_eq!(store.get_run(&run.job_id).await.unwrap(), Some(expected));
     // The job body is not part of a commit.
     assert_eq!(
@@ -1842,7 +1843,11 @@ async fn a_job_body_stored_before_run_jobs_existed_stays_readable(backend: TestB
         let mut conn = checkout(&pool, target.backend())?;
         assert!(migrate::run_pending_before(&mut conn, "2026-12-04-000000_run_jobs")? >= 4);
         for (run, sealed) in rows {
+            // The columns of that time: `priority` (the last one) came later.
+            let columns = &runs::RUN_COLUMNS[..runs::RUN_COLUMNS.len() - 1];
+            assert_eq!(runs::RUN_COLUMNS.last(), Some(&"priority"));
             let mut binds = runs::run_binds(models::RunRow::from_record(&run));
+            binds.pop();
             let body = match sealed {
                 Some(sealed) => {
                     binds.push(conn::Bind::Binary(sealed));
@@ -1852,8 +1857,8 @@ async fn a_job_body_stored_before_run_jobs_existed_stays_readable(backend: TestB
             };
             let sql = format!(
                 "INSERT INTO runs ({}, job_sealed) VALUES ({}{body})",
-                runs::RUN_COLUMNS.join(", "),
-                "?, ".repeat(runs::RUN_COLUMNS.len())
+                columns.join(", "),
+                "?, ".repeat(columns.len())
             );
             conn::raw_query(&conn, &sql, binds).execute(&mut *conn)?;
         }
@@ -1866,10 +1871,12 @@ async fn a_job_body_stored_before_run_jobs_existed_stays_readable(backend: TestB
     // Connecting applies the migration that moves the bodies.
     let store = Store::connect(db.url(), 2).await.unwrap();
     for run in [&with_body, &without_body, &finished] {
-        assert_eq!(
-            store.get_run(&run.job_id).await.unwrap().as_ref(),
-            Some(run)
-        );
+        // Stored before priorities existed: they read as priority 0.
+        let expected = RunRecord {
+            priority: 0,
+            ..(*run).clone()
+        };
+        assert_eq!(store.get_run(&run.job_id).await.unwrap(), Some(expected));
     }
     assert_eq!(
         store.get_job_sealed(&with_body.job_id).await.unwrap(),
