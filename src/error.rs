@@ -9,8 +9,10 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
-/// The problem+json envelope (SPEC §2).
-#[derive(Debug, Serialize)]
+/// The problem+json envelope (SPEC §2): the body of every 4xx and 5xx answer of the API.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = Problem)]
 pub struct ProblemBody {
     /// A URI naming the problem type.
     #[serde(rename = "type")]

@@ -51,7 +51,7 @@ impl ReleaseState {
 }
 
 /// Subtask counts reported by a scheduler.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Progress {
     /// Finished subtasks.
@@ -63,7 +63,7 @@ pub struct Progress {
 }
 
 /// Call counters of a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Attempts {
     /// Dispatch calls made (including retries).
     pub dispatch: i64,

@@ -5,7 +5,7 @@ use std::fmt;
 use std::str::FromStr;
 
 /// The state of a run as the API reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunState {
     /// Waiting in cattery for a pool slot.

@@ -31,7 +31,9 @@ use crate::domain::state::MappedState;
 use serde_json::{Map, Value};
 
 /// One problem found in a manifest: where, and what to do about it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = FieldProblem)]
 pub struct Problem {
     /// A dotted path such as `poll.map.state` or `dispatch.request.headers.X-Token`.
     pub path: String,
@@ -48,7 +50,7 @@ pub struct ManifestError {
 }
 
 /// A non-fatal remark about a registered manifest (for example "no release operation").
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Warning {
     /// Stable snake_case code.
     pub code: String,

@@ -11,7 +11,7 @@ use super::dto::RunView;
 use super::parse_id;
 use crate::domain::ids::{JobId, PoolName};
 use crate::domain::run::{EventRecord, RunRecord};
-use crate::error::ApiError;
+use crate::error::{ApiError, ProblemBody};
 use crate::service::Gateway;
 use actix_web::{HttpRequest, HttpResponse, get, web};
 use std::collections::HashMap;
@@ -24,14 +24,29 @@ const REPLAY_PAGE: u32 = 500;
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 /// Query of `GET /v1/events`.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
 pub struct StreamQuery {
+    /// Only this pool's runs.
     pool: Option<String>,
+    /// Only this run.
     job_id: Option<String>,
 }
 
 /// `GET /v1/events?pool=&jobId=`
+#[utoipa::path(
+    operation_id = "streamEvents",
+    tag = "runs",
+    params(
+        StreamQuery,
+        ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this event id (`0`: the whole persisted log); without it the stream starts at the present"),
+    ),
+    responses(
+        (status = 200, description = "Server-sent events: one `run` event per change (`id:` the event's seq, `data:` a RunView), and a `: keep-alive` comment every 15 s", content_type = "text/event-stream", body = String),
+        (status = 422, description = "A bad query or Last-Event-ID", body = ProblemBody, content_type = "application/problem+json"),
+    )
+)]
 #[get("/events")]
 pub async fn stream(
     caller: Caller,

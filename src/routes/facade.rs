@@ -22,6 +22,7 @@
 //!   apart from a wrong address.
 
 use super::auth::{ApiAuth, Role};
+use super::dto::{HarnessError, HarnessHealth, JobAccepted, JobSpec, JobView};
 use crate::config::{FacadeRoute, FacadeSettings};
 use crate::crypto::constant_time_eq;
 use crate::domain::channels::{self, DRAIN_CHANNELS};
@@ -373,7 +374,10 @@ impl Drains {
 
 /// A harness-shaped error answer.
 fn error(status: StatusCode, message: impl Into<String>) -> HttpResponse {
-    HttpResponse::build(status).json(json!({ "error": message.into() }))
+    HttpResponse::build(status).json(HarnessError {
+        error: message.into(),
+        request_id: None,
+    })
 }
 
 /// A request the facade refuses before doing anything: its status and message.
@@ -591,14 +595,12 @@ fn reported_capabilities(run: &RunRecord) -> Option<Vec<String>> {
 }
 
 /// The short answer of `POST /jobs` and `DELETE /jobs/{id}`, with `capabilities` when given.
-fn accepted(run: &RunRecord, capabilities: Option<Vec<String>>) -> Value {
-    let mut answer = Map::new();
-    answer.insert("jobId".into(), json!(run.job_id.as_str()));
-    answer.insert("state".into(), json!(harness_state(run)));
-    if let Some(list) = capabilities {
-        answer.insert("capabilities".into(), json!(list));
+fn accepted(run: &RunRecord, capabilities: Option<Vec<String>>) -> JobAccepted {
+    JobAccepted {
+        job_id: run.job_id.to_string(),
+        state: harness_state(run),
+        capabilities,
     }
-    Value::Object(answer)
 }
 
 /// The answer to `POST /jobs` for a run: its capabilities are the ones its scheduler reported,
@@ -644,21 +646,32 @@ fn failure(e: ServiceError) -> HttpResponse {
         ServiceError::Internal(cause) => {
             let id = uuid::Uuid::new_v4().to_string();
             tracing::error!(request_id = %id, error = ?cause, "internal error in the facade");
-            HttpResponse::InternalServerError()
-                .json(json!({ "error": "internal error", "requestId": id }))
+            HttpResponse::InternalServerError().json(HarnessError {
+                error: "internal error".to_owned(),
+                request_id: Some(id),
+            })
         }
     }
 }
 
 /// The harness's health answer: `{"status": "ok", "capabilities": [...]}`.
 fn health_answer(facade: &Facade) -> HttpResponse {
-    HttpResponse::Ok().json(json!({
-        "status": "ok",
-        "capabilities": facade.default_capabilities(),
-    }))
+    HttpResponse::Ok().json(HarnessHealth {
+        status: "ok",
+        capabilities: facade.default_capabilities(),
+    })
 }
 
 /// `GET /health`: 200 `{"status": "ok", "capabilities"}`, never gated.
+#[utoipa::path(
+    operation_id = "harnessHealth",
+    tag = "facade",
+    security(()),
+    responses(
+        (status = 200, description = "The facade is served", body = HarnessHealth),
+        (status = 404, description = "The facade is not served (`facade.enabled: false`)", body = HarnessError),
+    )
+)]
 #[get("/health")]
 pub async fn health(facade: Option<web::Data<Facade>>) -> HttpResponse {
     match served(facade.as_ref()) {
@@ -729,6 +742,21 @@ async fn read_spec(mut payload: web::Payload, limit: usize) -> Result<web::Bytes
 /// `POST /jobs`: the body is the harness job spec (with `jobId`); 202 `{"jobId", "state",
 /// "capabilities"}`. A repeat for a known `jobId` re-attaches and answers 202 with the run's
 /// current state.
+#[utoipa::path(
+    operation_id = "submitJob",
+    tag = "facade",
+    request_body(content = JobSpec, description = "The harness job spec"),
+    responses(
+        (status = 202, description = "Accepted, or re-attached to the run of a known jobId", body = JobAccepted),
+        (status = 400, description = "Not a job spec object, or a bad jobId", body = HarnessError),
+        (status = 404, description = "No route matches and there is no default pool, or the pool is not registered", body = HarnessError),
+        (status = 409, description = "The jobId is used by another submission", body = HarnessError),
+        (status = 413, description = "Larger than `facade.maxJobBytes`", body = HarnessError),
+        (status = 422, description = "The pool's manifest needs secrets it does not have", body = HarnessError),
+        (status = 429, description = "The pool's queue is full; see `Retry-After`", body = HarnessError),
+        (status = 503, description = "Shutting down, or the supervisor is not running", body = HarnessError),
+    )
+)]
 #[post("/jobs")]
 pub async fn submit(
     req: HttpRequest,
@@ -812,6 +840,16 @@ fn job_id_of(raw: &str) -> Result<JobId, Refusal> {
 
 /// `GET /jobs/{id}`: 200 with the job view; 404 `{"error": "job not found"}`. Like the harness,
 /// a read takes the drain-on-read channels' new items.
+#[utoipa::path(
+    operation_id = "getJob",
+    tag = "facade",
+    params(("id" = String, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "The harness job view", body = JobView),
+        (status = 404, description = "`{\"error\": \"job not found\"}`", body = HarnessError),
+        (status = 503, description = "The supervisor is not running", body = HarnessError),
+    )
+)]
 #[get("/jobs/{id}")]
 pub async fn get(
     req: HttpRequest,
@@ -840,6 +878,16 @@ pub async fn get(
 /// `DELETE /jobs/{id}`: cancels the run, waits a few seconds for it to settle, answers 200
 /// `{"jobId", "state"}` with the state it reached. Idempotent: a finished run answers its state.
 /// An unknown id answers 404 `{"error": "job not found"}`, as the harness does.
+#[utoipa::path(
+    operation_id = "cancelJob",
+    tag = "facade",
+    params(("id" = String, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "Cancelled (or already finished): the state it reached within a few seconds", body = JobAccepted),
+        (status = 404, description = "`{\"error\": \"job not found\"}`", body = HarnessError),
+        (status = 503, description = "The supervisor is not running", body = HarnessError),
+    )
+)]
 #[delete("/jobs/{id}")]
 pub async fn cancel(
     req: HttpRequest,

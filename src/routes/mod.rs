@@ -5,6 +5,7 @@ pub mod body;
 pub mod dto;
 pub mod events;
 pub mod facade;
+pub mod openapi;
 pub mod ops;
 pub mod pools;
 pub mod runs;
@@ -12,6 +13,8 @@ pub mod runs;
 use crate::error::ApiError;
 use actix_web::http::StatusCode;
 use actix_web::web;
+use utoipa_actix_web::scope;
+use utoipa_actix_web::service_config::ServiceConfig;
 
 /// Request limits shared by the handlers.
 #[derive(Debug, Clone, Copy)]
@@ -19,19 +22,30 @@ pub struct BodyLimit(pub usize);
 
 /// Registers every route.
 pub fn configure(cfg: &mut web::ServiceConfig) {
+    routes(&mut ServiceConfig::new(cfg));
+}
+
+/// The route table. Every handler carries `#[utoipa::path]` (registering one without it does
+/// not compile), so the OpenAPI document of `GET /openapi.json` is collected from exactly what
+/// this table serves; [`openapi::served`] lists it.
+///
+/// `GET /metrics` and `/ui` are registered here too, each handler with its `#[utoipa::path]`.
+pub fn routes(cfg: &mut ServiceConfig) {
     cfg.service(ops::healthz)
         .service(ops::readyz)
+        .service(openapi::document)
         .service(facade::health)
         .service(facade::submit)
         .service(facade::get)
         .service(facade::cancel)
         .service(
-            web::scope("/v1")
+            scope("/v1")
                 .service(pools::list)
                 .service(pools::get)
                 .service(pools::put)
                 .service(pools::put_secrets)
                 .service(pools::delete)
+                .service(pools::probe)
                 .service(runs::dispatch)
                 .service(runs::list)
                 .service(runs::get)

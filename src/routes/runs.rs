@@ -2,23 +2,36 @@
 
 use super::auth::{Caller, Role};
 use super::body::{parse_json, read_limited};
-use super::dto::{EventView, RunView};
+use super::dto::{EventPage, EventView, RunPage, RunView};
 use super::{BodyLimit, parse_id};
 use crate::domain::ids::{JobId, PoolName};
 use crate::domain::state::RunState;
-use crate::error::ApiError;
+use crate::error::{ApiError, ProblemBody};
 use crate::manifest::Problem;
 use crate::service::Gateway;
 use crate::service::runs::Submission;
 use crate::store::RunFilter;
 use actix_web::{HttpResponse, get, post, web};
-use serde_json::json;
 
 fn job_id(raw: &str) -> Result<JobId, ApiError> {
     parse_id(raw, "jobId", JobId::parse)
 }
 
 /// `POST /v1/pools/{pool}/runs`: 202 when created, 200 for an identical repeat.
+#[utoipa::path(
+    operation_id = "dispatchRun",
+    tag = "runs",
+    params(("pool" = String, Path, description = "The pool's name")),
+    request_body(content = super::dto::SubmissionBody, description = "The run"),
+    responses(
+        (status = 202, description = "Accepted: durable before this answer", body = RunView),
+        (status = 200, description = "An identical repeat: the existing run", body = RunView),
+        (status = 404, description = "No such pool (`pool_not_found`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "The jobId is used by another pool or body (`job_id_conflict`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "A bad body; every problem is in `errors`", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "The pool's queue is full (`pool_saturated`); see `Retry-After`", body = ProblemBody, content_type = "application/problem+json"),
+    )
+)]
 #[post("/pools/{pool}/runs")]
 pub async fn dispatch(
     caller: Caller,
@@ -41,6 +54,16 @@ pub async fn dispatch(
 }
 
 /// `GET /v1/runs/{jobId}`
+#[utoipa::path(
+    operation_id = "getRun",
+    tag = "runs",
+    params(("job_id" = String, Path, description = "The run's jobId")),
+    responses(
+        (status = 200, description = "The run", body = RunView),
+        (status = 404, description = "No such run (`run_not_found`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "Not a jobId", body = ProblemBody, content_type = "application/problem+json"),
+    )
+)]
 #[get("/runs/{job_id}")]
 pub async fn get(
     caller: Caller,
@@ -53,16 +76,31 @@ pub async fn get(
 }
 
 /// Query of `GET /v1/runs`.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only this pool's runs.
     pool: Option<String>,
+    /// Only runs in this state.
+    #[param(value_type = Option<RunState>)]
     state: Option<String>,
+    /// Page size, 1 to 1000 (default 100).
     limit: Option<u32>,
+    /// The `next` cursor of the page before.
     after: Option<String>,
 }
 
 /// `GET /v1/runs?pool=&state=&limit=&after=`: newest first.
+#[utoipa::path(
+    operation_id = "listRuns",
+    tag = "runs",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of runs, newest first", body = RunPage),
+        (status = 422, description = "A bad query", body = ProblemBody, content_type = "application/problem+json"),
+    )
+)]
 #[get("/runs")]
 pub async fn list(
     caller: Caller,
@@ -117,10 +155,24 @@ pub async fn list(
         })
         .await?;
     let runs: Vec<RunView> = page.runs.iter().map(RunView::from).collect();
-    Ok(HttpResponse::Ok().json(json!({ "runs": runs, "next": page.next })))
+    Ok(HttpResponse::Ok().json(RunPage {
+        runs,
+        next: page.next,
+    }))
 }
 
 /// `POST /v1/runs/{jobId}/cancel`: 202 with the run; 409 when finished.
+#[utoipa::path(
+    operation_id = "cancelRun",
+    tag = "runs",
+    params(("job_id" = String, Path, description = "The run's jobId")),
+    responses(
+        (status = 202, description = "Cancelled (queued) or cancelling (in flight)", body = RunView),
+        (status = 404, description = "No such run (`run_not_found`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "The run is finished (`run_finished`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "Not a jobId", body = ProblemBody, content_type = "application/problem+json"),
+    )
+)]
 #[post("/runs/{job_id}/cancel")]
 pub async fn cancel(
     caller: Caller,
@@ -138,15 +190,28 @@ const DEFAULT_EVENTS_LIMIT: u32 = 100;
 const MAX_EVENTS_LIMIT: u32 = 1000;
 
 /// Query of `GET /v1/runs/{jobId}/events`.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct HistoryQuery {
+    /// Page size, 1 to 1000 (default 100).
     limit: Option<u32>,
+    /// The `seq` after which the page starts (the `next` of the page before).
     after: Option<i64>,
 }
 
 /// `GET /v1/runs/{jobId}/events?limit=&after=`: the persisted history, oldest first, a page at
 /// a time (a run that retries for days has a long one).
+#[utoipa::path(
+    operation_id = "runEvents",
+    tag = "runs",
+    params(("job_id" = String, Path, description = "The run's jobId"), HistoryQuery),
+    responses(
+        (status = 200, description = "A page of the run's history, oldest first", body = EventPage),
+        (status = 404, description = "No such run (`run_not_found`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "A bad jobId or query", body = ProblemBody, content_type = "application/problem+json"),
+    )
+)]
 #[get("/runs/{job_id}/events")]
 pub async fn history(
     caller: Caller,
@@ -176,5 +241,8 @@ pub async fn history(
     }
     let page = gateway.run_events(&job_id, after, limit).await?;
     let views: Vec<EventView> = page.events.iter().map(EventView::from).collect();
-    Ok(HttpResponse::Ok().json(json!({ "events": views, "next": page.next })))
+    Ok(HttpResponse::Ok().json(EventPage {
+        events: views,
+        next: page.next,
+    }))
 }

@@ -178,7 +178,8 @@ impl TokenCache {
     }
 }
 
-async fn fetch(
+/// Fetches a new token from the token endpoint (no cache): the token and how long to use it.
+pub(super) async fn fetch(
     auth: &Auth,
     secrets: &SecretBundle,
     client: &reqwest::Client,

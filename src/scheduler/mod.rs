@@ -9,6 +9,7 @@ pub mod auth;
 pub mod classify;
 pub mod guard;
 pub mod http;
+pub mod probe;
 
 use crate::domain::ids::PoolName;
 use crate::domain::run::now_millis;
@@ -359,6 +360,38 @@ impl Adapter {
         request: RenderedRequest,
         timeout: Duration,
     ) -> Result<Exchange, CallOutcome> {
+        let mut token = None;
+        if let Auth::OAuth2ClientCredentials { .. } = pool.manifest.auth {
+            token = Some(
+                self.tokens
+                    .token(
+                        &pool.name,
+                        &pool.manifest.auth,
+                        &pool.secrets,
+                        &pool.client,
+                        &pool.egress,
+                        timeout,
+                    )
+                    .await
+                    .map_err(|e| CallOutcome::Retryable {
+                        message: e.to_string(),
+                        retry_after_ms: None,
+                        unreadable: false,
+                    })?,
+            );
+        }
+        self.send_with(pool, request, timeout, token).await
+    }
+
+    /// Sends a rendered request on the pool's client, with `token` as its bearer token when
+    /// given (the OAuth2 token [`Adapter::send`] took from the cache, or the probe's own).
+    async fn send_with(
+        &self,
+        pool: &PoolRuntime,
+        request: RenderedRequest,
+        timeout: Duration,
+        token: Option<crate::domain::secrets::SecretValue>,
+    ) -> Result<Exchange, CallOutcome> {
         // Held until the answer is read, so the connection is back in the client's pool before
         // another request may start. The semaphore is never closed.
         let _connection = pool
@@ -381,27 +414,10 @@ impl Adapter {
             .request(method, request.url.clone())
             .timeout(timeout)
             .header(reqwest::header::ACCEPT, "application/json");
-        let mut sent_token = None;
-        if let Auth::OAuth2ClientCredentials { .. } = pool.manifest.auth {
-            let token = self
-                .tokens
-                .token(
-                    &pool.name,
-                    &pool.manifest.auth,
-                    &pool.secrets,
-                    &pool.client,
-                    &pool.egress,
-                    timeout,
-                )
-                .await
-                .map_err(|e| CallOutcome::Retryable {
-                    message: e.to_string(),
-                    retry_after_ms: None,
-                    unreadable: false,
-                })?;
+        if let Some(token) = &token {
             builder = builder.bearer_auth(token.expose());
-            sent_token = Some(token);
         }
+        let sent_token = token;
         for (name, value) in &request.headers {
             builder = builder.header(name.as_str(), value.as_str());
         }

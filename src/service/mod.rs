@@ -5,6 +5,7 @@
 //! HTTP edge maps once onto a problem+json answer.
 
 pub mod pools;
+pub mod probe;
 pub mod runs;
 
 use crate::actors::Deps;

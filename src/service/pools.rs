@@ -163,7 +163,7 @@ impl Gateway {
 
     /// Builds a pool's runtime (its HTTP client with the manifest's TLS settings). The revision
     /// is set once the pool is stored.
-    fn runtime(
+    pub(super) fn runtime(
         &self,
         name: &PoolName,
         manifest: Manifest,
@@ -318,7 +318,7 @@ impl Gateway {
         Ok(loaded)
     }
 
-    fn runtime_of(&self, record: &PoolRecord) -> Result<PoolRuntime, ServiceError> {
+    pub(super) fn runtime_of(&self, record: &PoolRecord) -> Result<PoolRuntime, ServiceError> {
         let manifest = self.compile_manifest(&stored_manifest(record)?)?;
         let bundle = self.open_secrets(record)?;
         PoolRuntime::new(
@@ -331,7 +331,7 @@ impl Gateway {
         .map_err(|e| ServiceError::Internal(e.into()))
     }
 
-    fn open_secrets(&self, record: &PoolRecord) -> Result<SecretBundle, ServiceError> {
+    pub(super) fn open_secrets(&self, record: &PoolRecord) -> Result<SecretBundle, ServiceError> {
         let clear = self.deps.sealer.open(
             &record.secrets_sealed,
             &binding::pool_secrets(record.name.as_str()),
@@ -347,13 +347,13 @@ pub fn stored_warnings(record: &PoolRecord) -> Vec<Warning> {
     serde_json::from_str(&record.warnings).unwrap_or_default()
 }
 
-fn stored_manifest(record: &PoolRecord) -> Result<ManifestInput, ServiceError> {
+pub(super) fn stored_manifest(record: &PoolRecord) -> Result<ManifestInput, ServiceError> {
     serde_json::from_str(&record.manifest)
         .map(ManifestInput::Document)
         .map_err(|_| ServiceError::Internal(anyhow::anyhow!("a stored manifest is not JSON")))
 }
 
-fn prefixed(prefix: &str, path: &str) -> String {
+pub(super) fn prefixed(prefix: &str, path: &str) -> String {
     if path.is_empty() {
         prefix.to_owned()
     } else {
@@ -361,7 +361,7 @@ fn prefixed(prefix: &str, path: &str) -> String {
     }
 }
 
-fn parse_secrets(given: BTreeMap<String, String>) -> Result<SecretBundle, ServiceError> {
+pub(super) fn parse_secrets(given: BTreeMap<String, String>) -> Result<SecretBundle, ServiceError> {
     let mut problems = Vec::new();
     for (key, value) in &given {
         if let Err(e) = SecretKey::parse(key) {
@@ -380,7 +380,10 @@ fn parse_secrets(given: BTreeMap<String, String>) -> Result<SecretBundle, Servic
     }
 }
 
-fn check_secrets(manifest: &Manifest, bundle: &SecretBundle) -> Result<(), ServiceError> {
+pub(super) fn check_secrets(
+    manifest: &Manifest,
+    bundle: &SecretBundle,
+) -> Result<(), ServiceError> {
     let missing: Vec<String> = manifest
         .secret_keys()
         .iter()

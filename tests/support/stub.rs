@@ -185,3 +185,63 @@ pub fn scripted(script: &[Scripted], n: usize, otherwise: Scripted) -> Scripted 
         .cloned()
         .unwrap_or(otherwise)
 }
+
+/// The client id [`job_api`]'s token endpoint takes.
+pub const OAUTH_CLIENT_ID: &str = "probe-client";
+
+/// A scheduler's job API that holds no job, answering like the real APIs do: every request but
+/// the token endpoint needs `Authorization: Bearer <token>` (401 without one, 403 with another
+/// token); then `GET /jobs/{id}` and `DELETE /jobs/{id}` answer 404 `{"message": "job … not
+/// found"}`, for any id. `POST /oauth/token` takes the client credentials grant of
+/// [`OAUTH_CLIENT_ID`] and `client_secret` and issues `token`; other credentials get 401
+/// `{"error": "invalid_client"}`. What a pool probe expects of a healthy scheduler.
+pub fn job_api(
+    token: &'static str,
+    client_secret: &'static str,
+) -> impl Fn(&Seen) -> HttpResponse + Send + Sync + 'static {
+    move |seen| {
+        if seen.method == "POST" && seen.path == "/oauth/token" {
+            let form = seen.form();
+            let granted = form.get("grant_type").map(String::as_str) == Some("client_credentials")
+                && form.get("client_id").map(String::as_str) == Some(OAUTH_CLIENT_ID)
+                && form.get("client_secret").map(String::as_str) == Some(client_secret);
+            return if granted {
+                answer(
+                    200,
+                    serde_json::json!({"access_token": token, "token_type": "Bearer", "expires_in": 3600}),
+                )
+            } else {
+                answer(401, serde_json::json!({"error": "invalid_client"}))
+            };
+        }
+        match seen
+            .header("authorization")
+            .and_then(|h| h.strip_prefix("Bearer "))
+        {
+            None => return answer(401, serde_json::json!({"message": "Unauthorized"})),
+            Some(given) if given != token => {
+                return answer(403, serde_json::json!({"message": "Forbidden"}));
+            }
+            Some(_) => {}
+        }
+        match (
+            seen.method.as_str(),
+            seen.decoded_path().strip_prefix("/jobs/"),
+        ) {
+            ("GET" | "DELETE", Some(id)) => answer(
+                404,
+                serde_json::json!({"message": format!("job {id} not found")}),
+            ),
+            _ => answer(404, serde_json::json!({"message": "no such route"})),
+        }
+    }
+}
+
+impl Seen {
+    /// The body read as a form (`application/x-www-form-urlencoded`).
+    pub fn form(&self) -> HashMap<String, String> {
+        url::form_urlencoded::parse(&self.body)
+            .into_owned()
+            .collect()
+    }
+}
