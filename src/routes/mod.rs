@@ -8,6 +8,7 @@ pub mod facade;
 pub mod ops;
 pub mod pools;
 pub mod runs;
+pub mod ui;
 
 use crate::error::ApiError;
 use actix_web::http::StatusCode;
@@ -25,6 +26,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(facade::submit)
         .service(facade::get)
         .service(facade::cancel)
+        .service(ui::scope())
         .service(
             web::scope("/v1")
                 .service(pools::list)
