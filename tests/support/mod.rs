@@ -10,9 +10,11 @@
 //! - [`client`]: the gateway's API, every answer read whole as status, headers and body;
 //! - [`stub`]: recording loopback servers that play a scheduler;
 //! - [`manifests`]: the shipped manifests and the test schedulers' ones;
-//! - [`wait`]: checking again until something holds, up to a limit.
+//! - [`wait`]: checking again until something holds, up to a limit;
+//! - [`browser`]: headless Chromium under chromedriver, for the dashboard.
 
 pub mod app;
+pub mod browser;
 pub mod client;
 pub mod database;
 pub mod gateway;
