@@ -333,8 +333,11 @@ async fn the_dashboard_in_a_browser_shows_pools_runs_and_a_run_followed_live() {
     )
     .await;
 
-    // The page asks for a token first, and keeps it for the tab only.
+    // The page the browser gets is under the policy.
     let ui = gateway.url("/ui");
+    assert_guarded(&fetch(&gateway, "/ui", &[]).await);
+
+    // The page asks for a token first, and keeps it for the tab only.
     browser.goto(&ui).await;
     browser.text_of("#token-form").await;
     browser.screenshot(&shots.join("sign-in.png")).await;
