@@ -9,6 +9,7 @@ pub mod openapi;
 pub mod ops;
 pub mod pools;
 pub mod runs;
+pub mod ui;
 
 use crate::error::ApiError;
 use actix_web::http::StatusCode;
@@ -20,8 +21,10 @@ use utoipa_actix_web::service_config::ServiceConfig;
 #[derive(Debug, Clone, Copy)]
 pub struct BodyLimit(pub usize);
 
-/// Registers every route.
+/// Registers every route: the API of [`routes`], and the pages and text outside the API
+/// document (the dashboard's HTML for browsers, `GET /metrics` for Prometheus).
 pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(ui::scope());
     routes(&mut ServiceConfig::new(cfg));
 }
 
@@ -29,7 +32,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 /// not compile), so the OpenAPI document of `GET /openapi.json` is collected from exactly what
 /// this table serves; [`openapi::served`] lists it.
 ///
-/// `GET /metrics` and `/ui` are registered here too, each handler with its `#[utoipa::path]`.
+/// The dashboard (`/ui`) and `GET /metrics` are served beside it by [`configure`]: they are not
+/// part of the JSON API the document describes.
 pub fn routes(cfg: &mut ServiceConfig) {
     cfg.service(ops::healthz)
         .service(ops::readyz)

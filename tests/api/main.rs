@@ -24,6 +24,7 @@ mod catfactory;
 mod catfactory_round2;
 mod cli;
 mod crash;
+mod dashboard;
 mod deadlines;
 mod dispatch_lookup;
 mod egress;

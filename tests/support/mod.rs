@@ -11,9 +11,11 @@
 //! - [`stub`]: recording loopback servers that play a scheduler;
 //! - [`manifests`]: the shipped manifests and the test schedulers' ones;
 //! - [`proxy`]: a forward HTTP proxy on loopback that records what it is asked for;
-//! - [`wait`]: checking again until something holds, up to a limit.
+//! - [`wait`]: checking again until something holds, up to a limit;
+//! - [`browser`]: headless Chromium under chromedriver, for the dashboard.
 
 pub mod app;
+pub mod browser;
 pub mod client;
 pub mod database;
 pub mod gateway;
