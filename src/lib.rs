@@ -10,7 +10,8 @@
 //! - [`store`], [`crypto`], [`keys`]: persistence (SQLite, PostgreSQL), encryption at rest, key rotation;
 //! - [`egress`], [`redact`]: which addresses may be called; credentials cut out of scheduler text;
 //! - [`service`]: the use cases; [`routes`], [`error`]: the HTTP API; [`bus`]: live changes;
-//! - [`localpool`]: the built-in local scheduler.
+//! - [`localpool`]: the built-in local scheduler;
+//! - [`metrics`]: the Prometheus registry behind `GET /metrics`.
 
 pub mod actors;
 pub mod app;
@@ -27,6 +28,7 @@ pub mod keys;
 pub mod lifecycle;
 pub mod localpool;
 pub mod manifest;
+pub mod metrics;
 pub mod redact;
 pub mod retention;
 pub mod routes;

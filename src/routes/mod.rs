@@ -5,6 +5,7 @@ pub mod body;
 pub mod dto;
 pub mod events;
 pub mod facade;
+pub mod metrics;
 pub mod ops;
 pub mod pools;
 pub mod runs;
@@ -21,6 +22,7 @@ pub struct BodyLimit(pub usize);
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(ops::healthz)
         .service(ops::readyz)
+        .service(metrics::scrape)
         .service(facade::health)
         .service(facade::submit)
         .service(facade::get)

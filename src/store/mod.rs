@@ -355,6 +355,20 @@ impl Store {
         self.inner.stats.writes.load(Ordering::Relaxed)
     }
 
+    /// From now on, every write transaction and the run events it appends are counted in
+    /// `metrics` (once durable). A store takes one set of metrics; later calls change nothing.
+    pub fn observe_with(&self, metrics: Arc<crate::metrics::Metrics>) {
+        let _ = self.inner.stats.metrics.set(metrics);
+    }
+
+    /// Unfinished runs counted by pool and state, in one grouped read (for the metrics).
+    ///
+    /// # Errors
+    /// [`StoreError::Query`] or [`StoreError::Corrupt`].
+    pub async fn count_unfinished(&self) -> Result<Vec<(PoolName, RunState, i64)>, StoreError> {
+        self.with_conn(runs::count_unfinished).await
+    }
+
     // ---- pools ----
 
     /// Inserts or replaces a pool and returns it as stored. On insert, `revision` is 1 and

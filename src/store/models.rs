@@ -391,6 +391,17 @@ pub(crate) struct StateCount {
     pub n: i64,
 }
 
+/// A count of runs in one state of one pool.
+#[derive(Debug, Clone, QueryableByName)]
+pub(crate) struct PoolStateCount {
+    #[diesel(sql_type = Text)]
+    pub pool: String,
+    #[diesel(sql_type = Text)]
+    pub state: String,
+    #[diesel(sql_type = BigInt)]
+    pub n: i64,
+}
+
 /// A `run_jobs` body column alone.
 #[derive(Debug, Clone, QueryableByName)]
 pub(crate) struct JobSealedRow {

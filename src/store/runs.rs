@@ -7,7 +7,8 @@
 
 use super::conn::{Bind, DbConn, PgBind, cached, raw_query};
 use super::models::{
-    JobBodyRow, JobIdRow, JobSealedRow, RunRow, StateCount, VersionRow, parse_job_id, parse_state,
+    JobBodyRow, JobIdRow, JobSealedRow, PoolStateCount, RunRow, StateCount, VersionRow,
+    parse_job_id, parse_state,
 };
 use super::{RunFilter, RunPage, RunWithBody, StoreError};
 use crate::domain::ids::{JobId, PoolName};
@@ -187,6 +188,14 @@ static UNFINISHED_STATES: LazyLock<String> = LazyLock::new(|| {
         .map(|s| format!("'{}'", s.as_str()))
         .collect::<Vec<_>>()
         .join(", ")
+});
+
+/// Unfinished runs by pool and state: read through the `state` index, never a finished run.
+static UNFINISHED_COUNTS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT pool, state, COUNT(*) AS n FROM runs WHERE state IN ({}) GROUP BY pool, state",
+        *UNFINISHED_STATES
+    )
 });
 
 /// `'done', 'failed', 'cancelled'`, for SQL.
@@ -456,6 +465,20 @@ pub(crate) fn count_by_state(
     let rows: Vec<StateCount> = cached!(COUNT_BY_STATE, vec![text(pool.as_str())]).load(conn)?;
     rows.into_iter()
         .map(|row| Ok((parse_state(&row.state, &format!("runs of {pool}"))?, row.n)))
+        .collect()
+}
+
+/// Unfinished runs counted by pool and state. A row whose pool is not a valid name is no run of
+/// any pool (`load_unfinished` leaves it out too) and is not counted.
+pub(crate) fn count_unfinished(
+    conn: &mut DbConn,
+) -> Result<Vec<(PoolName, RunState, i64)>, StoreError> {
+    let rows: Vec<PoolStateCount> = cached!(&UNFINISHED_COUNTS, Vec::new()).load(conn)?;
+    rows.into_iter()
+        .filter_map(|row| {
+            let pool = PoolName::parse(&row.pool).ok()?;
+            Some(parse_state(&row.state, "unfinished runs").map(|state| (pool, state, row.n)))
+        })
         .collect()
 }
 

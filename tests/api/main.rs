@@ -30,6 +30,7 @@ mod egress;
 mod events;
 mod facade;
 mod faults;
+mod metrics;
 mod ops;
 mod persistence;
 mod pools;
