@@ -63,7 +63,21 @@ pub struct Snapshot {
     pub pools: Vec<PoolSnapshot>,
     /// Unfinished runs by pool and state; `None` when the store could not be read (the series
     /// are left out rather than reported as zero).
-    pub runs: Option<Vec<(PoolName, RunState, i64)>>,
+    pub runs: Option<Vec<RunCount>>,
+}
+
+/// Unfinished runs of one pool in one state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunCount {
+    /// The pool.
+    pub pool: PoolName,
+    /// The state (an unfinished one).
+    pub state: RunState,
+    /// How many runs.
+    pub runs: i64,
+    /// How many of them are past their deadline (runs the gateway is not getting to: it fails
+    /// a run when its deadline passes).
+    pub past_deadline: i64,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -84,6 +98,7 @@ fn usize_gauge(value: usize) -> i64 {
 /// The snapshot as a registry of gauges (every name under [`PREFIX`]).
 pub(super) fn registry(snapshot: &Snapshot) -> Registry {
     let runs = Family::<PoolStateLabels, Gauge>::default();
+    let past_deadline = Family::<PoolStateLabels, Gauge>::default();
     let queued = Family::<PoolLabels, Gauge>::default();
     let in_flight = Family::<PoolLabels, Gauge>::default();
     let max_in_flight = Family::<PoolLabels, Gauge>::default();
@@ -110,24 +125,34 @@ pub(super) fn registry(snapshot: &Snapshot) -> Registry {
         // Every live pool shows every unfinished state, 0 included.
         for pool in &snapshot.pools {
             for state in RunState::ALL.into_iter().filter(|s| !s.is_final()) {
-                runs.get_or_create(&PoolStateLabels {
+                let labels = PoolStateLabels {
                     pool: pool.name.to_string(),
                     state: state.as_str(),
-                })
-                .set(0);
+                };
+                runs.get_or_create(&labels).set(0);
+                past_deadline.get_or_create(&labels).set(0);
             }
         }
-        for (pool, state, count) in counts {
-            runs.get_or_create(&PoolStateLabels {
-                pool: pool.to_string(),
-                state: state.as_str(),
-            })
-            .set(*count);
+        for count in counts {
+            let labels = PoolStateLabels {
+                pool: count.pool.to_string(),
+                state: count.state.as_str(),
+            };
+            runs.get_or_create(&labels).set(count.runs);
+            past_deadline
+                .get_or_create(&labels)
+                .set(count.past_deadline);
         }
         registry.register(
             "runs",
             "Unfinished runs by pool and state, as stored (read at scrape time)",
             runs,
+        );
+        registry.register(
+            "runs_past_deadline",
+            "Unfinished runs whose deadline has passed, by pool and state: the gateway fails a \
+             run at its deadline, so a value that stays above 0 means runs it is not getting to",
+            past_deadline,
         );
     }
     registry.register(

@@ -29,7 +29,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
-pub use live::{Breaker, PoolSnapshot, Snapshot};
+pub use live::{Breaker, PoolSnapshot, RunCount, Snapshot};
 
 /// The prefix of every cattery series (process metrics keep their conventional `process_`).
 pub const PREFIX: &str = "cattery";

@@ -3,7 +3,7 @@
 use super::auth::{Caller, Role};
 use crate::actors::supervisor::AllPoolStats;
 use crate::error::ApiError;
-use crate::metrics::{Breaker, Format, Metrics, PoolSnapshot, Snapshot};
+use crate::metrics::{Breaker, Format, Metrics, PoolSnapshot, RunCount, Snapshot};
 use crate::scheduler::guard::Circuit;
 use crate::service::Gateway;
 use actix_web::{FromRequest as _, HttpRequest, HttpResponse, get, web};
@@ -75,10 +75,21 @@ async fn snapshot(gateway: &Gateway) -> Snapshot {
             }
         })
         .collect();
-    let runs = match gateway.deps.store.count_unfinished().await {
-        Ok(runs) => Some(runs),
+    let now = crate::domain::run::now_millis();
+    let runs = match gateway.deps.store.count_unfinished(now).await {
+        Ok(counts) => Some(
+            counts
+                .into_iter()
+                .map(|count| RunCount {
+                    pool: count.pool,
+                    state: count.state,
+                    runs: count.runs,
+                    past_deadline: count.past_deadline,
+                })
+                .collect(),
+        ),
         Err(e) => {
-            tracing::warn!(error = %e, "metrics: cannot count the unfinished runs; cattery_runs left out");
+            tracing::warn!(error = %e, "metrics: cannot count the unfinished runs; cattery_runs and cattery_runs_past_deadline left out");
             None
         }
     };

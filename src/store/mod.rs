@@ -179,6 +179,20 @@ impl PoolStats {
     }
 }
 
+/// Unfinished runs of one pool in one state ([`Store::count_unfinished`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnfinishedCount {
+    /// The pool.
+    pub pool: PoolName,
+    /// The state (never a final one).
+    pub state: RunState,
+    /// How many runs.
+    pub runs: i64,
+    /// How many of them have a deadline that has passed: the gateway fails a run at its
+    /// deadline, so these are runs it is not getting to.
+    pub past_deadline: i64,
+}
+
 /// Which runs [`Store::list_runs`] returns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunFilter {
@@ -361,12 +375,14 @@ impl Store {
         let _ = self.inner.stats.metrics.set(metrics);
     }
 
-    /// Unfinished runs counted by pool and state, in one grouped read (for the metrics).
+    /// Unfinished runs counted by pool and state, with those whose deadline is `now` or
+    /// earlier, in one grouped read (for the metrics).
     ///
     /// # Errors
     /// [`StoreError::Query`] or [`StoreError::Corrupt`].
-    pub async fn count_unfinished(&self) -> Result<Vec<(PoolName, RunState, i64)>, StoreError> {
-        self.with_conn(runs::count_unfinished).await
+    pub async fn count_unfinished(&self, now: Millis) -> Result<Vec<UnfinishedCount>, StoreError> {
+        self.with_conn(move |conn| runs::count_unfinished(conn, now))
+            .await
     }
 
     // ---- pools ----

@@ -391,7 +391,7 @@ pub(crate) struct StateCount {
     pub n: i64,
 }
 
-/// A count of runs in one state of one pool.
+/// A count of runs in one state of one pool, and of those past their deadline.
 #[derive(Debug, Clone, QueryableByName)]
 pub(crate) struct PoolStateCount {
     #[diesel(sql_type = Text)]
@@ -400,6 +400,8 @@ pub(crate) struct PoolStateCount {
     pub state: String,
     #[diesel(sql_type = BigInt)]
     pub n: i64,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    pub overdue: Option<i64>,
 }
 
 /// A `run_jobs` body column alone.

@@ -146,6 +146,11 @@ async fn a_known_workload_is_counted_exactly_and_the_exposition_is_valid() {
                 0.0,
                 "{state}"
             );
+            assert_eq!(
+                m.get("cattery_runs_past_deadline", &[pool, ("state", state)]),
+                0.0,
+                "{state}"
+            );
         }
         assert_eq!(m.get("cattery_pool_queue_depth", &[pool]), 0.0);
         assert_eq!(m.get("cattery_pool_in_flight", &[pool]), 0.0);
@@ -256,6 +261,11 @@ async fn queues_and_slots_are_read_at_scrape_time() {
     assert_eq!(
         metrics.get("cattery_runs", &[pool, ("state", "pending")]),
         0.0
+    );
+    assert_eq!(
+        metrics.get("cattery_runs_past_deadline", &[pool, ("state", "queued")]),
+        0.0,
+        "the runs' deadlines (a day by default) are far off"
     );
     assert_eq!(metrics.get("cattery_pool_in_flight", &[pool]), 1.0);
     assert_eq!(metrics.get("cattery_pool_queue_depth", &[pool]), 2.0);
