@@ -320,12 +320,13 @@ impl Metrics {
 
     /// Drops every series of a deleted pool; it starts from zero if registered again.
     pub fn forget_pool(&self, pool: &PoolName) {
-        let removed = self
+        // Held until the families are cleared too: a count arriving meanwhile waits, then
+        // creates the pool's series afresh, instead of adding to series about to be dropped.
+        let mut pools = self
             .pools
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(pool);
-        if removed.is_none() {
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if pools.remove(pool).is_none() {
             return;
         }
         let name = pool.to_string();
@@ -356,6 +357,7 @@ impl Metrics {
                 });
             }
         }
+        drop(pools);
     }
 
     /// Counts the events a committed write appended for one run of `pool`, whose state after

@@ -258,7 +258,8 @@ fn apply(conn: &mut DbConn, request: &WriteRequest) -> Result<Outcome, StoreErro
 }
 
 /// Reports a committed transaction (begun at `started`) and the run events it appended to the
-/// metrics, when the store has them. Runs on the writer thread after the commit: atomic adds.
+/// metrics, when the store has them. Runs on the writer thread after the commit and before the
+/// callers are answered (a few atomic adds), so whatever a caller goes on to show is counted.
 fn observe<'a>(
     stats: &WriterStats,
     written: impl ExactSizeIterator<Item = (&'a WriteRequest, &'a Outcome)>,
