@@ -111,6 +111,8 @@ impl Application {
         let store = Store::connect_exclusive(&settings.database_url(), settings.database.pool_size)
             .await
             .context("cannot open the database")?;
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        store.observe_with(metrics.clone());
         let dropped = store
             .clear_finished_job_bodies()
             .await
@@ -143,10 +145,13 @@ impl Application {
         let deps = Deps {
             store,
             sealer: Arc::new(sealer),
-            adapter: Arc::new(Adapter::with_egress(Egress::with_proxy(
-                EgressPolicy::from_settings(&settings.egress)?,
-                crate::proxy::from_settings(&settings.egress, |name| std::env::var(name).ok())?,
-            ))),
+            adapter: Arc::new(
+                Adapter::with_egress(Egress::with_proxy(
+                    EgressPolicy::from_settings(&settings.egress)?,
+                    crate::proxy::from_settings(&settings.egress, |name| std::env::var(name).ok())?,
+                ))
+                .with_metrics(metrics.clone()),
+            ),
             bus: EventBus::new(),
             activity: Arc::new(crate::actors::Activity::default()),
             owners: crate::actors::Owners::default(),
@@ -163,6 +168,7 @@ impl Application {
         let (resumed, orphaned) = gateway.resume_runs().await?;
         let recovery_ms = started.elapsed().as_millis();
         gateway.set_recovery_ms(u64::try_from(recovery_ms).unwrap_or(u64::MAX));
+        metrics.set_recovery(started.elapsed());
         tracing::info!(pools, resumed, orphaned, recovery_ms, "recovered state");
 
         let listener = TcpListener::bind(&settings.server.bind)
@@ -171,6 +177,10 @@ impl Application {
         let limit = BodyLimit(settings.server.max_body_bytes);
         let server_gateway = gateway.clone();
         let auth = web::Data::new(auth);
+        let metrics = web::Data::new(crate::routes::metrics::MetricsEndpoint {
+            metrics,
+            public: settings.metrics.public,
+        });
         let facade = web::Data::new(
             crate::routes::facade::Facade::from_settings(
                 &settings.facade,
@@ -191,6 +201,7 @@ impl Application {
                 .app_data(server_gateway.clone())
                 .app_data(auth.clone())
                 .app_data(facade.clone())
+                .app_data(metrics.clone())
                 .app_data(web::Data::new(limit))
                 .app_data(web::QueryConfig::default().error_handler(|e, _| {
                     ApiError::validation(vec![crate::manifest::Problem {

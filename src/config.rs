@@ -66,6 +66,8 @@ pub struct Settings {
     pub retention: RetentionSettings,
     /// Logs.
     pub logging: LoggingSettings,
+    /// `GET /metrics`.
+    pub metrics: MetricsSettings,
 }
 
 /// `server.*`
@@ -319,6 +321,15 @@ pub struct LoggingSettings {
     pub level: String,
 }
 
+/// `metrics.*`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Serve `GET /metrics` without a token (for a scraper on a trusted network); by default it
+    /// needs a token with at least the reader role, like every other read.
+    pub public: bool,
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Settings {
@@ -385,6 +396,7 @@ impl Default for Settings {
                 format: "pretty".to_owned(),
                 level: "info".to_owned(),
             },
+            metrics: MetricsSettings { public: false },
         }
     }
 }
@@ -530,6 +542,14 @@ mod tests {
         assert_eq!(settings.shutdown.grace_seconds, 3);
         assert_eq!(settings.server.bind, "127.0.0.1:9999");
         assert_eq!(settings.database_url(), "postgres://x@127.0.0.1/db");
+    }
+
+    #[test]
+    fn metrics_are_gated_by_default_and_can_be_made_public() {
+        assert!(!Settings::default().metrics.public);
+        assert!(!Settings::load(None, Vec::new()).unwrap().metrics.public);
+        let vars = [("CATTERY__METRICS__PUBLIC".to_owned(), "true".to_owned())];
+        assert!(Settings::load(None, vars).unwrap().metrics.public);
     }
 
     #[test]

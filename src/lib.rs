@@ -11,7 +11,8 @@
 //! - [`egress`], [`proxy`], [`redact`]: which addresses may be called and through which proxy;
 //!   credentials cut out of scheduler text;
 //! - [`service`]: the use cases; [`routes`], [`error`]: the HTTP API; [`bus`]: live changes;
-//! - [`localpool`]: the built-in local scheduler.
+//! - [`localpool`]: the built-in local scheduler;
+//! - [`metrics`]: the Prometheus registry behind `GET /metrics`.
 
 pub mod actors;
 pub mod app;
@@ -28,6 +29,7 @@ pub mod keys;
 pub mod lifecycle;
 pub mod localpool;
 pub mod manifest;
+pub mod metrics;
 pub mod proxy;
 pub mod redact;
 pub mod retention;

@@ -59,6 +59,11 @@ pub struct CancelRunOf {
 #[rtype(result = "Option<LiveStats>")]
 pub struct PoolStats(pub PoolName);
 
+/// Read the live counts of every pool that has an actor (for the metrics).
+#[derive(Message)]
+#[rtype(result = "Vec<(PoolName, LiveStats)>")]
+pub struct AllPoolStats;
+
 /// The supervisor actor.
 pub struct Supervisor {
     deps: Deps,
@@ -256,6 +261,30 @@ impl Handler<PoolStats> for Supervisor {
                 Some(addr) => addr.send(GetStats).await.ok(),
                 None => None,
             }
+        })
+    }
+}
+
+impl Handler<AllPoolStats> for Supervisor {
+    type Result = ResponseFuture<Vec<(PoolName, LiveStats)>>;
+
+    fn handle(&mut self, _msg: AllPoolStats, _ctx: &mut Self::Context) -> Self::Result {
+        let asks: Vec<_> = self
+            .pools
+            .iter()
+            .map(|(name, addr)| {
+                let (name, answer) = (name.clone(), addr.send(GetStats));
+                async move { answer.await.ok().map(|stats| (name, stats)) }
+            })
+            .collect();
+        Box::pin(async move {
+            let mut all: Vec<_> = futures_util::future::join_all(asks)
+                .await
+                .into_iter()
+                .flatten()
+                .collect();
+            all.sort_by(|a, b| a.0.cmp(&b.0));
+            all
         })
     }
 }

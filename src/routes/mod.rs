@@ -5,6 +5,7 @@ pub mod body;
 pub mod dto;
 pub mod events;
 pub mod facade;
+pub mod metrics;
 pub mod openapi;
 pub mod ops;
 pub mod pools;
@@ -24,7 +25,7 @@ pub struct BodyLimit(pub usize);
 /// Registers every route: the API of [`routes`], and the pages and text outside the API
 /// document (the dashboard's HTML for browsers, `GET /metrics` for Prometheus).
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(ui::scope());
+    cfg.service(ui::scope()).service(metrics::scrape);
     routes(&mut ServiceConfig::new(cfg));
 }
 

@@ -5,6 +5,7 @@ use crate::domain::ids::PoolName;
 use crate::domain::secrets::{SecretBundle, SecretValue};
 use crate::egress::EgressGuard;
 use crate::manifest::Auth;
+use crate::metrics::CallClass;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -135,6 +136,30 @@ impl TokenCache {
         guard: &EgressGuard,
         timeout: Duration,
     ) -> Result<SecretValue, TokenError> {
+        let ignore = |_: CallClass, _: Duration| {};
+        self.token_observed(pool, auth, secrets, client, guard, timeout, &ignore)
+            .await
+    }
+
+    /// [`TokenCache::token`], telling `observe` how each request to the token endpoint ended
+    /// and how long it took (none when the cached token is used).
+    ///
+    /// # Errors
+    /// When a credential is missing or the token endpoint fails.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the arguments of `token` and the observer"
+    )]
+    pub async fn token_observed(
+        &self,
+        pool: &PoolName,
+        auth: &Auth,
+        secrets: &SecretBundle,
+        client: &reqwest::Client,
+        guard: &EgressGuard,
+        timeout: Duration,
+        observe: &(dyn Fn(CallClass, Duration) + Sync),
+    ) -> Result<SecretValue, TokenError> {
         let Some(key) = cache_key(pool, auth, secrets) else {
             return Err(TokenError::NoToken);
         };
@@ -146,7 +171,7 @@ impl TokenCache {
         {
             return Ok(cached.token.clone());
         }
-        let (token, usable) = fetch(auth, secrets, client, guard, timeout).await?;
+        let (token, usable) = fetch(auth, secrets, client, guard, timeout, observe).await?;
         let now = Instant::now();
         *cached_slot = Some(Cached {
             token: token.clone(),
@@ -185,6 +210,7 @@ pub(super) async fn fetch(
     client: &reqwest::Client,
     guard: &EgressGuard,
     timeout: Duration,
+    observe: &(dyn Fn(CallClass, Duration) + Sync),
 ) -> Result<(SecretValue, Duration), TokenError> {
     let Auth::OAuth2ClientCredentials {
         token_url,
@@ -219,16 +245,21 @@ pub(super) async fn fetch(
         .header(reqwest::header::ACCEPT, "application/json")
         .form(&form);
     // Never redirected: the credentials are in the body.
+    let started = Instant::now();
     let response = super::http::send(request, guard, false)
         .await
-        .map_err(|e| TokenError::Transport(e.to_string()))?;
+        .map_err(|e| {
+            observe(super::call_class_of(&e), started.elapsed());
+            TokenError::Transport(e.to_string())
+        })?;
     let status = response.status().as_u16();
     if !response.status().is_success() {
+        observe(CallClass::Status(status), started.elapsed());
         return Err(TokenError::Status(status));
     }
-    let body = super::http::read_capped(response, MAX_TOKEN_RESPONSE)
-        .await
-        .map_err(TokenError::Transport)?;
+    let body = super::http::read_capped(response, MAX_TOKEN_RESPONSE).await;
+    observe(CallClass::Status(status), started.elapsed());
+    let body = body.map_err(TokenError::Transport)?;
     let value: serde_json::Value =
         serde_json::from_slice(&body).map_err(|_| TokenError::NoToken)?;
     let token = value

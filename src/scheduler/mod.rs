@@ -81,6 +81,8 @@ pub struct Adapter {
     guards: std::sync::Mutex<HashMap<PoolName, Arc<PoolGuard>>>,
     /// The egress policy (the default is the strictest: https to public addresses only).
     egress: Arc<crate::egress::Egress>,
+    /// Where every request sent to a scheduler is counted and timed.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// A pool's call health, for PoolView.
@@ -114,6 +116,16 @@ fn signal_of(outcome: &CallOutcome) -> Signal {
     }
 }
 
+/// The metrics class of a call that got no usable answer: a redirect not followed was still
+/// an answer (3xx); a refusal of the egress policy sent nothing.
+pub(crate) fn call_class_of(error: &http::SendError) -> crate::metrics::CallClass {
+    match error {
+        http::SendError::Refused(_) => crate::metrics::CallClass::Refused,
+        http::SendError::Redirect(_) => crate::metrics::CallClass::Status(300),
+        http::SendError::Transport(_) => crate::metrics::CallClass::Transport,
+    }
+}
+
 /// What was sent and what came back, before classification.
 struct Exchange {
     status: u16,
@@ -137,19 +149,26 @@ impl Adapter {
         }
     }
 
+    /// Counts and times every scheduler request in `metrics` (instead of a set of its own).
+    pub fn with_metrics(self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        Self { metrics, ..self }
+    }
+
     /// The egress policy (registration checks it; pool runtimes take their guard from it).
     pub fn egress(&self) -> &crate::egress::Egress {
         &self.egress
     }
 
-    /// Drops what the adapter keeps for a deleted pool: its rate budget and breaker, and its
-    /// OAuth2 tokens (a pool registered again under the name starts afresh).
+    /// Drops what the adapter keeps for a deleted pool: its rate budget and breaker, its
+    /// OAuth2 tokens and its metric series (a pool registered again under the name starts
+    /// afresh).
     pub fn forget_pool(&self, pool: &PoolName) {
         self.guards
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(pool);
         self.tokens.forget_pool(pool);
+        self.metrics.forget_pool(pool);
     }
 
     /// Drops the OAuth2 tokens of credentials a pool no longer uses, once its manifest or its
@@ -298,7 +317,10 @@ impl Adapter {
         }
         let timeout =
             Duration::from_millis(operation.timeout_ms.unwrap_or(manifest.limits.timeout_ms));
-        let exchange = self.send(pool, request, timeout).await.ok()?;
+        let exchange = self
+            .send(pool, OpKind::FailureLog, request, timeout)
+            .await
+            .ok()?;
         if !operation.is_success(exchange.status) {
             return None;
         }
@@ -322,7 +344,7 @@ impl Adapter {
         }
         let timeout =
             Duration::from_millis(operation.timeout_ms.unwrap_or(manifest.limits.timeout_ms));
-        let exchange = match self.send(pool, request, timeout).await {
+        let exchange = match self.send(pool, op, request, timeout).await {
             Ok(exchange) => exchange,
             Err(outcome) => return outcome,
         };
@@ -357,6 +379,7 @@ impl Adapter {
     async fn send(
         &self,
         pool: &PoolRuntime,
+        op: OpKind,
         request: RenderedRequest,
         timeout: Duration,
     ) -> Result<Exchange, CallOutcome> {
@@ -364,13 +387,17 @@ impl Adapter {
         if let Auth::OAuth2ClientCredentials { .. } = pool.manifest.auth {
             token = Some(
                 self.tokens
-                    .token(
+                    .token_observed(
                         &pool.name,
                         &pool.manifest.auth,
                         &pool.secrets,
                         &pool.client,
                         &pool.egress,
                         timeout,
+                        &|class, elapsed| {
+                            self.metrics
+                                .scheduler_call(&pool.name, "token", class, elapsed);
+                        },
                     )
                     .await
                     .map_err(|e| CallOutcome::Retryable {
@@ -380,7 +407,8 @@ impl Adapter {
                     })?,
             );
         }
-        self.send_with(pool, request, timeout, token).await
+        self.send_with(pool, op.as_str(), request, timeout, token)
+            .await
     }
 
     /// Sends a rendered request on the pool's client, with `token` as its bearer token when
@@ -388,6 +416,7 @@ impl Adapter {
     async fn send_with(
         &self,
         pool: &PoolRuntime,
+        op: &'static str,
         request: RenderedRequest,
         timeout: Duration,
         token: Option<crate::domain::secrets::SecretValue>,
@@ -428,8 +457,14 @@ impl Adapter {
             builder = builder.body(body);
         }
         // Egress: the URL and every redirect hop are checked, and every resolved address.
+        let started = Instant::now();
         let response = http::send(builder, &pool.egress, pool.manifest.follow_redirects)
             .await
+            .inspect_err(|e| {
+                let class = call_class_of(e);
+                self.metrics
+                    .scheduler_call(&pool.name, op, class, started.elapsed());
+            })
             .map_err(|e| match e {
                 http::SendError::Transport(message) => CallOutcome::Retryable {
                     message,
@@ -443,6 +478,9 @@ impl Adapter {
         let status = response.status().as_u16();
         let retry_after_ms = http::retry_after_ms(response.headers(), chrono::Utc::now());
         let body = http::read_capped(response, MAX_RESPONSE_BYTES).await;
+        let class = crate::metrics::CallClass::Status(status);
+        self.metrics
+            .scheduler_call(&pool.name, op, class, started.elapsed());
         Ok(Exchange {
             status,
             retry_after_ms,

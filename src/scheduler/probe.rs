@@ -202,12 +202,14 @@ impl Adapter {
         let sends_credentials = match &manifest.auth {
             Auth::None => false,
             Auth::OAuth2ClientCredentials { .. } => {
+                // A probe is not run traffic: its token request is not counted in the metrics.
                 match super::auth::fetch(
                     &manifest.auth,
                     &pool.secrets,
                     &pool.client,
                     &pool.egress,
                     timeout,
+                    &|_, _| {},
                 )
                 .await
                 {
@@ -257,7 +259,7 @@ impl Adapter {
             }
         };
         let started = Instant::now();
-        let sent = self.send_with(pool, request, timeout, token).await;
+        let sent = self.send_with(pool, "probe", request, timeout, token).await;
         probe.latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let exchange = match sent {
             Ok(exchange) => exchange,

@@ -179,6 +179,20 @@ impl PoolStats {
     }
 }
 
+/// Unfinished runs of one pool in one state ([`Store::count_unfinished`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnfinishedCount {
+    /// The pool.
+    pub pool: PoolName,
+    /// The state (never a final one).
+    pub state: RunState,
+    /// How many runs.
+    pub runs: i64,
+    /// How many of them have a deadline that has passed: the gateway fails a run at its
+    /// deadline, so these are runs it is not getting to.
+    pub past_deadline: i64,
+}
+
 /// Which runs [`Store::list_runs`] returns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunFilter {
@@ -353,6 +367,22 @@ impl Store {
     /// How many inserts and commits the writer has completed.
     pub fn writes(&self) -> u64 {
         self.inner.stats.writes.load(Ordering::Relaxed)
+    }
+
+    /// From now on, every write transaction and the run events it appends are counted in
+    /// `metrics` (once durable). A store takes one set of metrics; later calls change nothing.
+    pub fn observe_with(&self, metrics: Arc<crate::metrics::Metrics>) {
+        let _ = self.inner.stats.metrics.set(metrics);
+    }
+
+    /// Unfinished runs counted by pool and state, with those whose deadline is `now` or
+    /// earlier, in one grouped read (for the metrics).
+    ///
+    /// # Errors
+    /// [`StoreError::Query`] or [`StoreError::Corrupt`].
+    pub async fn count_unfinished(&self, now: Millis) -> Result<Vec<UnfinishedCount>, StoreError> {
+        self.with_conn(move |conn| runs::count_unfinished(conn, now))
+            .await
     }
 
     // ---- pools ----

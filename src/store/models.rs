@@ -396,6 +396,19 @@ pub(crate) struct StateCount {
     pub n: i64,
 }
 
+/// A count of runs in one state of one pool, and of those past their deadline.
+#[derive(Debug, Clone, QueryableByName)]
+pub(crate) struct PoolStateCount {
+    #[diesel(sql_type = Text)]
+    pub pool: String,
+    #[diesel(sql_type = Text)]
+    pub state: String,
+    #[diesel(sql_type = BigInt)]
+    pub n: i64,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    pub overdue: Option<i64>,
+}
+
 /// A `run_jobs` body column alone.
 #[derive(Debug, Clone, QueryableByName)]
 pub(crate) struct JobSealedRow {

@@ -7,11 +7,12 @@
 
 use super::conn::{Bind, DbConn, PgBind, cached, raw_query};
 use super::models::{
-    JobBodyRow, JobIdRow, JobSealedRow, RunRow, StateCount, VersionRow, parse_job_id, parse_state,
+    JobBodyRow, JobIdRow, JobSealedRow, PoolStateCount, RunRow, StateCount, VersionRow,
+    parse_job_id, parse_state,
 };
-use super::{RunFilter, RunPage, RunWithBody, StoreError};
+use super::{RunFilter, RunPage, RunWithBody, StoreError, UnfinishedCount};
 use crate::domain::ids::{JobId, PoolName};
-use crate::domain::run::{ReleaseState, RunRecord};
+use crate::domain::run::{Millis, ReleaseState, RunRecord};
 use crate::domain::state::RunState;
 use base64::Engine as _;
 use diesel::RunQueryDsl as _;
@@ -190,6 +191,17 @@ static UNFINISHED_STATES: LazyLock<String> = LazyLock::new(|| {
         .map(|s| format!("'{}'", s.as_str()))
         .collect::<Vec<_>>()
         .join(", ")
+});
+
+/// Unfinished runs by pool and state, and how many of them are past their deadline (one `?`:
+/// now): read through the `state` index, never a finished run.
+static UNFINISHED_COUNTS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT pool, state, COUNT(*) AS n, \
+         SUM(CASE WHEN deadline_at <= ? THEN 1 ELSE 0 END) AS overdue \
+         FROM runs WHERE state IN ({}) GROUP BY pool, state",
+        *UNFINISHED_STATES
+    )
 });
 
 /// `'done', 'failed', 'cancelled'`, for SQL.
@@ -459,6 +471,30 @@ pub(crate) fn count_by_state(
     let rows: Vec<StateCount> = cached!(COUNT_BY_STATE, vec![text(pool.as_str())]).load(conn)?;
     rows.into_iter()
         .map(|row| Ok((parse_state(&row.state, &format!("runs of {pool}"))?, row.n)))
+        .collect()
+}
+
+/// Unfinished runs counted by pool and state, with those whose deadline is `now` or earlier. A
+/// row whose pool is not a valid name is no run of any pool (`load_unfinished` leaves it out
+/// too) and is not counted.
+pub(crate) fn count_unfinished(
+    conn: &mut DbConn,
+    now: Millis,
+) -> Result<Vec<UnfinishedCount>, StoreError> {
+    let rows: Vec<PoolStateCount> =
+        cached!(&UNFINISHED_COUNTS, vec![Bind::BigInt(now)]).load(conn)?;
+    rows.into_iter()
+        .filter_map(|row| {
+            let pool = PoolName::parse(&row.pool).ok()?;
+            Some(
+                parse_state(&row.state, "unfinished runs").map(|state| UnfinishedCount {
+                    pool,
+                    state,
+                    runs: row.n,
+                    past_deadline: row.overdue.unwrap_or(0),
+                }),
+            )
+        })
         .collect()
 }
 

@@ -550,6 +550,44 @@ async fn pool_stats_count_runs_by_state_group(backend: TestBackend) {
     );
 }
 
+async fn unfinished_runs_are_counted_by_pool_and_state_with_those_past_their_deadline(
+    backend: TestBackend,
+) {
+    let (_db, store) = open(backend).await;
+    let now = 1_000_000;
+    let runs = [
+        ("a-0", "a", RunState::Queued, Some(now - 1)),
+        ("a-1", "a", RunState::Queued, Some(now + 1)),
+        ("a-2", "a", RunState::Queued, None),
+        ("a-3", "a", RunState::Running, Some(now)),
+        ("a-4", "a", RunState::Done, Some(now - 1)),
+        ("b-0", "b", RunState::Dispatching, None),
+        ("b-1", "b", RunState::Failed, None),
+    ];
+    for (i, (id, pool, state, deadline)) in runs.into_iter().enumerate() {
+        let mut run = bare_run(id, pool, i as i64);
+        run.state = state;
+        run.deadline_at = deadline;
+        insert(&store, &run).await;
+    }
+    let mut counts = store.count_unfinished(now).await.unwrap();
+    counts.sort_by(|x, y| (&x.pool, x.state as u8).cmp(&(&y.pool, y.state as u8)));
+    let count = |pool: &str, state, runs, past_deadline| UnfinishedCount {
+        pool: pool_name(pool),
+        state,
+        runs,
+        past_deadline,
+    };
+    assert_eq!(
+        counts,
+        vec![
+            count("a", RunState::Queued, 3, 1),
+            count("a", RunState::Running, 1, 1),
+            count("b", RunState::Dispatching, 1, 0),
+        ]
+    );
+}
+
 async fn concurrent_commits_all_land_in_fewer_transactions(backend: TestBackend) {
     const RUNS: usize = 500;
     let (_db, store) = open(backend).await;
@@ -1952,6 +1990,7 @@ on_both_backends!(
     a_group_commit_writes_what_one_by_one_commits_would,
     pooled_connections_commit_durably_whatever_the_database_default,
     a_job_body_stored_before_run_jobs_existed_stays_readable,
+    unfinished_runs_are_counted_by_pool_and_state_with_those_past_their_deadline,
 );
 
 // ---- backend-independent checks ----

@@ -13,8 +13,9 @@
 use super::conn::{Backend, DbConn, DbPool, PooledConn, write_tx_beginning};
 use super::{InsertOutcome, StoreError, events, runs, setwise};
 use crate::domain::run::{EventRecord, NewEvent, RunRecord};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
 /// The most requests written in one transaction.
@@ -57,6 +58,8 @@ pub(crate) struct WriterStats {
     pub transactions: AtomicU64,
     /// Requests the writer answered successfully.
     pub writes: AtomicU64,
+    /// Where committed transactions and their run events are counted (set once by the app).
+    pub metrics: OnceLock<Arc<crate::metrics::Metrics>>,
 }
 
 /// Starts the writer thread. It stops when every sender (every `Store` clone) is gone.
@@ -112,9 +115,11 @@ struct Writer {
 impl Writer {
     fn write(&mut self, batch: Vec<WriteRequest>) {
         if batch.len() > 1 {
+            let started = Instant::now();
             match self.write_batch(&batch) {
                 Ok(outcomes) => {
                     self.stats.transactions.fetch_add(1, Ordering::Relaxed);
+                    observe(&self.stats, batch.iter().zip(&outcomes), started);
                     for (request, outcome) in batch.into_iter().zip(outcomes) {
                         self.deliver(request, Ok(outcome));
                     }
@@ -129,9 +134,11 @@ impl Writer {
             }
         }
         for request in batch {
+            let started = Instant::now();
             let result = self.write_one(&request);
-            if result.is_ok() {
+            if let Ok(outcome) = &result {
                 self.stats.transactions.fetch_add(1, Ordering::Relaxed);
+                observe(&self.stats, std::iter::once((&request, outcome)), started);
             }
             self.deliver(request, result);
         }
@@ -246,6 +253,32 @@ fn apply(conn: &mut DbConn, request: &WriteRequest) -> Result<Outcome, StoreErro
                 .map(|event| events::append(conn, &run.pool, event.clone()))
                 .collect::<Result<Vec<_>, _>>()
                 .map(Outcome::Commit)
+        }
+    }
+}
+
+/// Reports a committed transaction (begun at `started`) and the run events it appended to the
+/// metrics, when the store has them. Runs on the writer thread after the commit and before the
+/// callers are answered (a few atomic adds), so whatever a caller goes on to show is counted.
+fn observe<'a>(
+    stats: &WriterStats,
+    written: impl ExactSizeIterator<Item = (&'a WriteRequest, &'a Outcome)>,
+    started: Instant,
+) {
+    let Some(metrics) = stats.metrics.get() else {
+        return;
+    };
+    metrics.store_committed(written.len(), started.elapsed());
+    for (request, outcome) in written {
+        match (request, outcome) {
+            (
+                WriteRequest::Insert { run, .. },
+                Outcome::Insert(InsertOutcome::Inserted(events)),
+            )
+            | (WriteRequest::Commit { run, .. }, Outcome::Commit(events)) => {
+                metrics.run_events(&run.pool, run.state, events);
+            }
+            _ => {}
         }
     }
 }

@@ -32,6 +32,7 @@ mod events;
 mod facade;
 mod fair_share;
 mod faults;
+mod metrics;
 mod openapi;
 mod ops;
 mod persistence;

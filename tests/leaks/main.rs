@@ -215,6 +215,9 @@ async fn api_answers(app: &TestApp, job_ids: &[&str]) -> Vec<u8> {
         assert_eq!(status, 200, "{path}");
         all.extend(body.to_string().into_bytes());
     }
+    let metrics = app.scrape(None).await;
+    assert_eq!(metrics.status, 200, "/metrics");
+    all.extend(metrics.text.into_bytes());
     all
 }
 

@@ -153,6 +153,19 @@ impl Api {
         Reply::read(request.send().await.unwrap()).await
     }
 
+    /// `GET /metrics` with the reader's token, asking for `accept` (OpenMetrics or the
+    /// Prometheus text format) when given.
+    pub async fn scrape(&self, accept: Option<&str>) -> Reply {
+        let mut request = self
+            .client
+            .get(self.url("/metrics"))
+            .bearer_auth(self.tokens.reader);
+        if let Some(accept) = accept {
+            request = request.header(reqwest::header::ACCEPT, accept);
+        }
+        Reply::read(request.send().await.unwrap()).await
+    }
+
     /// A run's view; fails the test unless it is found.
     pub async fn run(&self, job_id: &str) -> Value {
         let reply = self.get(&format!("/v1/runs/{job_id}")).await;

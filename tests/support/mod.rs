@@ -8,6 +8,7 @@
 //! - [`gateway`]: the real binary as a process (`cattery serve`, `cattery local-pool`): spawn,
 //!   wait until ready, `kill -9`, restart;
 //! - [`client`]: the gateway's API, every answer read whole as status, headers and body;
+//! - [`exposition`]: a strict parser of `GET /metrics` answers (Prometheus text, OpenMetrics);
 //! - [`stub`]: recording loopback servers that play a scheduler;
 //! - [`manifests`]: the shipped manifests and the test schedulers' ones;
 //! - [`proxy`]: a forward HTTP proxy on loopback that records what it is asked for;
@@ -18,6 +19,7 @@ pub mod app;
 pub mod browser;
 pub mod client;
 pub mod database;
+pub mod exposition;
 pub mod gateway;
 pub mod manifests;
 pub mod proxy;
