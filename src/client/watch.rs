@@ -3,8 +3,9 @@
 //!
 //! The run is read first (an unknown id is the API's 404; a finished run answers at once), then
 //! the stream is opened with `Last-Event-ID: 0`, which replays the run's persisted log before
-//! going live, so nothing that happened in between is missed. A stream that breaks is opened
-//! again from the last event id seen, a few times, before the command gives up. On a terminal
+//! going live, so nothing that happened in between is missed. A stream that breaks (the gateway
+//! restarted) is opened again from the last event id seen, for about 25 s, before the command
+//! gives up. On a terminal
 //! the progress line is redrawn in place with `\r`; otherwise each change is one plain line.
 
 use super::table::{bar, cell, one_line, progress};
@@ -13,10 +14,14 @@ use serde_json::Value;
 use std::io::Write;
 use std::time::Duration;
 
-/// Stream (re)connections in a row that may fail before the command gives up.
-const MAX_RECONNECTS: u32 = 5;
-/// The pause before reconnection `n` is `n` times this.
+/// Stream (re)connections in a row that may fail before the command gives up: with the pauses
+/// below, about 25 s, enough for a gateway to restart.
+const MAX_RECONNECTS: u32 = 6;
+/// The pause before the first reconnection; it doubles with each failure in a row, up to
+/// [`MAX_RECONNECT_PAUSE`].
 const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
+/// The longest pause between two reconnections.
+const MAX_RECONNECT_PAUSE: Duration = Duration::from_secs(8);
 /// The gateway sends a keep-alive comment every 15 s: a stream silent for this long is dead.
 const SILENCE_LIMIT: Duration = Duration::from_secs(60);
 
@@ -261,7 +266,8 @@ pub async fn watch(
                 });
             }
         }
-        tokio::time::sleep(RECONNECT_PAUSE * failures).await;
+        let doubling = 2u32.saturating_pow(failures.saturating_sub(1));
+        tokio::time::sleep((RECONNECT_PAUSE * doubling).min(MAX_RECONNECT_PAUSE)).await;
     }
 }
 

@@ -231,6 +231,27 @@ async fn pools_are_applied_listed_shown_and_deleted() {
     let out = setup.run(&["pools", "apply", &manifest]);
     assert_eq!(out.code, EXIT_USAGE, "{out:?}");
     assert!(out.stderr.contains("--name"), "{out:?}");
+    // A Cat-Factory manifest names itself (providerId).
+    let catfactory = setup.write(
+        "catfactory.yaml",
+        "providerId: acme-pool\nlabel: Acme\nbaseUrl: http://127.0.0.1:9\n\
+         auth: { type: bearer, secretRef: { key: API_TOKEN } }\n\
+         dispatch: { method: POST, pathTemplate: /jobs, bodyTemplate: '{{input.job}}' }\n\
+         poll: { method: GET, pathTemplate: '/jobs/{{input.jobId}}' }\n\
+         response: { statusPath: state }\n",
+    );
+    let out = setup.run_stdin(
+        &["pools", "apply", &catfactory, "--secrets", "-"],
+        "API_TOKEN: acme-token-value\n",
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout
+            .starts_with("pool acme-pool created (revision 1)\n"),
+        "{out:?}"
+    );
+    assert!(out.stdout.contains("cat-factory"), "{out:?}");
+    assert!(!out.stdout.contains("acme-token-value"), "{out:?}");
 
     let out = setup.run(&["pools", "delete", "local"]);
     assert_eq!(out.code, 0, "{out:?}");
@@ -459,20 +480,27 @@ async fn watch_follows_a_run_and_exits_with_its_outcome() {
         .gateway
         .wait_for("watch-cancel", RUN_LIMIT, |run| run["state"] == "running")
         .await;
-    let watcher = setup.spawn(&["runs", "watch", "watch-cancel", "-o", "json"]);
-    // The watcher shows the running run before the cancel goes out.
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut watcher = setup.spawn(&["runs", "watch", "watch-cancel", "-o", "json"]);
+    // The watcher shows the running run (its first line) before the cancel goes out.
+    let mut stdout = std::io::BufReader::new(watcher.stdout.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut first).unwrap();
     assert_eq!(setup.gateway.cancel("watch-cancel").await.status, 202);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
     let out = finished(watcher);
     assert_eq!(out.code, EXIT_CANCELLED, "{out:?}");
+    never_shows_a_token(&Out {
+        stdout: format!("{first}{rest}"),
+        ..out
+    });
     // JSON output: one RunView per line, the last one cancelled.
-    let views: Vec<Value> = out
-        .stdout
+    let views: Vec<Value> = format!("{first}{rest}")
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
         .collect();
-    assert_eq!(views.first().unwrap()["state"], "running", "{out:?}");
-    assert_eq!(views.last().unwrap()["state"], "cancelled", "{out:?}");
+    assert_eq!(views.first().unwrap()["state"], "running", "{first}");
+    assert_eq!(views.last().unwrap()["state"], "cancelled", "{rest}");
 
     // A finished run answers at once; an unknown one is the API's 404.
     let out = setup.run(&["runs", "watch", "watch-done"]);
@@ -568,4 +596,33 @@ fn the_commands_document_their_options() {
     for option in ["--server", "--token", "--token-file", "--output"] {
         assert!(help.contains(option), "{option} missing from {help}");
     }
+}
+
+/// A watch outlives a restart of the gateway: the stream is opened again from the last event
+/// seen and the run's end still decides the exit code.
+#[actix_web::test]
+async fn watch_reconnects_when_the_gateway_restarts() {
+    let mut setup = Setup::start().await;
+    assert_eq!(setup.apply_local().code, 0);
+    setup.dispatch("watch-restart", json!({"steps": 1000, "stepMs": 100}));
+    setup
+        .gateway
+        .wait_for("watch-restart", RUN_LIMIT, |run| run["state"] == "running")
+        .await;
+    let mut watcher = setup.spawn(&["runs", "watch", "watch-restart", "-o", "json"]);
+    let mut stdout = std::io::BufReader::new(watcher.stdout.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut first).unwrap();
+    setup.gateway.restart().await;
+    assert!(
+        watcher.try_wait().unwrap().is_none(),
+        "the watcher gave up on the restart"
+    );
+    assert_eq!(setup.gateway.cancel("watch-restart").await.status, 202);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    let out = finished(watcher);
+    assert_eq!(out.code, EXIT_CANCELLED, "{first}{rest}{out:?}");
+    let last: Value = serde_json::from_str(rest.lines().last().unwrap()).unwrap();
+    assert_eq!(last["state"], "cancelled");
 }
