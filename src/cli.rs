@@ -1,5 +1,6 @@
 //! The command line: `serve`, `migrate`, `local-pool`, `demo`, `manifest validate|render`,
-//! `keys rotate`.
+//! `keys rotate`, `backup`, `config check`, and the client commands `pools …` and `runs …`
+//! (src/client/).
 
 use crate::app::{Application, Secrets};
 use crate::config::Settings;
@@ -12,9 +13,20 @@ use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// The version line of `cattery --version`: the package version, the git commit and the date
+/// of the build (see build.rs).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("CATTERY_GIT_COMMIT"),
+    ", built ",
+    env!("CATTERY_BUILD_DATE"),
+    ")"
+);
+
 /// cattery: a runner-pool gateway.
 #[derive(Debug, Parser)]
-#[command(name = "cattery", version, about)]
+#[command(name = "cattery", version = VERSION, about)]
 pub struct Cli {
     /// A configuration file layered over config/default.yaml.
     #[arg(long, global = true, env = "CATTERY_CONFIG")]
@@ -64,6 +76,47 @@ pub enum Command {
     /// The built-in sample job (reads the job on stdin; used by the local pool).
     #[command(hide = true)]
     SampleJob,
+    /// Manage the pools of a running gateway (client of its HTTP API).
+    Pools {
+        /// Where the gateway is and how to authenticate.
+        #[command(flatten)]
+        client: crate::client::ClientArgs,
+        /// What to do.
+        #[command(subcommand)]
+        action: crate::client::PoolsCommand,
+    },
+    /// Submit, inspect, cancel and follow runs of a running gateway (client of its HTTP API).
+    Runs {
+        /// Where the gateway is and how to authenticate.
+        #[command(flatten)]
+        client: crate::client::ClientArgs,
+        /// What to do.
+        #[command(subcommand)]
+        action: crate::client::RunsCommand,
+    },
+    /// Copy the SQLite database consistently to FILE, also while the gateway runs (PostgreSQL:
+    /// use pg_dump).
+    Backup {
+        /// The backup file to write.
+        file: PathBuf,
+        /// Replace FILE when it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Inspect the configuration.
+    Config {
+        /// What to do.
+        #[command(subcommand)]
+        action: ConfigCommand,
+    },
+}
+
+/// `config` sub-commands.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Load the configuration as `serve` does, print it as YAML with secrets masked, and list
+    /// every problem with its key; exit 1 on any.
+    Check,
 }
 
 /// `manifest` sub-commands.
@@ -125,9 +178,20 @@ pub enum Op {
     Release,
 }
 
-/// Parses the command line and runs it.
+/// Parses the command line and runs it. A command line that does not parse exits with
+/// [`crate::client::exit::USAGE`] (64), so that it never reads as a run's outcome.
 pub async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(crate::client::exit::USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     match run(cli).await {
         Ok(code) => code,
         Err(e) => {
@@ -183,6 +247,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Keys {
             action: KeysCommand::Rotate,
         } => keys_rotate(&cli).await,
+        Command::Pools { client, action } => {
+            Ok(client_command(client, ClientCall::Pools(action)).await)
+        }
+        Command::Runs { client, action } => {
+            Ok(client_command(client, ClientCall::Runs(action)).await)
+        }
+        Command::Backup { file, force } => backup(&cli, file, *force).await,
+        Command::Config {
+            action: ConfigCommand::Check,
+        } => Ok(config_check(&cli)),
         Command::SampleJob => {
             let mut input = Vec::new();
             std::io::Read::read_to_end(&mut std::io::stdin(), &mut input)?;
@@ -195,6 +269,109 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 u8::try_from(code.clamp(0, 255)).unwrap_or(1),
             ))
         }
+    }
+}
+
+/// A client command of the command line.
+enum ClientCall<'a> {
+    Pools(&'a crate::client::PoolsCommand),
+    Runs(&'a crate::client::RunsCommand),
+}
+
+/// Runs a client command against the gateway and turns its outcome into the exit code; a
+/// failure is printed on stderr as one line (plus a line per field problem).
+async fn client_command(args: &crate::client::ClientArgs, call: ClientCall<'_>) -> ExitCode {
+    use std::io::IsTerminal as _;
+    let outcome = match crate::client::Client::from_args(args) {
+        Ok(client) => {
+            let mut out = std::io::stdout();
+            let mut err = std::io::stderr();
+            let tty = out.is_terminal();
+            let io = crate::client::Io {
+                out: &mut out,
+                err: &mut err,
+                tty,
+            };
+            match call {
+                ClientCall::Pools(action) => {
+                    crate::client::run_pools(&client, args.output, action, io).await
+                }
+                ClientCall::Runs(action) => {
+                    crate::client::run_runs(&client, args.output, action, io).await
+                }
+            }
+        }
+        Err(e) => Err(e),
+    };
+    match outcome {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            for line in e.lines() {
+                warn(&line);
+            }
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+async fn backup(cli: &Cli, file: &std::path::Path, force: bool) -> anyhow::Result<ExitCode> {
+    let settings = settings(cli)?;
+    match crate::operator::backup(&settings, file, force).await {
+        Ok(report) => {
+            say(&format!(
+                "backed up {} to {} ({} bytes)",
+                report.source.display(),
+                report.target.display(),
+                report.bytes
+            ));
+            say(
+                "the master key is not in the backup: keep a copy of it (security.masterKeyFile, \
+                 CATTERY_MASTER_KEYS or <dataDir>/master.key) apart from it",
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            let mut line = format!("error: {e}");
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                line.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            warn(&line);
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn config_check(cli: &Cli) -> ExitCode {
+    let settings = match settings(cli) {
+        Ok(settings) => settings,
+        Err(e) => {
+            warn(&format!("error: {e:#}"));
+            return ExitCode::FAILURE;
+        }
+    };
+    let secrets = Secrets::from_env();
+    for note in crate::operator::environment_notes(&settings, &secrets) {
+        say(&note);
+    }
+    match yaml_serde::to_string(&crate::operator::masked(&settings)) {
+        Ok(yaml) => say(yaml.trim_end()),
+        Err(e) => warn(&format!("error: cannot print the configuration: {e}")),
+    }
+    let problems = crate::operator::problems(&settings, &secrets);
+    for problem in &problems {
+        warn(&format!("error at {}: {}", problem.key, problem.message));
+    }
+    if problems.is_empty() {
+        warn("the configuration has no problem");
+        ExitCode::SUCCESS
+    } else {
+        warn(&format!(
+            "{} problem(s) in the configuration",
+            problems.len()
+        ));
+        ExitCode::FAILURE
     }
 }
 

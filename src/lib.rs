@@ -2,6 +2,8 @@
 //!
 //! Layout (one module, one job):
 //! - [`config`], [`telemetry`], [`app`], [`cli`], [`demo`]: settings, logs, wiring, commands;
+//! - [`client`]: the `pools` and `runs` commands, a client of a running gateway;
+//!   [`operator`]: `config check` and `backup`;
 //! - [`domain`]: ids, states, the run and pool records, secrets;
 //! - [`manifest`], [`template`]: the manifest model, compiled templates and JMESPath mapping;
 //! - [`scheduler`]: the generic adapter (render → send → classify);
@@ -19,6 +21,7 @@ pub mod app;
 pub mod backoff;
 pub mod bus;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod crypto;
 pub mod demo;
@@ -30,6 +33,7 @@ pub mod lifecycle;
 pub mod localpool;
 pub mod manifest;
 pub mod metrics;
+pub mod operator;
 pub mod proxy;
 pub mod redact;
 pub mod retention;

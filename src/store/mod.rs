@@ -10,6 +10,7 @@
 //! PostgreSQL), `lock` (one gateway per database), `testing`
 //! (throw-away databases for tests).
 
+pub mod backup;
 mod conn;
 mod events;
 mod gateway_keys;
