@@ -29,12 +29,15 @@ fn problem(key: impl Into<String>, message: impl Into<String>) -> ConfigProblem 
     }
 }
 
-/// The settings with every secret masked: the database URL's password, the API token digests,
-/// the facade's harness secret, the webhook secret. (The master keys and the admin token come
+/// The settings with every secret masked: the database URL's password, the proxy's password,
+/// the API token digests, the facade's harness secret, the webhook secret. (The master keys and the admin token come
 /// from the environment or files, never from the settings.)
 pub fn masked(settings: &Settings) -> Settings {
     let mut masked = settings.clone();
     masked.database.url = mask_url(&settings.database.url);
+    if let Some(proxy) = &mut masked.egress.proxy {
+        proxy.url = mask_url(&proxy.url);
+    }
     for token in &mut masked.api.tokens {
         token.sha256 = MASK.to_owned();
     }
@@ -142,6 +145,17 @@ pub fn problems(settings: &Settings, secrets: &Secrets) -> Vec<ConfigProblem> {
             "egress.allowHosts",
             format!("{:?}: {}", bad.entry, bad.reason),
         ));
+    }
+    if let Err(e) = crate::proxy::from_settings(&settings.egress, |name| std::env::var(name).ok()) {
+        let key = match &e {
+            crate::proxy::ProxyError::Both => "egress.proxy".to_owned(),
+            crate::proxy::ProxyError::BadUrl { key, .. } => key.clone(),
+        };
+        let message = match e {
+            crate::proxy::ProxyError::BadUrl { problem, .. } => problem,
+            both => both.to_string(),
+        };
+        problems.push(problem(&key, message));
     }
     if let Err(message) = settings.defaults.polling.check() {
         problems.push(problem("defaults.polling.deadlineSeconds", message));
@@ -329,6 +343,10 @@ mod tests {
     fn secrets_are_masked_in_the_printed_tree() {
         let mut settings = Settings::default();
         settings.database.url = "postgres://u:hunter2@h/db".into();
+        settings.egress.proxy = Some(crate::config::ProxySettings {
+            url: "http://ops:proxy-pass@proxy.corp:3128".into(),
+            no_proxy: Vec::new(),
+        });
         settings.webhooks.secret = "whsec-value".into();
         settings.facade.harness_secret = "harness-value".into();
         settings.api.tokens.push(crate::config::ApiToken {
@@ -337,7 +355,14 @@ mod tests {
             role: "reader".into(),
         });
         let text = serde_json::to_string(&masked(&settings)).unwrap();
-        for secret in ["hunter2", "whsec-value", "harness-value", &"a".repeat(64)] {
+        assert!(text.contains("proxy.corp:3128"), "{text}");
+        for secret in [
+            "hunter2",
+            "proxy-pass",
+            "whsec-value",
+            "harness-value",
+            &"a".repeat(64),
+        ] {
             assert!(!text.contains(secret), "{secret} in {text}");
         }
     }
