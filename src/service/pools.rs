@@ -38,6 +38,30 @@ pub struct PoolSummary {
 }
 
 impl Gateway {
+    /// The egress policy's verdict on the URLs a manifest names (resolved now), before
+    /// anything is stored or sent: every refusal as a 422 problem under `manifest`.
+    pub(super) async fn check_egress(
+        &self,
+        name: &PoolName,
+        manifest: &Manifest,
+    ) -> Result<(), ServiceError> {
+        let refused = self
+            .deps
+            .adapter
+            .egress()
+            .check_manifest(name.as_str(), manifest)
+            .await;
+        if refused.is_empty() {
+            return Ok(());
+        }
+        Err(ServiceError::Validation(
+            refused
+                .into_iter()
+                .map(|(path, message)| problem(&prefixed("manifest", &path), message))
+                .collect(),
+        ))
+    }
+
     /// Parses and validates a manifest with the configured defaults.
     ///
     /// # Errors
@@ -80,20 +104,7 @@ impl Gateway {
     ) -> Result<(PoolRecord, bool), ServiceError> {
         let manifest = self.compile_manifest(&input)?;
         // The egress policy, before anything is stored or sent.
-        let refused = self
-            .deps
-            .adapter
-            .egress()
-            .check_manifest(name.as_str(), &manifest)
-            .await;
-        if !refused.is_empty() {
-            return Err(ServiceError::Validation(
-                refused
-                    .into_iter()
-                    .map(|(path, message)| problem(&prefixed("manifest", &path), message))
-                    .collect(),
-            ));
-        }
+        self.check_egress(&name, &manifest).await?;
         let existing = self.deps.store.get_pool(&name).await?;
         let bundle = match (secrets, &existing) {
             (Some(given), _) => parse_secrets(given)?,

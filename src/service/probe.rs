@@ -1,7 +1,7 @@
 //! The pool probe use case: probe a stored pool, or a manifest (and secrets) before saving it.
 
-use super::pools::{ManifestInput, check_secrets, parse_secrets, prefixed, stored_manifest};
-use super::{Gateway, ServiceError, problem};
+use super::pools::{ManifestInput, check_secrets, parse_secrets, stored_manifest};
+use super::{Gateway, ServiceError};
 use crate::domain::ids::PoolName;
 use crate::scheduler::probe::Probe;
 use std::collections::BTreeMap;
@@ -38,20 +38,7 @@ impl Gateway {
             (None, None) => return Err(ServiceError::PoolNotFound(name.to_string())),
         };
         let manifest = self.compile_manifest(&manifest_input)?;
-        let refused = self
-            .deps
-            .adapter
-            .egress()
-            .check_manifest(name.as_str(), &manifest)
-            .await;
-        if !refused.is_empty() {
-            return Err(ServiceError::Validation(
-                refused
-                    .into_iter()
-                    .map(|(path, message)| problem(&prefixed("manifest", &path), message))
-                    .collect(),
-            ));
-        }
+        self.check_egress(name, &manifest).await?;
         let bundle = match (input.secrets, &stored) {
             (Some(given), _) => parse_secrets(given)?,
             (None, Some(record)) => self.open_secrets(record)?,
