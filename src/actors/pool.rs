@@ -139,6 +139,12 @@ impl LiveStats {
 #[rtype(result = "LiveStats")]
 pub struct GetStats;
 
+/// How many runs of the same tenant wait ahead of a queued run (`None` when it does not wait
+/// in this pool's queue).
+#[derive(Message)]
+#[rtype(result = "Option<usize>")]
+pub struct QueuePlace(pub JobId);
+
 /// The pool was deleted: stop once the live runs are done.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -684,6 +690,14 @@ impl Handler<GetStats> for PoolActor {
 
     fn handle(&mut self, _msg: GetStats, _ctx: &mut Self::Context) -> Self::Result {
         MessageResult(self.live_stats())
+    }
+}
+
+impl Handler<QueuePlace> for PoolActor {
+    type Result = Option<usize>;
+
+    fn handle(&mut self, msg: QueuePlace, _ctx: &mut Self::Context) -> Option<usize> {
+        self.queue.position(&msg.0)
     }
 }
 

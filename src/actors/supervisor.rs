@@ -2,8 +2,8 @@
 
 use super::Deps;
 use super::pool::{
-    self, Admit, AdmitError, Cancel, CancelError, GetStats, LiveStats, PoolActor, Resume, Retire,
-    UpdateRuntime,
+    self, Admit, AdmitError, Cancel, CancelError, GetStats, LiveStats, PoolActor, QueuePlace,
+    Resume, Retire, UpdateRuntime,
 };
 use crate::domain::ids::{JobId, PoolName};
 use crate::domain::run::RunRecord;
@@ -58,6 +58,17 @@ pub struct CancelRunOf {
 #[derive(Message)]
 #[rtype(result = "Option<LiveStats>")]
 pub struct PoolStats(pub PoolName);
+
+/// A queued run's place in its tenant's line in its pool's queue (`None` when it does not wait
+/// there, or the pool has no actor).
+#[derive(Message)]
+#[rtype(result = "Option<usize>")]
+pub struct QueuePlaceOf {
+    /// Its pool.
+    pub pool: PoolName,
+    /// The run.
+    pub job_id: JobId,
+}
 
 /// Read the live counts of every pool that has an actor (for the metrics).
 #[derive(Message)]
@@ -259,6 +270,20 @@ impl Handler<PoolStats> for Supervisor {
         Box::pin(async move {
             match addr {
                 Some(addr) => addr.send(GetStats).await.ok(),
+                None => None,
+            }
+        })
+    }
+}
+
+impl Handler<QueuePlaceOf> for Supervisor {
+    type Result = ResponseFuture<Option<usize>>;
+
+    fn handle(&mut self, msg: QueuePlaceOf, _ctx: &mut Self::Context) -> Self::Result {
+        let addr = self.pools.get(&msg.pool).cloned();
+        Box::pin(async move {
+            match addr {
+                Some(addr) => addr.send(QueuePlace(msg.job_id)).await.ok().flatten(),
                 None => None,
             }
         })

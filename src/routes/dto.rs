@@ -47,6 +47,11 @@ pub struct RunView {
     labels: serde_json::Map<String, Value>,
     /// Its place among its tenant's queued runs: higher first (-1000 to 1000).
     priority: i32,
+    /// A queued run read by `GET /v1/runs/{jobId}`: how many runs of its tenant wait ahead of
+    /// it in its pool's queue (slots go by fair share across tenants, then priority, then age);
+    /// null otherwise.
+    #[schema(required = true)]
+    queue_position: Option<u64>,
     /// Subtask counts, when the scheduler reports them.
     #[schema(required = true)]
     progress: Option<Progress>,
@@ -93,6 +98,15 @@ pub struct RunView {
     updated_at: String,
 }
 
+impl RunView {
+    /// The view with the run's place in its pool's queue, where the pool told it.
+    #[must_use]
+    pub fn with_queue_position(mut self, place: Option<usize>) -> Self {
+        self.queue_position = place.and_then(|ahead| u64::try_from(ahead).ok());
+        self
+    }
+}
+
 impl From<&RunRecord> for RunView {
     fn from(run: &RunRecord) -> Self {
         RunView {
@@ -105,6 +119,7 @@ impl From<&RunRecord> for RunView {
             dispatch_id: run.dispatch_id.clone(),
             labels: run.labels.clone(),
             priority: run.priority,
+            queue_position: None,
             progress: run.progress,
             result: run.result.clone(),
             error: run.error.clone(),

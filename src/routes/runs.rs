@@ -72,7 +72,8 @@ pub async fn get(
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Role::Reader)?;
     let run = gateway.run(&job_id(&path)?).await?;
-    Ok(HttpResponse::Ok().json(RunView::from(&run)))
+    let place = gateway.queue_place(&run).await;
+    Ok(HttpResponse::Ok().json(RunView::from(&run).with_queue_position(place)))
 }
 
 /// Query of `GET /v1/runs`.

@@ -382,6 +382,23 @@ impl Gateway {
             .ok_or_else(|| ServiceError::RunNotFound(job_id.to_string()))
     }
 
+    /// How many runs of its tenant wait ahead of a queued run in its pool's queue (its place in
+    /// its tenant's line: the next slot goes by fair share across tenants); `None` for a run
+    /// that is not queued. One message to the run's pool; nothing is read from the store.
+    pub async fn queue_place(&self, run: &RunRecord) -> Option<usize> {
+        if run.state != crate::domain::state::RunState::Queued {
+            return None;
+        }
+        self.supervisor
+            .send(crate::actors::supervisor::QueuePlaceOf {
+                pool: run.pool.clone(),
+                job_id: run.job_id.clone(),
+            })
+            .await
+            .ok()
+            .flatten()
+    }
+
     /// A page of runs, newest first.
     ///
     /// # Errors

@@ -1,7 +1,7 @@
 //! Fair share inside a pool, through the real API: when the pool is full, the next slot goes
 //! by weighted fair share across tenants (the pool's tenant label), by priority within a
 //! tenant, oldest first within a priority; a tenant at its own cap waits while another takes a
-//! free slot; the queue survives a restart in the same order.
+//! free slot; a queued run's view says how many runs of its tenant wait ahead of it.
 
 use crate::support::app::spawn_app;
 use crate::support::manifests::simple_manifest;
@@ -84,10 +84,23 @@ async fn a_full_pool_grants_by_weighted_fair_share_then_priority_then_age() {
         .await;
     assert_eq!(app.run("gold-urgent").await["state"], "queued");
     assert_eq!(app.run("gold-urgent").await["priority"], 10);
+    // A queued run's place in its tenant's line: its urgent run first; null when not queued.
+    for (id, ahead) in [
+        ("silver-0", 0),
+        ("silver-5", 5),
+        ("gold-urgent", 0),
+        ("gold-0", 1),
+        ("bronze-0", 0),
+    ] {
+        assert_eq!(app.run(id).await["queuePosition"], ahead, "{id}");
+    }
+    assert_eq!(app.run("blocker").await["queuePosition"], Value::Null);
 
     open.store(true, Ordering::SeqCst);
     for id in ["blocker", "silver-5", "gold-2", "bronze-0"] {
-        assert_eq!(app.wait_settled(id).await["state"], "done", "{id}");
+        let run = app.wait_settled(id).await;
+        assert_eq!(run["state"], "done", "{id}");
+        assert_eq!(run["queuePosition"], Value::Null, "{id}");
     }
     wait::until(
         "every run released",
