@@ -188,7 +188,8 @@ pub const ANSWER_KEYS: &[&str] = &[
 ];
 
 /// A string that is free-form text, a run of hostile fragments, a mix of both, or a long run
-/// (past the path cap of 8 KiB, for example). The text never holds [`SECRET_MARK`].
+/// (past the path cap of 8 KiB, for example). The text never holds [`SECRET_MARK`], nor its
+/// escaped spelling `\u2603`.
 ///
 /// # Errors
 /// When the fuzz data is exhausted in a way `arbitrary` reports.
@@ -220,7 +221,10 @@ pub fn hostile_string(u: &mut Unstructured<'_>) -> Result<String> {
             text
         }
     }
-    .replace(SECRET_MARK, "?"))
+    .replace(SECRET_MARK, "?")
+    // Nor its JSON-escaped spelling, which the oracle also looks for in rendered bodies.
+    .replace("\\u2603", "?")
+    .replace("\\U2603", "?"))
 }
 
 /// A JSON scalar: null, a boolean, an integer, a float, or a hostile string.
