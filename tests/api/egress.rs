@@ -206,8 +206,14 @@ async fn a_name_that_resolves_to_loopback_is_refused_when_cattery_connects() {
         ),
         "{error}"
     );
+    // Nothing of this run reached the refused address. (Only this run's requests count: the
+    // stub's loopback port may have served another test's scheduler before, whose leftover
+    // retries can still knock.)
     assert!(
-        scheduler.seen().is_empty(),
+        scheduler
+            .seen()
+            .iter()
+            .all(|seen| !seen.path.contains("rebound-1") && !seen.text().contains("rebound-1")),
         "the refused address was reached"
     );
 
