@@ -71,10 +71,6 @@ impl FairShare {
 
     /// Whether a tenant holding `held` slots may take one more.
     pub fn admits(&self, held: usize) -> bool {
-        self.below_cap(held)
-    }
-
-    fn below_cap(&self, held: usize) -> bool {
         self.max_in_flight_per_tenant
             .is_none_or(|cap| held < usize::try_from(cap).unwrap_or(usize::MAX))
     }
@@ -197,7 +193,7 @@ impl FairQueue {
                 continue;
             };
             let held = slots.held_by(tenant);
-            if !share.below_cap(held) {
+            if !share.admits(held) {
                 continue;
             }
             let (held, weight) = (
@@ -512,7 +508,7 @@ mod tests {
                     let (took, took_held) = (next.tenant.clone(), held.held_by(&next.tenant));
                     for other in &waiting_tenants {
                         let other_held = held.held_by(other);
-                        if share.below_cap(other_held) {
+                        if share.admits(other_held) {
                             let lhs = u64::try_from(took_held).unwrap() * share.weight(other);
                             let rhs = u64::try_from(other_held).unwrap() * share.weight(&took);
                             prop_assert!(lhs <= rhs, "{took} ({took_held}) took a slot before {other} ({other_held})");

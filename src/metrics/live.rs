@@ -9,10 +9,9 @@
 //! turned into a registry of its own for one encoding, so nothing is shared or locked between
 //! scrapes.
 
-use super::PREFIX;
+use super::{PREFIX, PoolLabels, PoolStateLabels};
 use crate::domain::ids::PoolName;
 use crate::domain::state::RunState;
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -78,17 +77,6 @@ pub struct RunCount {
     /// How many of them are past their deadline (runs the gateway is not getting to: it fails
     /// a run when its deadline passes).
     pub past_deadline: i64,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct PoolLabels {
-    pool: String,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct PoolStateLabels {
-    pool: String,
-    state: &'static str,
 }
 
 fn usize_gauge(value: usize) -> i64 {

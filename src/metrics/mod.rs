@@ -102,15 +102,17 @@ impl CallClass {
     }
 }
 
+/// The label set of a per-pool series (also of the gauges read at scrape time).
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct PoolLabels {
-    pool: String,
+pub(crate) struct PoolLabels {
+    pub(crate) pool: String,
 }
 
+/// The label set of a per-pool, per-state series.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct PoolStateLabels {
-    pool: String,
-    state: &'static str,
+pub(crate) struct PoolStateLabels {
+    pub(crate) pool: String,
+    pub(crate) state: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
